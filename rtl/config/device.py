@@ -1,0 +1,127 @@
+"""The device configuration and its named presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .dram import AddressMap, BusTiming, DramGeometry, DramTiming
+from .errors import ConfigError, require, require_positive_ints, is_power_of_two
+from .npu import NpuConfig
+from .pim import GlobalBuffer, PimUnit, RowBufferMode
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Everything that sizes the hardware; flows from the CLI to RTL, compiler and reports.
+
+    ``stored_rows`` is a property of the model, not of the device: how many rows per bank
+    the RTL keeps real storage for (rows 0 .. stored_rows-1). Full-size contents live in
+    the testbench; a command to a row beyond the stored window is flagged as an error.
+    """
+    name: str = "custom"
+    geometry: DramGeometry = field(default_factory=DramGeometry)
+    address_map: AddressMap = field(default_factory=AddressMap)
+    timing: DramTiming = field(default_factory=DramTiming)
+    pim: PimUnit = field(default_factory=PimUnit)
+    global_buffer: GlobalBuffer = field(default_factory=GlobalBuffer)
+    npu: NpuConfig = field(default_factory=NpuConfig)
+    mode: RowBufferMode = RowBufferMode.DUAL
+    stored_rows: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.mode, str):
+            object.__setattr__(self, "mode", RowBufferMode(self.mode))
+        self.address_map.validate(self.geometry)
+        require_positive_ints(self, ("stored_rows",))
+        require(is_power_of_two(self.stored_rows), "DeviceConfig.stored_rows",
+                f"must be a power of two, got {self.stored_rows}")
+        require(self.stored_rows <= self.geometry.rows, "DeviceConfig.stored_rows",
+                f"{self.stored_rows} exceeds the {self.geometry.rows} rows of a bank")
+        require(self.geometry.row_bytes % self.pim.chunk_bytes == 0, "PimUnit.lanes",
+                f"a row of {self.geometry.row_bytes} bytes is not a multiple of a COMP chunk "
+                f"({self.pim.lanes} lanes x 2 bytes)")
+        require(self.geometry.burst_bytes % self.pim.chunk_bytes == 0
+                or self.pim.chunk_bytes % self.geometry.burst_bytes == 0, "PimUnit.lanes",
+                "a COMP chunk and a burst must nest")
+        require(self.geometry.banks * 2 <= self.geometry.burst_bytes
+                or self.mode is RowBufferMode.DRAM, "DramGeometry.banks",
+                f"READRES returns one FP16 per bank in one burst: {self.geometry.banks} banks "
+                f"do not fit a {self.geometry.burst_bytes}-byte burst")
+
+    @property
+    def bus(self) -> BusTiming:
+        return BusTiming(self.timing, self.geometry, self.pim.lanes)
+
+    def replace(self, **changes) -> "DeviceConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["mode"] = self.mode.value
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeviceConfig":
+        data = dict(data)
+        parts = {"geometry": DramGeometry, "timing": DramTiming, "pim": PimUnit,
+                 "global_buffer": GlobalBuffer, "npu": NpuConfig}
+        for key, kind in parts.items():
+            if key in data:
+                data[key] = kind(**data[key])
+        if "address_map" in data:
+            data["address_map"] = AddressMap(order=tuple(data["address_map"]["order"]))
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DeviceConfig":
+        return cls.from_dict(json.loads(text))
+
+    def summary(self) -> str:
+        g, p = self.geometry, self.pim
+        return (f"{self.name}: {g.channels} ch x {g.banks} banks ({g.ranks} ranks x "
+                f"{g.bankgroups} bank groups x {g.banks_per_group}), {g.rows} rows x "
+                f"{g.row_bytes} B, {p.lanes} PIM lanes/bank, mode {self.mode.value}, "
+                f"{self.timing.clock_hz / 1e9:g} GHz")
+
+
+def _neupims() -> DeviceConfig:
+    return DeviceConfig(name="neupims")
+
+
+def _channel() -> DeviceConfig:
+    """One channel of the paper's device (32 banks x 16 lanes), few stored rows."""
+    return DeviceConfig(name="channel", geometry=DramGeometry(channels=1), stored_rows=8)
+
+
+def _small() -> DeviceConfig:
+    """8 banks, 16 lanes, 512-byte rows: quick system tests."""
+    return DeviceConfig(name="small",
+                        geometry=DramGeometry(channels=1, ranks=2, bankgroups=2, banks_per_group=2,
+                                              rows=1024, columns=32),
+                        npu=NpuConfig(arrays=1, array_rows=8, array_cols=8, vector_lanes=8),
+                        stored_rows=4)
+
+
+def _tiny() -> DeviceConfig:
+    """4 banks, 4 lanes, 128-byte rows: unit tests and FPGA self-test."""
+    return DeviceConfig(name="tiny",
+                        geometry=DramGeometry(channels=1, ranks=1, bankgroups=2, banks_per_group=2,
+                                              rows=256, columns=8),
+                        pim=PimUnit(lanes=4),
+                        npu=NpuConfig(arrays=1, array_rows=4, array_cols=4, vector_lanes=4),
+                        stored_rows=4)
+
+
+PRESETS = {"neupims": _neupims, "channel": _channel, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str, **changes) -> DeviceConfig:
+    """A named preset, optionally with fields replaced (e.g. ``mode="blocked"``)."""
+    if name not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[name]()
+    return config.replace(**changes) if changes else config

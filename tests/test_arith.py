@@ -18,7 +18,7 @@ from amaranth.sim import Simulator  # noqa: E402
 from rtl.arith import FP16Multiplier, FP32Adder, FP32ToFP16  # noqa: E402
 from sim.golden import fp as golden  # noqa: E402
 
-N_RANDOM = 2000
+N_RANDOM = 4000
 
 
 def _simulate(dut, inputs, output):
@@ -55,45 +55,6 @@ def _check(got, expected, operands, width):
 def _pairs(vals):
     a, b = np.meshgrid(vals, vals, indexing="ij")
     return a.ravel(), b.ravel()
-
-
-def _random16(rng, n):
-    """Uniform bit patterns, plus subnormals and values near 1.0."""
-    k = n // 3
-    u = rng.integers(0, 1 << 16, n - 2 * k, dtype=np.uint16)
-    sub = rng.integers(0, 0x400, k, dtype=np.uint16) | (rng.integers(0, 2, k, dtype=np.uint16) << 15)
-    near = rng.integers(0x3000, 0x5000, k, dtype=np.uint16) | (rng.integers(0, 2, k, dtype=np.uint16) << 15)
-    return np.concatenate([u, sub, near])
-
-
-def _random32_pairs(rng, n):
-    """Uniform patterns, close exponents (cancellation), subnormals, tiny/huge."""
-    k = n // 4
-    a_u = rng.integers(0, 1 << 32, n - 3 * k, dtype=np.uint32)
-    b_u = rng.integers(0, 1 << 32, n - 3 * k, dtype=np.uint32)
-    # close exponents: b's exponent within +-3 of a's, random signs
-    a_c = rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0xBFFFFFFF)
-    exp = ((a_c >> 23) & 0xFF).astype(np.int64) + rng.integers(-3, 4, k)
-    exp = np.clip(exp, 0, 254).astype(np.uint32)
-    b_c = (rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0x807FFFFF)) | (exp << 23)
-    # same exponent, differing in a few low bits (massive cancellation)
-    a_m = rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0xFF7FFFFF)
-    b_m = (a_m ^ rng.integers(0, 16, k, dtype=np.uint32)) ^ np.uint32(0x80000000)
-    # subnormal / min-normal region
-    a_s = rng.integers(0, 0x01000000, k, dtype=np.uint32) | (rng.integers(0, 2, k, dtype=np.uint32) << 31)
-    b_s = rng.integers(0, 0x01000000, k, dtype=np.uint32) | (rng.integers(0, 2, k, dtype=np.uint32) << 31)
-    return (np.concatenate([a_u, a_c, a_m, a_s]), np.concatenate([b_u, b_c, b_m, b_s]))
-
-
-def _random32_cvt(rng, n):
-    """Uniform patterns plus the binary16-relevant exponent range."""
-    k = n // 2
-    u = rng.integers(0, 1 << 32, n - k, dtype=np.uint32)
-    exp = rng.integers(98, 145, k, dtype=np.uint32)
-    r = (rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0x807FFFFF)) | (exp << 23)
-    # make ties/near-ties common: clear some low fraction bits
-    r[: k // 2] &= np.uint32(0xFFFFF000)
-    return np.concatenate([u, r])
 
 
 # --------------------------------------------------------------------------
@@ -157,7 +118,7 @@ def test_special_value_sets():
 def test_fp16_multiplier():
     rng = np.random.default_rng(1)
     sa, sb = _pairs(golden.special_values16())
-    ra, rb = _random16(rng, N_RANDOM), _random16(rng, N_RANDOM)
+    ra, rb = golden.random16(rng, N_RANDOM), golden.random16(rng, N_RANDOM)
     a, b = np.concatenate([sa, ra]), np.concatenate([sb, rb])
     got = _simulate(FP16Multiplier(), {"a": a, "b": b}, "p")
     _check(got, golden.fp16_mul(a, b), (a, b), 4)
@@ -166,7 +127,7 @@ def test_fp16_multiplier():
 def test_fp32_adder():
     rng = np.random.default_rng(2)
     sa, sb = _pairs(golden.special_values32())
-    ra, rb = _random32_pairs(rng, N_RANDOM)
+    ra, rb = golden.random32_add_pairs(rng, N_RANDOM)
     a, b = np.concatenate([sa, ra]), np.concatenate([sb, rb])
     got = _simulate(FP32Adder(), {"a": a, "b": b}, "s")
     _check(got, golden.fp32_add(a, b), (a, b), 8)
@@ -174,7 +135,7 @@ def test_fp32_adder():
 
 def test_fp32_to_fp16():
     rng = np.random.default_rng(3)
-    a = np.concatenate([golden.special_values32(), _random32_cvt(rng, N_RANDOM)])
+    a = np.concatenate([golden.special_values32(), golden.random32_cvt(rng, N_RANDOM)])
     # also every binary16 value widened to binary32, and the midpoints between
     # consecutive binary16 values (ties) and their neighbours
     h = np.arange(0, 1 << 16, 7, dtype=np.uint32).astype(np.uint16)

@@ -41,9 +41,9 @@ class DeviceConfig:
         require(self.geometry.row_bytes % self.pim.chunk_bytes == 0, "PimUnit.lanes",
                 f"a row of {self.geometry.row_bytes} bytes is not a multiple of a COMP chunk "
                 f"({self.pim.lanes} lanes x 2 bytes)")
-        require(self.geometry.burst_bytes % self.pim.chunk_bytes == 0
-                or self.pim.chunk_bytes % self.geometry.burst_bytes == 0, "PimUnit.lanes",
-                "a COMP chunk and a burst must nest")
+        require(self.geometry.burst_bytes % self.pim.chunk_bytes == 0, "PimUnit.lanes",
+                f"a COMP chunk ({self.pim.chunk_bytes} B) must divide a burst "
+                f"({self.geometry.burst_bytes} B)")
         require(self.geometry.banks * 2 <= self.geometry.burst_bytes
                 or self.mode is RowBufferMode.DRAM, "DramGeometry.banks",
                 f"READRES returns one FP16 per bank in one burst: {self.geometry.banks} banks "

@@ -16,6 +16,9 @@ __all__ = [
     "fp32_to_fp16",
     "special_values16",
     "special_values32",
+    "random16",
+    "random32_add_pairs",
+    "random32_cvt",
 ]
 
 canonical_nan32 = 0x7FC00000
@@ -162,3 +165,73 @@ def special_values32():
         0x7FFFFFFF,  # qNaN all-ones payload
     ]
     return _with_neg32(pos)
+
+
+# --------------------------------------------------------------------------
+# Random operand generators (shared by the unit tests and the Verilator test)
+# --------------------------------------------------------------------------
+
+
+def _signs(rng, n, dtype, bit):
+    return rng.integers(0, 2, n, dtype=dtype) << dtype(bit)
+
+
+def random16(rng, n):
+    """``n`` binary16 patterns: 1/3 uniform bits, 1/3 subnormals/zeros, 1/3
+    magnitudes in [2^-3, 2^4) (products that stay in an ordinary range)."""
+    k = n // 3
+    u = rng.integers(0, 1 << 16, n - 2 * k, dtype=np.uint16)
+    sub = rng.integers(0, 0x400, k, dtype=np.uint16) | _signs(rng, k, np.uint16, 15)
+    near = rng.integers(0x3000, 0x5000, k, dtype=np.uint16) | _signs(rng, k, np.uint16, 15)
+    out = np.concatenate([u, sub, near])
+    return out[rng.permutation(n)]
+
+
+def random32_add_pairs(rng, n):
+    """``n`` binary32 operand pairs for addition, from a mix of distributions:
+    uniform bit patterns; exponents within +-3 of each other (random signs:
+    cancellation and rounding); equal exponents, opposite signs and nearly
+    equal significands (massive cancellation); subnormal / min-normal region;
+    and one operand near max-finite (overflow after rounding)."""
+    k = n // 6
+    nu = n - 4 * k
+    a_u = rng.integers(0, 1 << 32, nu, dtype=np.uint32)
+    b_u = rng.integers(0, 1 << 32, nu, dtype=np.uint32)
+    # close exponents
+    a_c = rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0xBFFFFFFF)
+    exp = ((a_c >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64) + rng.integers(-3, 4, k)
+    exp = np.clip(exp, 0, 254).astype(np.uint32)
+    b_c = (rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0x807FFFFF)) | (exp << np.uint32(23))
+    # massive cancellation: same exponent, opposite sign, few low bits differ
+    a_m = rng.integers(0, 1 << 32, k, dtype=np.uint32) & np.uint32(0xFF7FFFFF)
+    flip = rng.integers(0, 1 << 8, k, dtype=np.uint32) >> rng.integers(0, 9, k, dtype=np.uint32)
+    b_m = (a_m ^ flip) ^ np.uint32(0x80000000)
+    # subnormal / min-normal region
+    a_s = rng.integers(0, 0x01800000, k, dtype=np.uint32) | _signs(rng, k, np.uint32, 31)
+    b_s = rng.integers(0, 0x01800000, k, dtype=np.uint32) | _signs(rng, k, np.uint32, 31)
+    # near overflow: large exponent, with the other operand a few exponents lower
+    a_o = rng.integers(0x7E000000, 0x7F800000, k, dtype=np.uint32) | _signs(rng, k, np.uint32, 31)
+    b_o = (a_o & np.uint32(0x80000000)) | (
+        rng.integers(0x7E000000, 0x7F800000, k, dtype=np.uint32) - rng.integers(0, 30, k, dtype=np.uint32) * np.uint32(1 << 23))
+    a = np.concatenate([a_u, a_c, a_m, a_s, a_o])
+    b = np.concatenate([b_u, b_c, b_m, b_s, b_o])
+    swap = rng.integers(0, 2, n).astype(bool)
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    perm = rng.permutation(n)
+    return a[perm], b[perm]
+
+
+def random32_cvt(rng, n):
+    """``n`` binary32 patterns for conversion to binary16: 1/3 uniform bits;
+    2/3 with exponents spanning binary16's range and just outside it
+    (2^-29 .. 2^17), half of those with the low 12 fraction bits cleared or
+    set to a tie pattern so that exact ties are frequent."""
+    k = n // 3
+    u = rng.integers(0, 1 << 32, n - 2 * k, dtype=np.uint32)
+    exp = rng.integers(98, 145, 2 * k, dtype=np.uint32)
+    r = (rng.integers(0, 1 << 32, 2 * k, dtype=np.uint32) & np.uint32(0x807FFFFF)) | (exp << np.uint32(23))
+    half = k
+    r[:half] &= np.uint32(0xFFFFE000)
+    r[: half // 2] |= np.uint32(0x1000)  # tie pattern for normal results
+    out = np.concatenate([u, r])
+    return out[rng.permutation(n)]

@@ -1,0 +1,3 @@
+from .bank import Bank, BankReady, BankError
+
+__all__ = ["Bank", "BankReady", "BankError"]

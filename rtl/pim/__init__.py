@@ -1,0 +1,4 @@
+from .mac import PimMacUnit
+from .global_buffer import GlobalBufferRtl
+
+__all__ = ["PimMacUnit", "GlobalBufferRtl"]

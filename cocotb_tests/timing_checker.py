@@ -35,7 +35,7 @@ closes the bank's PIM buffer. NOP is counted and otherwise ignored.
 
 Rule families (``TimingViolation.rule``). "order", "bus", "tREFI", "address" and "state"
 are checked first, then the opcode's timing rules; where two rules fail together the
-same-bank / same-group one wins (tRC before tRRD before tRP, GWRITE before the others):
+same-bank one wins (tRC before tRRD before tRP; data-bus before tRTRS):
 
 * "order": a command earlier than the previous one (the input must be sorted).
 * "bus": two commands in the same cycle.
@@ -241,7 +241,7 @@ class TimingChecker:
         if bad is None and op is Opcode.COMP and not 0 <= cmd.column < self._comps_per_row:
             bad = f"column {cmd.column} not in [0, {self._comps_per_row})"
         if bad is None and op is Opcode.PIM_GEMV and not (
-                cmd.comps >= 1 and cmd.column >= 0 and cmd.column + cmd.comps <= self._comps_per_row):
+                cmd.comps >= 1 and 0 <= cmd.column <= self._comps_per_row - cmd.comps):
             bad = (f"needs 1 <= k and column + k <= {self._comps_per_row}, "
                    f"got column {cmd.column}, k {cmd.comps}")
         if bad is not None:
@@ -599,8 +599,10 @@ def format_command(cmd: Command) -> str:
 
 
 def parse_command_log(lines: Iterable[str] | str) -> list[Command]:
-    """Parse lines ``cycle command rank bankgroup bank row column [comps]``; blank lines
-    and ``#`` comments are skipped. Raises ValueError naming the (1-based) line number."""
+    """Parse lines ``cycle command rank bankgroup bank row column [comps]`` (command: an
+    Opcode name, case-insensitive; fields: non-negative decimal integers; comps defaults
+    to 0). Blank lines and ``#`` comments are skipped. ``lines`` may also be one string.
+    Raises ValueError naming the (1-based) line number."""
     if isinstance(lines, str):
         lines = lines.splitlines()
     commands = []

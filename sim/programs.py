@@ -104,6 +104,13 @@ def close_row_set(program: ChannelProgram, start: int) -> list[int]:
             for bank in range(program.config.geometry.banks)]
 
 
+def row_set_cycles(config, tiles: list[tuple[int, int]]) -> int:
+    """Upper bound of one row set's span in ``gemv_program``: open, tiles, close."""
+    t, bus, g = config.timing, config.bus, config.geometry
+    return (bus.row_set_open(g.bankgroups) + g.ranks + sum(bus.gemv_busy(k) for _, k in tiles)
+            + t.tRAS + t.tRTP + g.banks + t.tRP)
+
+
 def gemv_program(config, vector_bursts: list[int], vector_row: int, row_sets: list[int],
                  tiles: list[tuple[int, int]], vector_bank: int = 0) -> ChannelProgram:
     """y = W x on one channel.
@@ -111,7 +118,8 @@ def gemv_program(config, vector_bursts: list[int], vector_row: int, row_sets: li
     The vector (one row of FP16) is written to ``vector_bank``/``vector_row`` with WR and
     loaded into the global buffer with GWRITE. Then, for each row set (the same row in all
     banks), G_ACTs open it and one PIM_GEMV(k) per ``(start chunk, k)`` tile computes one
-    FP16 per bank; PIM_PRECHARGEs close it before the next row set.
+    FP16 per bank; PIM_PRECHARGEs close it before the next row set. An all-bank REF goes
+    between row sets whenever the next one could end past tREFI after the last refresh.
     """
     t, bus, g = config.timing, config.bus, config.geometry
     program = ChannelProgram(config)
@@ -119,8 +127,16 @@ def gemv_program(config, vector_bursts: list[int], vector_row: int, row_sets: li
     gwrite_cycle = next(c.cycle for c in program.commands if c.op is Opcode.GWRITE)
     ready = max(gw_done, gwrite_cycle + bus.gwrite_busy)
     previous_gacts, precharges = None, None
+    last_refresh = 0
+    span = row_set_cycles(config, tiles)
+    if span >= t.tREFI - t.tRFC:
+        raise ValueError(f"a row set of {span} cycles cannot fit between refreshes")
     for row in row_sets:
         start = ready
+        if start + span > last_refresh + t.tREFI:
+            closed = max([ready] + [p + t.tRP for p in (precharges or [])])
+            last_refresh = program.issue(closed, Command(Opcode.REF)).cycle
+            start = ready = last_refresh + t.tRFC
         if previous_gacts is not None:
             # Each bank group after its banks' PIM_PRECHARGE (tRP) and its last G_ACT (tRC),
             # and each rank's G_ACTs a tFAW apart.

@@ -31,6 +31,9 @@ class DeviceConfig:
 
     def __post_init__(self):
         if isinstance(self.mode, str):
+            modes = [m.value for m in RowBufferMode]
+            require(self.mode in modes, "DeviceConfig.mode",
+                    f"unknown mode {self.mode!r}; choose one of {', '.join(modes)}")
             object.__setattr__(self, "mode", RowBufferMode(self.mode))
         self.address_map.validate(self.geometry)
         require_positive_ints(self, ("stored_rows",))

@@ -13,6 +13,9 @@ from cocotb.triggers import ClockCycles, RisingEdge, Timer
 from rtl.channel import ChannelError
 from rtl.config import DeviceConfig
 from rtl.isa import Opcode, decode_command, encode_command
+from sim.golden.fp import random16
+from sim.golden.pim import gemv
+from sim.programs import gemv_program
 
 from .timing_checker import TimingChecker
 
@@ -30,6 +33,27 @@ def unpack_fp16(value: int, count: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(count * 2, "little"), dtype=np.uint16).copy()
 
 
+def rng_from_env():
+    return np.random.default_rng(int(os.environ.get("NEUPIMS_SEED", "1")))
+
+
+def finite_fp16(rng, shape, scale=1.0):
+    """Random finite FP16 values of moderate size (so sums stay finite)."""
+    return (rng.standard_normal(shape) * scale).astype(np.float16).view(np.uint16)
+
+
+def bursts_of(config, row: np.ndarray) -> list[int]:
+    per = config.geometry.burst_bytes // 2
+    return [pack_fp16(row[i:i + per]) for i in range(0, len(row), per)]
+
+
+def tiles_from_env(config) -> list[tuple[int, int]]:
+    """GEMV tiles over a whole row: NEUPIMS_TILE comps each (default: the row at once)."""
+    per_row = config.bus.comps_per_row
+    k = int(os.environ.get("NEUPIMS_TILE", per_row))
+    return [(start, min(k, per_row - start)) for start in range(0, per_row, k)]
+
+
 class ChannelTB:
     """Owns the DUT's clock and reset, and checks every run it makes."""
 
@@ -41,6 +65,8 @@ class ChannelTB:
         self.checker = TimingChecker(self.config)
         self.cycles_run = 0
         self.wall_run = 0.0
+        self.gemv_results = 0
+        self.commands_checked = 0
 
     async def start(self):
         self.clock = Clock(self.dut.clk, 1, "ns")
@@ -154,19 +180,53 @@ class ChannelTB:
 
     def audit(self, program, commands, bursts):
         dut = self.dut
-        if int(dut.error.value):
-            raise AssertionError(
-                f"RTL flagged {ChannelError(int(dut.error_code.value)).name} at bank "
-                f"{int(dut.error_bank.value)}, cycle {int(dut.error_cycle.value)}")
-        assert not int(dut.late.value), "the player could not issue a command at its cycle"
         checker = TimingChecker(self.config)
         for command in commands:
             checker.check(command)
         checker.finish(commands[-1].cycle if commands else 0)
         self.checker = checker
+        self.commands_checked += len(commands)
+        if int(dut.error.value):
+            raise AssertionError(
+                f"RTL flagged {ChannelError(int(dut.error_code.value)).name} at bank "
+                f"{int(dut.error_bank.value)}, cycle {int(dut.error_cycle.value)}")
+        assert not int(dut.late.value), "the player could not issue a command at its cycle"
         planned = [(c.cycle, c._replace(cycle=-1)) for c in program.commands]
         seen = [(c.cycle, c._replace(cycle=-1)) for c in commands]
         assert seen == planned, "the channel did not see the planned command sequence"
         got = [(cycle, "gemv" if pim else "rd") for cycle, pim, _ in bursts]
         want = [(e.cycle, e.kind) for e in program.expected]
         assert got == want, f"data bus bursts at {got[:8]}..., predicted {want[:8]}..."
+
+    async def gemv(self, rng, row_sets, tiles, special=False, repeat=1):
+        """Fill the row sets with random FP16 (by backdoor), run y = W x over them
+        ``repeat`` times, and compare every result with the golden model bit for bit."""
+        cfg = self.config
+        g = cfg.geometry
+        matrix = {}
+        for row in dict.fromkeys(row_sets):
+            values = (random16(rng, g.banks * g.row_elements).reshape(g.banks, -1) if special
+                      else finite_fp16(rng, (g.banks, g.row_elements)))
+            matrix[row] = values
+            for bank in range(g.banks):
+                await self.backdoor_rows(bank, row, values[bank])
+        vector = random16(rng, g.row_elements) if special else finite_fp16(rng, g.row_elements)
+        program = gemv_program(cfg, bursts_of(cfg, vector), cfg.stored_rows - 1, row_sets, tiles)
+        golden = {}
+        for _ in range(repeat):
+            _, bursts = await self.run(program)
+            results = [b for b in bursts if b[1]]
+            for expected, (cycle, _, payload) in zip([e for e in program.expected if e.kind == "gemv"], results):
+                info = expected.info
+                key = (info["row"], info["column"], info["comps"])
+                if key not in golden:
+                    golden[key] = gemv(matrix[info["row"]], vector, cfg.pim.lanes, info["column"], info["comps"])
+                want = golden[key]
+                got = unpack_fp16(payload, g.burst_bytes // 2)[:g.banks]
+                mismatch = np.nonzero(got != want)[0]
+                assert mismatch.size == 0, (
+                    f"GEMV row {info['row']} chunks {info['column']}+{info['comps']} at cycle {cycle}: "
+                    f"banks {mismatch[:4].tolist()} got {[hex(v) for v in got[mismatch[:4]]]}, "
+                    f"golden {[hex(v) for v in want[mismatch[:4]]]}")
+                self.gemv_results += 1
+        return program

@@ -8,58 +8,9 @@ import numpy as np
 
 from rtl.isa import Command, Opcode
 from sim.golden.fp import random16
-from sim.golden.pim import gemv
-from sim.programs import ChannelProgram, gemv_program, read_row, write_row
+from sim.programs import ChannelProgram, read_row, write_row
 
-from .channel_tb import ChannelTB, pack_fp16, unpack_fp16
-
-
-def _rng():
-    return np.random.default_rng(int(os.environ.get("NEUPIMS_SEED", "1")))
-
-
-def _finite_fp16(rng, shape, scale=1.0):
-    """Random finite FP16 values of moderate size (so sums stay finite)."""
-    return (rng.standard_normal(shape) * scale).astype(np.float16).view(np.uint16)
-
-
-def _bursts(config, row: np.ndarray) -> list[int]:
-    per = config.geometry.burst_bytes // 2
-    return [pack_fp16(row[i:i + per]) for i in range(0, len(row), per)]
-
-
-def _tiles(config) -> list[tuple[int, int]]:
-    """Whole-row GEMV tiles: NEUPIMS_TILE comps each (default: the whole row at once)."""
-    per_row = config.bus.comps_per_row
-    k = int(os.environ.get("NEUPIMS_TILE", per_row))
-    return [(start, min(k, per_row - start)) for start in range(0, per_row, k)]
-
-
-async def _gemv_run(tb, rng, row_sets, tiles, special=False):
-    cfg = tb.config
-    g = cfg.geometry
-    matrix = {}
-    for row in row_sets:
-        values = (random16(rng, g.banks * g.row_elements).reshape(g.banks, -1) if special
-                  else _finite_fp16(rng, (g.banks, g.row_elements)))
-        matrix[row] = values
-        for bank in range(g.banks):
-            await tb.backdoor_rows(bank, row, values[bank])
-    vector = (random16(rng, g.row_elements) if special else _finite_fp16(rng, g.row_elements))
-    vector_row = cfg.stored_rows - 1
-    program = gemv_program(cfg, _bursts(cfg, vector), vector_row, row_sets, tiles)
-    _, bursts = await tb.run(program)
-    results = [b for b in bursts if b[1]]
-    for expected, (cycle, _, payload) in zip([e for e in program.expected if e.kind == "gemv"], results):
-        info = expected.info
-        want = gemv(matrix[info["row"]], vector, cfg.pim.lanes, info["column"], info["comps"])
-        got = unpack_fp16(payload, g.burst_bytes // 2)[:g.banks]
-        mismatch = np.nonzero(got != want)[0]
-        assert mismatch.size == 0, (
-            f"GEMV row {info['row']} chunks {info['column']}+{info['comps']} at cycle {cycle}: "
-            f"banks {mismatch[:4].tolist()} got {[hex(v) for v in got[mismatch[:4]]]}, "
-            f"golden {[hex(v) for v in want[mismatch[:4]]]}")
-    return program
+from .channel_tb import ChannelTB, bursts_of, pack_fp16, rng_from_env as _rng, tiles_from_env as _tiles, unpack_fp16
 
 
 @cocotb.test()
@@ -69,7 +20,7 @@ async def gemv_bit_and_cycle_exact(dut):
     await tb.start()
     rng = _rng()
     rows = int(os.environ.get("NEUPIMS_ROW_SETS", min(3, tb.config.stored_rows - 1)))
-    program = await _gemv_run(tb, rng, list(range(rows)), _tiles(tb.config))
+    program = await tb.gemv(rng, list(range(rows)), _tiles(tb.config))
     # The timing table's closed form: a row set opens in tFAW x (groups - 1) + tRCDRD, and
     # its first result returns readres_after_first_comp(k) + RL + burst after the PIM_GEMV.
     bus, g = tb.config.bus, tb.config.geometry
@@ -90,7 +41,7 @@ async def gemv_head_tiles_with_special_values(dut):
     await tb.start()
     per_row = tb.config.bus.comps_per_row
     k = max(1, per_row // 4)
-    await _gemv_run(tb, _rng(), [0], [(start, k) for start in range(0, per_row, k)], special=True)
+    await tb.gemv(_rng(), [0], [(start, k) for start in range(0, per_row, k)], special=True)
 
 
 @cocotb.test()
@@ -106,7 +57,7 @@ async def write_then_read_back(dut):
     for bank in (0, g.banks - 1):
         values = random16(rng, g.row_elements)
         rows[bank] = values
-        cycle = write_row(program, cycle, bank, 1, _bursts(cfg, values))
+        cycle = write_row(program, cycle, bank, 1, bursts_of(cfg, values))
     for bank in (0, g.banks - 1):
         cycle = read_row(program, cycle, bank, 1, g.bursts_per_row)
     _, bursts = await tb.run(program)
@@ -133,3 +84,35 @@ async def rtl_flags_illegal_state(dut):
     assert int(dut.error.value) == 1, "a RD to a closed bank was not flagged"
     from rtl.channel import ChannelError
     assert ChannelError(int(dut.error_code.value)) is ChannelError.STATE
+
+
+@cocotb.test()
+async def checker_fails_an_illegal_program(dut):
+    """A G_ACT one cycle early (inside tFAW, or inside tRRD_S where a bank group is small
+    enough that two G_ACTs fit a tFAW window): the RTL does not police rank-level timing;
+    the checker on the command log must fail the run, naming the rule."""
+    from sim.programs import gemv_program
+    from .channel_tb import finite_fp16
+    from .timing_checker import TimingViolation
+    tb = ChannelTB(dut)
+    await tb.start()
+    cfg = tb.config
+    if cfg.geometry.bankgroups < 2:
+        return
+    vector = finite_fp16(_rng(), cfg.geometry.row_elements)
+    program = gemv_program(cfg, bursts_of(cfg, vector), cfg.stored_rows - 1, [0], _tiles(cfg))
+    index = next(i for i, c in enumerate(program.commands)
+                 if c.op is Opcode.G_ACT and c.bankgroup == 1 and c.rank == 0)
+    first = next(c for c in program.commands if c.op is Opcode.G_ACT)
+    if 2 * cfg.geometry.banks_per_group > 4:
+        rule, cycle = "tFAW", program.commands[index].cycle - 1
+    else:
+        rule, cycle = "tRRD", first.cycle + cfg.timing.tRRD_S - 1
+    program.commands[index] = program.commands[index].at(cycle)
+    try:
+        await tb.run(program)
+    except TimingViolation as violation:
+        assert violation.rule == rule, violation
+        dut._log.info("checker caught it: %s", violation)
+    else:
+        raise AssertionError("an illegal G_ACT passed the timing checker")

@@ -139,17 +139,20 @@ def run(build_dir: Path, name: str, test_module: str, testcase: str | list[str] 
         try:
             _runner().test(test_module=test_module, hdl_toplevel=name, hdl_toplevel_lang="verilog",
                            testcase=testcase, build_dir=build_dir, test_dir=test_dir,
-                           extra_env=extra, waves=waves, results_xml=str(xml))
+                           extra_env=extra, waves=waves, results_xml=str(xml),
+                           log_file=test_dir / "sim.log")
         except SystemExit:  # the runner exits on failed tests; the results file says which
             pass
+    log = test_dir / "sim.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
     if not xml.exists():
-        raise AssertionError(f"the simulation of {name} ended without results (log: {test_dir})")
+        raise AssertionError(f"the simulation of {name} ended without results ({log}):\n{tail}")
     total, failed = results_of(xml)
     if total == 0:
-        raise AssertionError(f"no cocotb test ran from {test_module}")
+        raise AssertionError(f"no cocotb test ran from {test_module} ({log}):\n{tail}")
     if failed:
         raise AssertionError(f"cocotb tests failed in {test_module}: {', '.join(failed)} "
-                             f"(log: {test_dir})")
+                             f"({log}):\n{tail}")
     return test_dir
 
 

@@ -108,9 +108,12 @@ def check(lanes, schedule, expects, last):
 
 
 def test_latency_formula():
-    # Products register, one register per tree level, accumulator, result register.
-    assert PimMacUnit.latency_for(4) == 4 and PimMacUnit.latency_for(16) == 6
-    assert PimMacUnit(8).latency == PimMacUnit.latency_for(8)
+    # Products register, one register per tree level (log2 lanes), accumulator/result.
+    for lanes in (1, 2, 4, 8, 16, 32):
+        assert PimMacUnit.latency_for(lanes) == 1 + (lanes.bit_length() - 1) + 1
+    unit = PimMacUnit(8)
+    unit._MustUse__silence = True  # built only to read an attribute, never elaborated
+    assert unit.latency == PimMacUnit.latency_for(8)
 
 
 @pytest.mark.parametrize("lanes", LANES)

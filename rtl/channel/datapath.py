@@ -21,6 +21,7 @@ class ChannelError(enum.Enum, shape=4):
     NO_PIM = 4           # PIM command in DRAM mode
     GEMV_OVERLAP = 5     # PIM_GEMV/COMP/READRES while a PIM_GEMV expansion runs
     DATA_COLLISION = 6   # RD data and READRES data on the bus in the same cycle
+    BAD_GEMV = 7         # PIM_GEMV with k = 0 or chunks past the end of the row
 
 
 class ChannelDatapath(wiring.Component):
@@ -46,7 +47,8 @@ class ChannelDatapath(wiring.Component):
         g = config.geometry
         self.config = config
         self.shared_bank_module = shared_bank_module
-        self.bank_prototype = Bank(config)
+        self.bank_prototype = Bank(config) if shared_bank_module else None
+        self.bank_depth = config.stored_rows * g.bursts_per_row
         self.burst_bits = g.burst_bytes * 8
         super().__init__({
             "cmd": In(command_layout(config)), "cmd_valid": In(1), "wdata": In(self.burst_bits),
@@ -55,7 +57,7 @@ class ChannelDatapath(wiring.Component):
             "error": Out(1), "error_code": Out(ChannelError), "error_bank": Out(range(g.banks)),
             "error_cycle": Out(32),
             "backdoor_en": In(1), "backdoor_bank": In(range(g.banks)),
-            "backdoor_addr": In(range(self.bank_prototype.depth)),
+            "backdoor_addr": In(range(self.bank_depth)),
             "backdoor_data": In(self.burst_bits),
         })
 
@@ -87,7 +89,7 @@ class ChannelDatapath(wiring.Component):
 
         banks = self._banks(m)
         m.submodules.gbuf = gbuf = GlobalBufferRtl(cfg)
-        comp, comp_column, readres, overlap = self._gemv_expander(m)
+        comp, comp_column, readres, overlap, bad_gemv = self._gemv_expander(m)
 
         for index, bank in enumerate(banks):
             m.d.comb += [
@@ -119,7 +121,7 @@ class ChannelDatapath(wiring.Component):
         m.d.sync += [read_bank.eq(flat_bank), read_valid.eq(self.cmd_valid & (op == Opcode.RD))]
         m.submodules.read_line = read_line = DelayLine(self.burst_bits, bus.read_data - 1)
         m.d.comb += [read_line.i_data.eq(rdata[read_bank]), read_line.i_valid.eq(read_valid)]
-        latency = self.bank_prototype.result_latency
+        latency = banks[0].result_latency if not self.shared_bank_module else self.bank_prototype.result_latency
         m.submodules.result_line = result_line = DelayLine(self.burst_bits, bus.read_data - latency)
         m.d.comb += [result_line.i_data.eq(Cat(*(bank.result for bank in banks))),
                      result_line.i_valid.eq(banks[0].result_valid)]
@@ -128,7 +130,7 @@ class ChannelDatapath(wiring.Component):
             self.rdata_pim.eq(result_line.o_valid),
             self.rdata.eq(Mux(result_line.o_valid, result_line.o_data, read_line.o_data)),
         ]
-        self._errors(m, banks, overlap, read_line.o_valid & result_line.o_valid)
+        self._errors(m, banks, overlap, read_line.o_valid & result_line.o_valid, bad_gemv)
         return m
 
     def _gemv_expander(self, m):
@@ -145,7 +147,9 @@ class ChannelDatapath(wiring.Component):
         readres_wait = Signal(range(longest + 1))
         m.d.comb += self.pim_busy.eq(active)
 
-        is_gemv = valid & (op == Opcode.PIM_GEMV)
+        bad_gemv = valid & (op == Opcode.PIM_GEMV) & (
+            (cmd.comps == 0) | (cmd.column + cmd.comps > bus.comps_per_row))
+        is_gemv = valid & (op == Opcode.PIM_GEMV) & ~bad_gemv
         is_comp = valid & (op == Opcode.COMP)
         is_readres = valid & (op == Opcode.READRES)
         exp_comp = active & (comp_wait == 0) & (left != 0)
@@ -166,15 +170,15 @@ class ChannelDatapath(wiring.Component):
         comp = Signal()
         comp_column = Signal.like(cmd.column)
         m.d.comb += [
-            comp.eq(((is_gemv & (cmd.comps != 0)) | is_comp) | exp_comp),
+            comp.eq(is_gemv | is_comp | exp_comp),
             comp_column.eq(Mux(active, column, cmd.column)),
         ]
         readres = Signal()
         m.d.comb += readres.eq(is_readres | exp_readres)
         overlap = active & (is_gemv | is_comp | is_readres)
-        return comp, comp_column, readres, overlap
+        return comp, comp_column, readres, overlap, bad_gemv
 
-    def _errors(self, m, banks, overlap, collision):
+    def _errors(self, m, banks, overlap, collision, bad_gemv):
         code = Signal(ChannelError)
         where = Signal.like(self.error_bank)
         for index, bank in reversed(list(enumerate(banks))):
@@ -184,6 +188,8 @@ class ChannelDatapath(wiring.Component):
             m.d.comb += code.eq(ChannelError.GEMV_OVERLAP)
         with m.If(collision):
             m.d.comb += code.eq(ChannelError.DATA_COLLISION)
+        with m.If(bad_gemv):
+            m.d.comb += code.eq(ChannelError.BAD_GEMV)
         if self.config.mode is RowBufferMode.DRAM:
             with m.If(self.cmd_valid & (self.cmd.op == Opcode.PIM_GEMV)):
                 m.d.comb += code.eq(ChannelError.NO_PIM)

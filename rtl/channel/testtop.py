@@ -33,7 +33,7 @@ class ChannelTestTop(wiring.Component):
             "error": Out(1), "error_code": Out(ChannelError), "error_bank": Out(range(config.geometry.banks)),
             "error_cycle": Out(32),
             "backdoor_en": In(1), "backdoor_bank": In(range(config.geometry.banks)),
-            "backdoor_addr": In(range(self.datapath.bank_prototype.depth)),
+            "backdoor_addr": In(range(self.datapath.bank_depth)),
             "backdoor_data": In(burst_bits),
             "cmd_log_count": Out(range(log_depth + 1)), "cmd_log_overflow": Out(1),
             "cmd_log_addr": In(range(log_depth)), "cmd_log_cycle": Out(32),

@@ -35,6 +35,9 @@ bench: $(STAMP)
 verilog: $(STAMP)
 	$(BIN)/neupims verilog --config $(CONFIG) --out build/verilog/$(CONFIG)
 
+lint: $(STAMP)
+	$(BIN)/neupims lint --config $(CONFIG)
+
 clean:
 	rm -rf build .pytest_cache
 

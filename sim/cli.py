@@ -88,17 +88,34 @@ def cmd_bench(args):
         _print_report(report, "Benchmark: channel GEMV")
 
 
+def _configs(args):
+    """The configurations ``--config`` names: one preset, or every preset for ``all``."""
+    names = sorted(PRESETS) if args.config == "all" else [args.config]
+    changes = {"mode": args.mode} if getattr(args, "mode", None) else {}
+    try:
+        return [preset(name, **changes) for name in names]
+    except ConfigError as error:
+        sys.exit(f"neupims: bad configuration: {error}")
+
+
 def cmd_verilog(args):
-    from rtl.channel import ChannelTestTop, ChannelDatapath
-    from sim.harness import to_verilog
-    config = _config(args)
+    from sim.lint import export
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, component in (("channel_datapath", ChannelDatapath(config)),
-                            ("channel_top", ChannelTestTop(config))):
-        path = out / f"{name}.v"
-        path.write_text(to_verilog(component, name))
-        print(f"wrote {path}")
+    for config in _configs(args):
+        folder = out / config.name if args.config == "all" else out
+        for path in export(config, folder).values():
+            print(f"wrote {path}")
+        print(f"wrote {folder / 'signals.json'}")
+
+
+def cmd_lint(args):
+    from sim.lint import run
+    began = time.perf_counter()
+    warnings = run(_configs(args), out=args.out)
+    print(f"{'FAILED' if warnings else 'OK'}: {warnings} warning(s) left "
+          f"({time.perf_counter() - began:.1f} s)")
+    if warnings:
+        sys.exit(1)
 
 
 def main(argv=None):
@@ -126,10 +143,22 @@ def main(argv=None):
     p.add_argument("--tile", type=int)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("verilog", help="write the Verilog of a configuration")
-    common(p)
+    def export_config(p):
+        p.add_argument("--config", default="channel", choices=sorted(PRESETS) + ["all"],
+                       help="configuration preset, or `all` (default: %(default)s)")
+        p.add_argument("--mode", choices=["dual", "blocked"], help="row-buffer mode")
+
+    p = sub.add_parser("verilog", help="write the Verilog of the major blocks and signals.json "
+                                       "(--config all: one folder per preset)")
+    export_config(p)
     p.add_argument("--out", default="build/verilog")
     p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("lint", help="verilator --lint-only -Wall on the exported blocks "
+                                    "(waivers: lint_waivers.vlt); fails on any warning")
+    export_config(p)
+    p.add_argument("--out", help="keep the exported Verilog here (default: a scratch folder)")
+    p.set_defaults(func=cmd_lint)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -1,0 +1,174 @@
+"""Export the Verilog of the major blocks (``neupims verilog``) and lint it (``neupims lint``).
+
+``export`` writes ``<block>.v`` for each block in :data:`BLOCKS` and ``signals.json``, the
+map from each top-level port (Amaranth signature member path, ``a.b``) to its Verilog port
+name (``a__b``; a struct- or enum-typed member stays one vector named after the member).
+Output is deterministic: the same configuration gives the same bytes.
+
+``lint`` runs ``verilator --lint-only -Wall`` on each exported block with the waivers of
+``lint_waivers.vlt`` (rule classes that Amaranth's code generator produces); any warning
+left is a failure.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from amaranth.hdl import Shape, ShapeCastable
+from amaranth.lib import data, wiring
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIVERS = ROOT / "lint_waivers.vlt"
+
+
+def _channel_datapath(config):
+    from rtl.channel import ChannelDatapath
+    return ChannelDatapath(config)
+
+
+def _channel_top(config):
+    from rtl.channel import ChannelTestTop
+    return ChannelTestTop(config)
+
+
+def _bank(config):
+    from rtl.dram import Bank
+    return Bank(config)
+
+
+def _pim_mac(config):
+    from rtl.pim import PimMacUnit
+    return PimMacUnit(config.pim.lanes)
+
+
+def _global_buffer(config):
+    from rtl.pim import GlobalBufferRtl
+    return GlobalBufferRtl(config)
+
+
+# (block = Verilog module and file name, constructor); in export order.
+BLOCKS = [
+    ("channel_datapath", _channel_datapath),
+    ("channel_top", _channel_top),
+    ("bank", _bank),
+    ("pim_mac", _pim_mac),
+    ("global_buffer", _global_buffer),
+]
+
+
+def _layout_fields(layout, prefix="", base=0) -> dict:
+    """Bit fields of a data layout, flattened to dotted names: {name: [offset, width]}."""
+    fields = {}
+    for name, field in layout:
+        path = f"{prefix}{name}"
+        offset = base + field.offset
+        fields[path] = [offset, field.width]
+        shape = field.shape
+        if isinstance(shape, ShapeCastable) and not isinstance(shape, data.Layout):
+            shape = shape.as_shape() if hasattr(shape, "as_shape") else shape
+        if isinstance(shape, data.Layout):
+            fields.update(_layout_fields(shape, f"{path}.", offset))
+    return fields
+
+
+def _describe_shape(shape) -> dict:
+    info = {}
+    if isinstance(shape, data.Layout):
+        info["fields"] = _layout_fields(shape)
+    elif isinstance(shape, type) and hasattr(shape, "__members__"):  # an Amaranth enum
+        info["enum"] = {name: int(member.value) for name, member in shape.__members__.items()}
+    return info
+
+
+def _module_ports(verilog_text: str, module: str) -> list[str]:
+    match = re.search(rf"^module {re.escape(module)}\(([^)]*)\);", verilog_text, re.M)
+    if not match:
+        raise ValueError(f"module {module} not found in its Verilog")
+    return [port.strip() for port in match.group(1).split(",") if port.strip()]
+
+
+def port_map(component, module: str, verilog_text: str) -> dict:
+    """Top-level ports of ``component``: member path -> Verilog name, direction, width."""
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        name = "__".join(map(str, path))
+        shape = member.shape
+        entry = {"verilog": name, "direction": "in" if member.flow is wiring.In else "out",
+                 "width": Shape.cast(shape).width}
+        entry.update(_describe_shape(shape))
+        ports[".".join(map(str, path))] = entry
+    declared = set(_module_ports(verilog_text, module))
+    missing = sorted(entry["verilog"] for entry in ports.values()
+                     if entry["verilog"] not in declared)
+    if missing:  # a port Amaranth removed or renamed: the map would lie
+        raise ValueError(f"{module}: ports not in the Verilog: {', '.join(missing)}")
+    extra = sorted(declared - {entry["verilog"] for entry in ports.values()})
+    return {"module": module, "ports": ports, "implicit_ports": extra}
+
+
+def export(config, out: Path, blocks=None) -> dict[str, Path]:
+    """Write ``out/<block>.v`` and ``out/signals.json``; return {block: path of its .v}."""
+    from sim.harness import to_verilog
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, signals = {}, {}
+    for block, make in BLOCKS:
+        if blocks is not None and block not in blocks:
+            continue
+        component = make(config)
+        text = to_verilog(component, block)
+        path = out / f"{block}.v"
+        path.write_text(text)
+        written[block] = path
+        signals[block] = port_map(component, block, text)
+    document = {"config": config.name, "summary": config.summary(), "blocks": signals}
+    (out / "signals.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return written
+
+
+WARNING = re.compile(r"^%(Warning|Error)")
+
+
+def lint_file(path: Path, top: str, waivers: Path = WAIVERS) -> list[str]:
+    """Warnings and errors Verilator reports on ``path`` (empty: clean)."""
+    from sim.harness import tool_env, verilator_root
+    command = [str(verilator_root() / "bin" / "verilator"), "--lint-only", "-Wall",
+               "--top-module", top, str(waivers), str(path)]
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run(command, env=tool_env(), cwd=scratch, capture_output=True,
+                                text=True)
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [line for line in lines if WARNING.match(line) and "Exiting due to" not in line]
+    if result.returncode != 0 and not problems:
+        problems = [f"verilator exited with {result.returncode}"] + lines[-20:]
+    return problems
+
+
+def lint_config(config, out: Path | None = None) -> dict[str, list[str]]:
+    """Export ``config`` (into ``out`` or a scratch folder) and lint every block."""
+    with tempfile.TemporaryDirectory() as scratch:
+        written = export(config, Path(out) if out else Path(scratch))
+        with ThreadPoolExecutor(max_workers=len(written)) as pool:
+            futures = {block: pool.submit(lint_file, path, block)
+                       for block, path in written.items()}
+            return {block: future.result() for block, future in futures.items()}
+
+
+def run(configs, out: Path | None = None, show=print) -> int:
+    """Lint each configuration; print per block; return the number of warnings left."""
+    total = 0
+    for config in configs:
+        results = lint_config(config, Path(out) / config.name if out else None)
+        for block, problems in results.items():
+            if problems:
+                total += len(problems)
+                show(f"{config.name}/{block}: {len(problems)} warning(s)")
+                for line in problems:
+                    show(f"  {line}")
+            else:
+                show(f"{config.name}/{block}: OK")
+    return total

@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m slow
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m slow || [ $$? -eq 5 ]  # 5: none marked slow yet
 
 bench: $(STAMP)
 	$(BIN)/neupims bench channel --config $(CONFIG)

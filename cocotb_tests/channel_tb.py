@@ -12,7 +12,7 @@ from cocotb.triggers import ClockCycles, RisingEdge, Timer
 
 from rtl.channel import ChannelError
 from rtl.config import DeviceConfig
-from rtl.isa import Opcode, decode_command, encode_command
+from rtl.isa import decode_command, encode_command
 from sim.golden.fp import random16
 from sim.golden.pim import gemv
 from sim.programs import gemv_program

@@ -6,11 +6,13 @@ import os
 import cocotb
 import numpy as np
 
+from rtl.channel import ChannelError
 from rtl.isa import Command, Opcode
 from sim.golden.fp import random16
-from sim.programs import ChannelProgram, read_row, write_row
+from sim.programs import ChannelProgram, gemv_program, read_row, write_row
 
-from .channel_tb import ChannelTB, bursts_of, pack_fp16, rng_from_env as _rng, tiles_from_env as _tiles, unpack_fp16
+from .timing_checker import TimingViolation
+from .channel_tb import ChannelTB, bursts_of, finite_fp16, rng_from_env as _rng, tiles_from_env as _tiles, unpack_fp16
 
 
 @cocotb.test()
@@ -82,7 +84,6 @@ async def rtl_flags_illegal_state(dut):
     dut.prog_start.value = 0
     await cocotb.triggers.ClockCycles(dut.clk, 4)
     assert int(dut.error.value) == 1, "a RD to a closed bank was not flagged"
-    from rtl.channel import ChannelError
     assert ChannelError(int(dut.error_code.value)) is ChannelError.STATE
 
 
@@ -91,9 +92,6 @@ async def checker_fails_an_illegal_program(dut):
     """A G_ACT one cycle early (inside tFAW, or inside tRRD_S where a bank group is small
     enough that two G_ACTs fit a tFAW window): the RTL does not police rank-level timing;
     the checker on the command log must fail the run, naming the rule."""
-    from sim.programs import gemv_program
-    from .channel_tb import finite_fp16
-    from .timing_checker import TimingViolation
     tb = ChannelTB(dut)
     await tb.start()
     cfg = tb.config

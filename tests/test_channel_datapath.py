@@ -153,7 +153,7 @@ def test_back_to_back_gemvs_and_direct_comps():
     """GEMVs issued every ``bus.gemv_busy(k)`` clocks (READRES clears the accumulators),
     then the same computation with explicit COMPs and a READRES."""
     config = CONFIG
-    bus, t = config.bus, config.timing
+    bus = config.bus
     rows = make_storage(config, 20)
     schedule, at = pim_setup(config)
     expects = {}

@@ -1,6 +1,6 @@
 """One PIM channel: its banks (with PIM units), the global buffer, PIM_GEMV expansion and
 the data bus. Commands come from outside (a controller, or a testbench's player)."""
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, Value
+from amaranth.hdl import Array, Cat, ClockSignal, Instance, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -121,7 +121,7 @@ class ChannelDatapath(wiring.Component):
         m.d.sync += [read_bank.eq(flat_bank), read_valid.eq(self.cmd_valid & (op == Opcode.RD))]
         m.submodules.read_line = read_line = DelayLine(self.burst_bits, bus.read_data - 1)
         m.d.comb += [read_line.i_data.eq(rdata[read_bank]), read_line.i_valid.eq(read_valid)]
-        latency = banks[0].result_latency if not self.shared_bank_module else self.bank_prototype.result_latency
+        latency = Bank.result_latency(cfg)
         m.submodules.result_line = result_line = DelayLine(self.burst_bits, bus.read_data - latency)
         m.d.comb += [result_line.i_data.eq(Cat(*(bank.result for bank in banks))),
                      result_line.i_valid.eq(banks[0].result_valid)]

@@ -1,4 +1,4 @@
-from amaranth.hdl import Module, Signal, Mux, unsigned
+from amaranth.hdl import Module, Signal, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

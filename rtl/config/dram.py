@@ -1,7 +1,7 @@
 """DRAM geometry, address map and timing (NEUPIMS.md section 2)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import require, is_power_of_two, require_positive_ints, require_nonnegative_ints
 

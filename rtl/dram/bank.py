@@ -68,10 +68,10 @@ class Bank(wiring.Component):
             "backdoor_data": In(self.burst_bits),
         })
 
-    @property
-    def result_latency(self) -> int:
+    @staticmethod
+    def result_latency(config) -> int:
         """Clocks from a READRES strobe to ``result_valid`` (storage read + MAC pipeline)."""
-        return 1 + self.mac.latency
+        return 1 + PimMacUnit.latency_for(config.pim.lanes)
 
     def elaborate(self, platform):
         m = Module()

@@ -1,12 +1,13 @@
 """One PIM channel: its banks (with PIM units), the global buffer, PIM_GEMV expansion and
 the data bus. Commands come from outside (a controller, or a testbench's player)."""
 from amaranth.hdl import Array, Cat, ClockSignal, Instance, Module, Mux, ResetSignal, Signal, Value
-from amaranth.lib import enum, wiring
+from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import DelayLine
 from ..config import RowBufferMode
 from ..dram import Bank, BankError
+from ..dram.bank import bank_status_layout
 from ..isa import Opcode, command_layout
 from ..pim import GlobalBufferRtl
 
@@ -37,6 +38,7 @@ class ChannelDatapath(wiring.Component):
       ``error`` (Out, sticky) with ``error_code``, ``error_bank``, ``error_cycle`` of the first
         illegal command the banks or the channel saw.
       ``pim_busy`` (Out): a PIM_GEMV expansion is running.
+      ``banks`` (Out): every bank's ready flags and row-buffer state (for a controller).
       ``backdoor_*`` (In): testbench write access to bank storage.
 
     ``shared_bank_module``: instantiate one Verilog module for all banks (fast Verilator
@@ -54,6 +56,7 @@ class ChannelDatapath(wiring.Component):
             "cmd": In(command_layout(config)), "cmd_valid": In(1), "wdata": In(self.burst_bits),
             "rdata": Out(self.burst_bits), "rdata_valid": Out(1), "rdata_pim": Out(1),
             "cycle": Out(32), "pim_busy": Out(1),
+            "banks": Out(data.ArrayLayout(bank_status_layout(config), g.banks)),
             "error": Out(1), "error_code": Out(ChannelError), "error_bank": Out(range(g.banks)),
             "error_cycle": Out(32),
             "backdoor_en": In(1), "backdoor_bank": In(range(g.banks)),
@@ -99,6 +102,10 @@ class ChannelDatapath(wiring.Component):
                 bank.backdoor_en.eq(self.backdoor_en & (self.backdoor_bank == index)),
                 bank.backdoor_addr.eq(self.backdoor_addr), bank.backdoor_data.eq(self.backdoor_data),
             ]
+            status = self.banks[index]
+            m.d.comb += [status.ready.eq(bank.ready), status.mem_open.eq(bank.mem_open),
+                         status.mem_row.eq(bank.mem_row), status.pim_open.eq(bank.pim_open),
+                         status.pim_row.eq(bank.pim_row)]
         m.d.comb += gbuf.read_column.eq(comp_column)
 
         flat_bank = Signal(range(g.banks))

@@ -8,7 +8,8 @@ from .errors import ConfigError
 from .dram import AddressMap, DramGeometry, DramTiming
 from .pim import PimUnit, GlobalBuffer, RowBufferMode
 from .npu import NpuConfig
+from .controller import ControllerConfig, refresh_delay_bound
 from .device import DeviceConfig, preset, PRESETS
 
 __all__ = ["ConfigError", "AddressMap", "DramGeometry", "DramTiming", "PimUnit", "GlobalBuffer",
-           "RowBufferMode", "NpuConfig", "DeviceConfig", "preset", "PRESETS"]
+           "RowBufferMode", "NpuConfig", "ControllerConfig", "refresh_delay_bound", "DeviceConfig", "preset", "PRESETS"]

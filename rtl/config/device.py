@@ -5,6 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .controller import ControllerConfig, refresh_delay_bound
 from .dram import AddressMap, BusTiming, DramGeometry, DramTiming
 from .errors import ConfigError, require, require_positive_ints, is_power_of_two
 from .npu import NpuConfig
@@ -17,7 +18,9 @@ class DeviceConfig:
 
     ``stored_rows`` is a property of the model, not of the device: how many rows per bank
     the RTL keeps real storage for (rows 0 .. stored_rows-1). Full-size contents live in
-    the testbench; a command to a row beyond the stored window is flagged as an error.
+    the testbench; a command to a row beyond the stored window is flagged as an error,
+    unless ``wrap_rows`` is set: then rows alias modulo the window (for timing-only runs
+    such as trace replay, where data contents do not matter).
     """
     name: str = "custom"
     geometry: DramGeometry = field(default_factory=DramGeometry)
@@ -26,8 +29,10 @@ class DeviceConfig:
     pim: PimUnit = field(default_factory=PimUnit)
     global_buffer: GlobalBuffer = field(default_factory=GlobalBuffer)
     npu: NpuConfig = field(default_factory=NpuConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
     mode: RowBufferMode = RowBufferMode.DUAL
     stored_rows: int = 8
+    wrap_rows: bool = False
 
     def __post_init__(self):
         if isinstance(self.mode, str):
@@ -51,6 +56,10 @@ class DeviceConfig:
                 or self.mode is RowBufferMode.DRAM, "DramGeometry.banks",
                 f"READRES returns one FP16 per bank in one burst: {self.geometry.banks} banks "
                 f"do not fit a {self.geometry.burst_bytes}-byte burst")
+        bound = refresh_delay_bound(self)
+        require(bound <= self.timing.refresh_max_late, "DramTiming.refresh_max_late",
+                f"{self.timing.refresh_max_late} is below the controller's refresh delay "
+                f"bound of {bound} clocks")
 
     @property
     def bus(self) -> BusTiming:
@@ -71,7 +80,7 @@ class DeviceConfig:
     def from_dict(cls, data: dict) -> "DeviceConfig":
         data = dict(data)
         parts = {"geometry": DramGeometry, "timing": DramTiming, "pim": PimUnit,
-                 "global_buffer": GlobalBuffer, "npu": NpuConfig}
+                 "global_buffer": GlobalBuffer, "npu": NpuConfig, "controller": ControllerConfig}
         for key, kind in parts.items():
             if key in data:
                 data[key] = kind(**data[key])

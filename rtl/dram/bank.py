@@ -23,6 +23,13 @@ BankReady = data.StructLayout({name: 1 for name in (
     "act", "rd", "wr", "pre", "gwrite", "ref", "gact", "pim_pre", "comp")})
 
 
+def bank_status_layout(config) -> data.StructLayout:
+    """What a controller sees of a bank: ready flags and both row buffers' state."""
+    rows = config.geometry.rows
+    return data.StructLayout({"ready": BankReady, "mem_open": 1, "mem_row": range(rows),
+                              "pim_open": 1, "pim_row": range(rows)})
+
+
 class Bank(wiring.Component):
     """A bank with dual row buffers (or one, in BLOCKED mode) and its PIM unit.
 
@@ -180,7 +187,7 @@ class Bank(wiring.Component):
         with m.If((self.comp & ~ready.comp) | (self.readres & ~pim_open)):
             m.d.comb += error.eq(BankError.STATE if cfg.mode is not RowBufferMode.DRAM
                                  else BankError.NO_PIM)
-        stored = cmd.row < cfg.stored_rows
+        stored = Const(1) if cfg.wrap_rows else cmd.row < cfg.stored_rows
         with m.If((hit[Opcode.ACT] | hit[Opcode.G_ACT]) & ~stored):
             m.d.comb += error.eq(BankError.ROW_NOT_STORED)
         if cfg.mode is RowBufferMode.DRAM:

@@ -9,6 +9,7 @@ open; the RTL raises no error; a watchdog fails a run that stops making progress
 from __future__ import annotations
 
 import collections
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ class ControllerTB:
         self.completed = {"reads": 0, "writes": 0, "gemvs": 0}
         self.last_response_cycle = 0
         self.wall = 0.0
+        self.progress = os.environ.get("NEUPIMS_PROGRESS")
+        self.pim_events: list[tuple[int, Opcode, int]] = []   # PIM_GEMV, REF, G_ACT
+        self.first_accept_cycle = None
 
     # -- set-up --
     async def start(self):
@@ -176,6 +180,8 @@ class ControllerTB:
             await ReadOnly()
             progress = False
             if offer is not None and dut.requests__ready.value:
+                if self.first_accept_cycle is None:
+                    self.first_accept_cycle = now
                 self._accept(offer, self.free_tags.popleft())
                 self.requests.popleft()
                 progress = True
@@ -210,6 +216,9 @@ class ControllerTB:
                     f"{len(self.requests)} requests not accepted, {len(self.waiting)} "
                     f"outstanding, {len(self.pim)} PIM requests queued, "
                     f"{len(self.gemvs_waiting)} GEMV results missing")
+            if self.progress and now % 20_000 == 0:
+                with open(self.progress, "w") as f:
+                    f.write(f"{now} {sum(self.completed.values())}\n")
             if now > max_cycles:
                 raise AssertionError(f"run exceeded {max_cycles} cycles")
             if not busy:
@@ -281,6 +290,8 @@ class ControllerTB:
                                   for c, who in self.recent)
             raise AssertionError(f"{error}\nlast commands:\n  {history}") from error
         self.commands[cmd.op] += 1
+        if cmd.op in (Opcode.PIM_GEMV, Opcode.REF, Opcode.G_ACT):
+            self.pim_events.append((cmd.cycle, cmd.op, cmd.comps))
         if self.command_log is not None:
             self.command_log.append(format_command(cmd))
         g = self.config.geometry
@@ -322,6 +333,26 @@ class ControllerTB:
         assert counters["row_hits"] + counters["row_misses"] == counters["RD"] + counters["WR"]
         assert not self.waiting and not self.gemvs_waiting and not self.requests
         return counters
+
+    def comp_rates(self) -> dict:
+        """COMP slots used per COMP slot available (one per ``comp_interval``): ``overall``
+        from the first PIM_GEMV to the end of the last; ``steady`` only across gaps between
+        consecutive PIM_GEMVs with no REF or G_ACT between them (the row set stays open)."""
+        bus = self.config.bus
+        gemvs = [(c, k) for c, op, k in self.pim_events if op is Opcode.PIM_GEMV]
+        if not gemvs:
+            return {"overall": 0.0, "steady": 0.0}
+        comps = sum(k for _, k in gemvs)
+        span = gemvs[-1][0] + bus.gemv_busy(gemvs[-1][1]) - gemvs[0][0]
+        steady_comps, steady_span = 0, 0
+        events = self.pim_events
+        for (c0, op0, k0), (c1, op1, _) in zip(events, events[1:]):
+            if op0 is Opcode.PIM_GEMV and op1 is Opcode.PIM_GEMV:
+                steady_comps += k0
+                steady_span += c1 - c0
+        ci = bus.comp_interval
+        return {"overall": comps * ci / span,
+                "steady": steady_comps * ci / steady_span if steady_span else 0.0}
 
     def sim_rate(self) -> float:
         return self.cycle / self.wall if self.wall else 0.0

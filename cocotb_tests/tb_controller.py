@@ -52,9 +52,11 @@ class Workload:
         for bank, vector in self.vectors.items():
             await self.tb.backdoor_row(bank, VECTOR_ROW, vector)
 
-    def normal(self, count: int, spread: int, write_share=0.4, locality=0.6):
+    def normal(self, count: int, spread: int, write_share=0.4, locality=0.6,
+               away_from_pim=False):
         """``count`` reads/writes entering over about ``spread`` cycles; writes avoid the
-        matrix and vector rows (so GEMV inputs stay fixed)."""
+        matrix and vector rows (so GEMV inputs stay fixed), reads too if ``away_from_pim``
+        (otherwise reads of the matrix row wait while a header reserves it)."""
         g, rng, tb = self.g, self.rng, self.tb
         rows = tb.config.stored_rows if not tb.config.wrap_rows else g.rows
         times = np.sort(rng.integers(0, max(spread, 1), count))
@@ -68,7 +70,7 @@ class Workload:
                 rank, bg, bank = (int(rng.integers(g.ranks)), int(rng.integers(g.bankgroups)),
                                   int(rng.integers(g.banks_per_group)))
                 row, column = int(rng.integers(rows)), int(rng.integers(g.bursts_per_row))
-            if write and row in (MATRIX_ROW, VECTOR_ROW):
+            if (write or away_from_pim) and row in (MATRIX_ROW, VECTOR_ROW):
                 row = 2 + row % max(rows - 2, 1) if rows > 2 else row
                 if row in (MATRIX_ROW, VECTOR_ROW):
                     write = False
@@ -104,8 +106,9 @@ class Workload:
 
 async def _start(dut, **kw):
     seed = _env_int("NEUPIMS_SEED", 1)
-    tb = ControllerTB(dut, seed=seed, idle=float(os.environ.get("NEUPIMS_IDLE", "0.1")),
-                      backpressure=float(os.environ.get("NEUPIMS_BACKPRESSURE", "0.1")), **kw)
+    kw.setdefault("idle", float(os.environ.get("NEUPIMS_IDLE", "0.1")))
+    kw.setdefault("backpressure", float(os.environ.get("NEUPIMS_BACKPRESSURE", "0.1")))
+    tb = ControllerTB(dut, seed=seed, **kw)
     await tb.start()
     return tb, np.random.default_rng(seed)
 
@@ -233,11 +236,14 @@ async def bench(dut):
             tb.pim.append(PimRequest(PimOp.GEMV, column=0, comps=per_row, expected=expected))
         if scenario == "mixed":
             work.normal(count, spread=gemvs * bus.gemv_busy(per_row), write_share=0.3,
-                        locality=0.8)
+                        locality=0.8, away_from_pim=True)
     await tb.run()
     counters = tb.finish()
     cycles = counters["cycles"]
     bytes_moved = (counters["RD"] + counters["WR"]) * g.burst_bytes
-    extra.update(bytes=bytes_moved, bus_cycles=cycles,
-                 comp_slots=counters["comps"], pim_busy_cycles=counters["pim_busy_cycles"])
+    span = tb.last_response_cycle - (tb.first_accept_cycle or 0)
+    extra.update(bytes=bytes_moved, bus_cycles=cycles, normal_span=span,
+                 normal_gbps=bytes_moved / span * tb.config.timing.clock_hz / 1e9 if span else 0,
+                 peak_gbps=g.burst_bytes / bus.burst * tb.config.timing.clock_hz / 1e9,
+                 comp_rate=tb.comp_rates(), gemvs=tb.completed["gemvs"])
     _report(tb, counters, **extra)

@@ -11,7 +11,8 @@ from pathlib import Path
 from rtl.config import ConfigError, PRESETS, preset
 
 NOT_BUILT = [
-    "memory controller (scheduler, refresh, PIM sequencing): commands come from a stored program",
+    "the controller in `make sim`: this GEMV still plays a stored command program (the "
+    "controller runs in `neupims replay-trace` and `neupims bench controller`)",
     "NPU (systolic arrays, vector unit, DMA)",
     "LLM decode replay in the three modes (npu-only, npu+pim, neupims)",
     "full-scale timing path and the paper's table",
@@ -68,6 +69,8 @@ def _print_report(report: dict, title: str):
 
 def cmd_sim(args):
     config = _config(args)
+    if config.mode.value == "dram":
+        sys.exit("neupims sim: the GEMV job needs PIM; choose --mode dual or blocked")
     report = _channel_gemv(config, args.repeat, args.seed, args.tile)
     _print_report(report, "GEMV on one NeuPIMs channel (RTL on Verilator)")
     if args.json:
@@ -78,14 +81,37 @@ def cmd_sim(args):
 
 
 def cmd_bench(args):
-    if args.target != "channel":
-        sys.exit(f"neupims bench: unknown target {args.target!r}; available: channel")
+    if args.target == "controller":
+        return cmd_bench_controller(args)
     config = _config(args)
     report = _channel_gemv(config, args.repeat, args.seed, args.tile)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print_report(report, "Benchmark: channel GEMV")
+
+
+def cmd_bench_controller(args):
+    from sim.controller_bench import bench_controller, format_bench
+    show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
+        lambda line: print(line, flush=True))
+    results = bench_controller(_config(args), requests=args.requests, gemvs=args.gemvs,
+                               show=show)
+    print(json.dumps(results, indent=2) if args.json else "\n" + format_bench(results))
+
+
+def cmd_replay_trace(args):
+    from sim.dram_trace import TraceError
+    from sim.replay import format_replay, replay_trace
+    show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
+        lambda line: print(line, flush=True))
+    try:
+        report = replay_trace(_config(args), args.trace, command_log=args.command_log, show=show)
+    except TraceError as error:
+        sys.exit(f"neupims replay-trace: {error}")
+    if args.command_log:
+        show(f"wrote the command log to {args.command_log}")
+    print(json.dumps(report, indent=2) if args.json else "\n" + format_replay(report))
 
 
 def _configs(args):
@@ -118,6 +144,29 @@ def cmd_lint(args):
         sys.exit(1)
 
 
+def cmd_synth(args):
+    from sim.synth import format_report, synth
+    config = _config(args)
+    show = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    blocks = args.blocks.split(",") if args.blocks else None
+    try:
+        report = synth(config, out=args.out, blocks=blocks, pnr=not args.no_pnr, jobs=args.jobs,
+                       target_mhz=args.freq, show=show)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        sys.exit(f"neupims synth: {error}")
+    print(json.dumps(report, indent=2) if args.json else "\n" + format_report(report))
+    if report["fits"] is False:
+        sys.exit(1)
+
+
+def cmd_bitstream(args):
+    from sim.synth import bitstream
+    report = bitstream(_config(args), Path(args.out), seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else
+          f"wrote {report['bitstream']} ({report['bytes']:,} bytes, {report['wall_s']:.0f} s); "
+          f"fmax {report['fmax_mhz']} MHz at a {report['clock_mhz']:g} MHz board clock")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="neupims", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +174,7 @@ def main(argv=None):
     def common(p, default="channel"):
         p.add_argument("--config", default=default, choices=sorted(PRESETS),
                        help="configuration preset (default: %(default)s)")
-        p.add_argument("--mode", choices=["dual", "blocked"], help="row-buffer mode")
+        p.add_argument("--mode", choices=["dual", "blocked", "dram"], help="row-buffer mode")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("sim", help="run the main job: a GEMV on one channel of the RTL")
@@ -135,13 +184,26 @@ def main(argv=None):
     p.add_argument("--tile", type=int, help="COMPs per PIM_GEMV (default: a whole row)")
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("bench", help="benchmarks: `channel` (Verilator cycles/s of a GEMV)")
-    p.add_argument("target", choices=["channel"])
+    p = sub.add_parser("bench", help="benchmarks: `channel` (Verilator cycles/s of a GEMV "
+                                     "program), `controller` (bandwidth, COMP rate, dual vs blocked)")
+    p.add_argument("target", choices=["channel", "controller"])
     common(p)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int)
+    p.add_argument("--requests", type=int, default=8000,
+                   help="controller: normal requests per scenario (default: %(default)s)")
+    p.add_argument("--gemvs", type=int, default=200,
+                   help="controller: PIM_GEMVs in the PIM scenarios (default: %(default)s)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("replay-trace", help="replay a DRAMsim3-format trace (0xADDR READ|WRITE "
+                                            "CYCLE) on the controller RTL")
+    p.add_argument("trace", help="trace file")
+    common(p)
+    p.add_argument("--command-log", help="write every issued command here, one per line: "
+                                         "cycle command rank bankgroup bank row column")
+    p.set_defaults(func=cmd_replay_trace)
 
     def export_config(p):
         p.add_argument("--config", default="channel", choices=sorted(PRESETS) + ["all"],
@@ -159,6 +221,23 @@ def main(argv=None):
     export_config(p)
     p.add_argument("--out", help="keep the exported Verilog here (default: a scratch folder)")
     p.set_defaults(func=cmd_lint)
+
+    p = sub.add_parser("synth", help="ECP5 (LFE5U-85F) synthesis: resources per block (Yosys) "
+                                     "and fmax of the self-test top (nextpnr)")
+    common(p, default="tiny")
+    p.add_argument("--out", help="keep Verilog, netlists and logs here (default: scratch)")
+    p.add_argument("--blocks", help="comma-separated subset of blocks (default: all)")
+    p.add_argument("--no-pnr", action="store_true", help="skip place and route")
+    p.add_argument("--freq", type=float, default=100.0, help="nextpnr target in MHz")
+    p.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("bitstream", help="ULX3S-85F bitstream of the on-board self-test "
+                                         "(Amaranth build + YoWASP tools)")
+    common(p, default="tiny")
+    p.add_argument("--out", default="build/bitstream")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.set_defaults(func=cmd_bitstream)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rtl.config import preset
+from rtl.config import preset, refresh_delay_bound
 from rtl.controller import ControllerTop
 from sim.harness import simulate
 
@@ -22,7 +22,12 @@ def run_controller(config, testcase, tmp_path, **env):
     return json.loads(report.read_text())
 
 
-def _check_stress(result, mode):
+def _check_stress(result, mode, config):
+    """Coverage of one stress run, and the refresh bound: no REF later than
+    ``refresh_delay_bound`` after it fell due (the checker separately enforces tREFI +
+    refresh_max_late)."""
+    assert result["counters"]["refresh_late_max"] <= refresh_delay_bound(config)
+    assert result["counters"]["REF"] >= result["counters"]["cycles"] // config.timing.tREFI - 1
     coverage = result["coverage"]
     wanted = DRAM_COMMANDS if mode == "dram" else PIM_COMMANDS
     assert wanted <= set(coverage["commands"]), coverage["commands"]
@@ -35,18 +40,18 @@ def _check_stress(result, mode):
 @pytest.mark.xdist_group("controller-tiny")
 @pytest.mark.parametrize("seed", [1, 2])
 def test_tiny_stress(seed, tmp_path):
-    result = run_controller(preset("tiny"), "stress", tmp_path, NEUPIMS_SEED=seed,
-                            NEUPIMS_REQUESTS=1500)
-    _check_stress(result, "dual")
+    config = preset("tiny")
+    result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=seed, NEUPIMS_REQUESTS=1500)
+    _check_stress(result, "dual", config)
 
 
 @pytest.mark.xdist_group("controller-small")
 @pytest.mark.parametrize("mode", ["dual", "blocked", "dram"])
 def test_small_stress(mode, tmp_path):
     """8 banks, 2 ranks: mixed traffic with GEMVs and refresh, in each row-buffer mode."""
-    result = run_controller(preset("small", mode=mode), "stress", tmp_path, NEUPIMS_SEED=3,
-                            NEUPIMS_REQUESTS=4000)
-    _check_stress(result, mode)
+    config = preset("small", mode=mode)
+    result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=3, NEUPIMS_REQUESTS=4000)
+    _check_stress(result, mode, config)
 
 
 @pytest.mark.xdist_group("controller-small")
@@ -130,3 +135,19 @@ def test_normal_traffic_beside_gemvs(mode, tmp_path):
     if mode == "dual":
         assert during > 0
     result["mode_during"] = during
+
+
+#: Slow stress: four long runs of at least 250,000 cycles each (10^6 cycles in all).
+LONG_RUN_CYCLES = 250_000
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("controller-small")
+@pytest.mark.parametrize("mode, seed", [("dual", 11), ("dual", 12), ("blocked", 13),
+                                        ("dram", 14)])
+def test_long_stress(mode, seed, tmp_path):
+    config = preset("small", mode=mode)
+    result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=seed,
+                            NEUPIMS_REQUESTS=40_000, NEUPIMS_MOST_GEMVS=12)
+    _check_stress(result, mode, config)
+    assert result["counters"]["cycles"] >= LONG_RUN_CYCLES, result["counters"]["cycles"]

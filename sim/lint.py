@@ -35,6 +35,16 @@ def _channel_top(config):
     return ChannelTestTop(config)
 
 
+def _channel_controller(config):
+    from rtl.controller import ChannelController
+    return ChannelController(config)
+
+
+def _controller_top(config):
+    from rtl.controller import ControllerTop
+    return ControllerTop(config)
+
+
 def _bank(config):
     from rtl.dram import Bank
     return Bank(config)
@@ -54,6 +64,8 @@ def _global_buffer(config):
 BLOCKS = [
     ("channel_datapath", _channel_datapath),
     ("channel_top", _channel_top),
+    ("channel_controller", _channel_controller),
+    ("controller_top", _controller_top),
     ("bank", _bank),
     ("pim_mac", _pim_mac),
     ("global_buffer", _global_buffer),

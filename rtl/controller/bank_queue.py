@@ -116,7 +116,8 @@ class BankQueue(wiring.Component):
         m.d.comb += kept.eq(count - served)
         for i in range(depth):
             shifted = entries[i + 1] if i + 1 < depth else entries[i]
-            with m.If(served & (i >= chosen)):
+            at_or_after = (chosen <= i) if i < depth - 1 else 1   # (no constant comparison)
+            with m.If(served & at_or_after):
                 m.d.sync += entries[i].eq(shifted)
             with m.If(self.push & (kept == i)):
                 m.d.sync += entries[i].eq(self.entry)

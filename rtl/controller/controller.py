@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..common import DelayLine
 from ..dram.bank import bank_status_layout
-from ..isa import Opcode, command_layout
+from ..isa import Opcode, command_layout, command_value
 from .bank_queue import BankQueue
 from .interface import (COUNTERS, counters_layout, pim_request_layout, pim_response_layout,
                         read_response_layout, request_layout, write_response_layout)
@@ -156,16 +156,16 @@ class ChannelController(wiring.Component):
         all_ready = Cat(*(banks[b].ready.ref for b in range(nb))).all()
         for b in reversed(range(nb)):
             rank, bg, bank = g.bank_coords(b)
-            where = [ref_valid.eq(1), ref_cmd.rank.eq(rank), ref_cmd.bankgroup.eq(bg),
-                     ref_cmd.bank.eq(bank)]
+            where = dict(rank=rank, bankgroup=bg, bank=bank)
             with m.If(banks[b].pim_open & banks[b].ready.pim_pre & ~seq.gemv_busy
                       & ~gwrite_rank_busy[rank]):
-                m.d.comb += [ref_cmd.op.eq(Opcode.PIM_PRECHARGE), *where]
+                m.d.comb += [ref_valid.eq(1),
+                             ref_cmd.eq(command_value(cfg, op=Opcode.PIM_PRECHARGE, **where))]
             with m.If(banks[b].mem_open & banks[b].ready.pre):
-                m.d.comb += [ref_cmd.op.eq(Opcode.PRE), *where]
+                m.d.comb += [ref_valid.eq(1), ref_cmd.eq(command_value(cfg, op=Opcode.PRE, **where))]
         with m.If(all_closed):
             m.d.comb += [ref_valid.eq(all_ready & ~seq.gemv_busy & ~seq.gwrite_busy),
-                         ref_cmd.op.eq(Opcode.REF)]
+                         ref_cmd.eq(command_value(cfg, op=Opcode.REF))]
 
         # -- normal commands --
         draining = Signal()
@@ -211,7 +211,8 @@ class ChannelController(wiring.Component):
             with m.If(mask[b]):
                 m.d.comb += winner.eq(b)
         for b in reversed(range(nb)):
-            with m.If(mask[b] & (b >= pointer)):
+            from_pointer = (pointer <= b) if b < nb - 1 else 1
+            with m.If(mask[b] & from_pointer):
                 m.d.comb += winner.eq(b)
         normal_valid = mask.any()
         chosen = Signal.like(queues[0].candidate)

@@ -18,10 +18,15 @@ class PimOp(enum.Enum, shape=2):
     GEMV = 2     # PIM_GEMV(``comps``) from chunk ``column`` of the open row set
 
 
+def field_bits(count: int) -> int:
+    """Bits of a field with ``count`` values; at least 1 (no zero-width ports)."""
+    return max(1, (count - 1).bit_length())
+
+
 def _address_fields(config: DeviceConfig) -> dict:
     g = config.geometry
-    return {"rank": range(g.ranks), "bankgroup": range(g.bankgroups),
-            "bank": range(g.banks_per_group), "row": range(g.rows)}
+    return {"rank": field_bits(g.ranks), "bankgroup": field_bits(g.bankgroups),
+            "bank": field_bits(g.banks_per_group), "row": field_bits(g.rows)}
 
 
 def request_layout(config: DeviceConfig) -> data.StructLayout:

@@ -1,14 +1,14 @@
 """PIM transactions in order: GWRITE, PIM_HEADER (row-set admission against the refresh
 deadline), PIM_GEMV; the G_ACTs and PIM_PRECHARGEs a row set needs (NEUPIMS.md 2.4)."""
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter
 from ..config import RowBufferMode
 from ..dram.bank import bank_status_layout
-from ..isa import Opcode, command_layout
-from .interface import PimOp, pim_request_layout
+from ..isa import Opcode, command_layout, command_value
+from .interface import PimOp, field_bits, pim_request_layout
 
 
 class PimSequencer(wiring.Component):
@@ -50,7 +50,7 @@ class PimSequencer(wiring.Component):
             "refresh_due": In(1), "until_due": In(range(config.timing.tREFI + 1)),
             "refresh_issued": In(1), "result_space": In(1),
             "gemv_tag": Out(config.controller.tag_bits),
-            "gemv_busy": Out(1), "gwrite_busy": Out(1), "gwrite_rank": Out(range(g.ranks)),
+            "gemv_busy": Out(1), "gwrite_busy": Out(1), "gwrite_rank": Out(field_bits(g.ranks)),
             "gwrite_reserved": Out(1), "gwrite_bank": Out(range(g.banks)),
             "reserved": Out(1), "reserved_row": Out(range(g.rows)), "hold_act": Out(1),
             "bad_request": Out(1), "held": Out(1),
@@ -98,27 +98,26 @@ class PimSequencer(wiring.Component):
             pim_pre_need = [banks[b].pim_open for b in members]
             mem_need = [banks[b].mem_open & (Const(1) if blocked else banks[b].mem_row == cur_row)
                         for b in members]
-            # constant fields are set inside the branches: Verilator mis-evaluates a
-            # combinational block that assigns only constants to part of a signal
-            where = [choice.rank.eq(rank), choice.bankgroup.eq(bg), choice.row.eq(cur_row)]
             with m.If(Cat(*pim_pre_need).any()):
                 for i in reversed(range(bpg)):
                     b = members[i]
                     with m.If(pim_pre_need[i]):
                         m.d.comb += [valid.eq(banks[b].ready.pim_pre & ~self.gemv_busy
                                               & ~gwrite_rank_busy[rank]),
-                                     choice.op.eq(Opcode.PIM_PRECHARGE), choice.bank.eq(i),
-                                     *where]
+                                     choice.eq(command_value(cfg, op=Opcode.PIM_PRECHARGE,
+                                                             rank=rank, bankgroup=bg, bank=i))]
             with m.Elif(Cat(*mem_need).any()):
                 for i in reversed(range(bpg)):
                     b = members[i]
                     with m.If(mem_need[i]):
                         m.d.comb += [valid.eq(banks[b].ready.pre),
-                                     choice.op.eq(Opcode.PRE), choice.bank.eq(i), *where]
+                                     choice.eq(command_value(cfg, op=Opcode.PRE, rank=rank,
+                                                             bankgroup=bg, bank=i))]
             with m.Else():
                 m.d.comb += [valid.eq(Cat(*(banks[b].ready.gact for b in members)).all()
                                       & self.gact_ok[grp] & ~gwrite_rank_busy[rank]),
-                             choice.op.eq(Opcode.G_ACT), *where]
+                             choice.eq(command_value(cfg, op=Opcode.G_ACT, rank=rank,
+                                                     bankgroup=bg, row=cur_row))]
             choices.append((valid & ~complete[grp], choice))
         # the first group (ranks interleaved) that needs work and can act now: a group
         # waiting on tFAW does not stall the other rank
@@ -133,8 +132,8 @@ class PimSequencer(wiring.Component):
             with m.If(banks[b].pim_open):
                 m.d.comb += [close_valid.eq(banks[b].ready.pim_pre & ~self.gemv_busy
                                             & ~gwrite_rank_busy[rank]),
-                             close_cmd.op.eq(Opcode.PIM_PRECHARGE), close_cmd.rank.eq(rank),
-                             close_cmd.bankgroup.eq(bg), close_cmd.bank.eq(bank)]
+                             close_cmd.eq(command_value(cfg, op=Opcode.PIM_PRECHARGE, rank=rank,
+                                                        bankgroup=bg, bank=bank))]
         any_pim_open = Cat(*(banks[b].pim_open for b in range(g.banks))).any()
 
         flat = Signal(range(g.banks))
@@ -142,7 +141,7 @@ class PimSequencer(wiring.Component):
         target = banks[flat]
         grp_of_head = Signal(range(self.groups))
         m.d.comb += grp_of_head.eq(head.rank * g.bankgroups + head.bankgroup)
-        rank_busy = Array(gwrite_rank_busy)[head.rank]
+        rank_busy = ~gwrite_timer.ready & (self.gwrite_rank == head.rank)
 
         # -- header admission --
         estimate = Signal(32)

@@ -46,7 +46,9 @@ class Bank(wiring.Component):
       ``gwrite_valid``/``gwrite_index`` (Out): GWRITE streams the open row, one burst per
         clock, ``rdata`` carrying burst ``gwrite_index``.
       ``result``/``result_valid`` (Out): READRES result, ``PimMacUnit.latency`` clocks later.
-      ``ready`` (Out, BankReady): state and per-bank timing allow each command this cycle.
+      ``ready`` (Out, BankReady): state and per-bank timing allow each command this cycle;
+        registered state only (no path from ``cmd``): an ACT or G_ACT of a row open in the
+        other buffer is still illegal (flagged), the controller must avoid it.
       ``error`` (Out, BankError): a command addressed to this bank was illegal (a pulse).
       ``backdoor_*`` (In): testbench write access to the storage.
     """
@@ -146,15 +148,13 @@ class Bank(wiring.Component):
         same_row_in_mem = mem_open & (mem_row == cmd.row)
         ready = self.ready
         m.d.comb += [
-            ready.act.eq(~mem_open & ~(pim_open if blocked else same_row_in_pim)
-                         & counters["act"].ready),
+            ready.act.eq(~mem_open & ~(pim_open if blocked else 0) & counters["act"].ready),
             ready.rd.eq(mem_open & counters["rdwr"].ready),
             ready.wr.eq(mem_open & counters["rdwr"].ready),
             ready.gwrite.eq(mem_open & counters["rdwr"].ready),
             ready.pre.eq(counters["pre"].ready),
             ready.ref.eq(~mem_open & ~pim_open & counters["act"].ready & counters["gact"].ready),
-            ready.gact.eq(~pim_open & ~(mem_open if blocked else same_row_in_mem)
-                          & counters["gact"].ready),
+            ready.gact.eq(~pim_open & ~(mem_open if blocked else 0) & counters["gact"].ready),
             ready.comp.eq(pim_open & counters["comp"].ready),
             ready.pim_pre.eq(counters["pim_pre"].ready),
         ]
@@ -171,9 +171,12 @@ class Bank(wiring.Component):
             m.d.sync += pim_open.eq(0)
 
         # -- legality: the bank's own view (rank- and channel-scope rules are the controller's) --
-        needs = {Opcode.ACT: ready.act, Opcode.RD: ready.rd, Opcode.WR: ready.wr,
-                 Opcode.PRE: ready.pre, Opcode.GWRITE: ready.gwrite, Opcode.REF: ready.ref,
-                 Opcode.G_ACT: ready.gact, Opcode.PIM_PRECHARGE: ready.pim_pre}
+        # ready flags depend on the bank's state only (no path from ``cmd``, so a controller
+        # may choose its command from them); the same-row rule is checked here
+        needs = {Opcode.ACT: ready.act & ~same_row_in_pim, Opcode.RD: ready.rd,
+                 Opcode.WR: ready.wr, Opcode.PRE: ready.pre, Opcode.GWRITE: ready.gwrite,
+                 Opcode.REF: ready.ref, Opcode.G_ACT: ready.gact & ~same_row_in_mem,
+                 Opcode.PIM_PRECHARGE: ready.pim_pre}
         state_ok = {Opcode.ACT: ~mem_open & ~(pim_open if blocked else same_row_in_pim),
                     Opcode.RD: mem_open, Opcode.WR: mem_open, Opcode.GWRITE: mem_open,
                     Opcode.PRE: Const(1), Opcode.REF: ~mem_open & ~pim_open,

@@ -1,5 +1,5 @@
 """Command and instruction encodings shared by RTL, testbenches and the compiler."""
-from .dram import Opcode, Command, command_layout, encode_command, decode_command, PIM_OPCODES, BANK_OPCODES
+from .dram import Opcode, Command, command_layout, command_value, encode_command, decode_command, PIM_OPCODES, BANK_OPCODES
 
-__all__ = ["Opcode", "Command", "command_layout", "encode_command", "decode_command",
+__all__ = ["Opcode", "Command", "command_layout", "command_value", "encode_command", "decode_command",
            "PIM_OPCODES", "BANK_OPCODES"]

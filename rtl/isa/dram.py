@@ -8,6 +8,7 @@ from __future__ import annotations
 from amaranth.lib import enum
 from typing import NamedTuple
 
+from amaranth.hdl import Cat, Const, Value
 from amaranth.lib import data
 
 
@@ -73,6 +74,23 @@ def command_layout(config) -> data.StructLayout:
         "column": _bits(max(g.bursts_per_row, comps_per_row)),
         "comps": _bits(comps_per_row + 1),
     })
+
+
+def command_value(config, **fields) -> Value:
+    """A whole command as one value (fields not given are 0), for ``cmd.eq(...)``.
+
+    Assigning a whole command in each branch keeps every bit of a conditionally driven
+    command in one combinational process; Verilator ignores a process that assigns only
+    constants (left-over fields), which would leave those bits undriven."""
+    parts = []
+    for name, field in command_layout(config):
+        value = Value.cast(fields.pop(name, 0)).as_unsigned()
+        width = field.width
+        parts.append(value[:width] if len(value) >= width
+                     else Cat(value, Const(0, width - len(value))))
+    if fields:
+        raise TypeError(f"unknown command fields: {', '.join(fields)}")
+    return Cat(*parts)
 
 
 def encode_command(config, command: Command) -> int:

@@ -23,7 +23,7 @@ class ControllerConfig:
     tags: int = 64
     read_queue: int = 32
     write_queue: int = 32
-    bank_queue_depth: int = 8
+    bank_queue_depth: int = 16
     write_drain_threshold: int = 8
     row_hit_limit: int = 4
     pim_queue: int = 16

@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 CONFIG ?= neupims
+FPGA_CONFIG ?= tiny
 
-.PHONY: setup sim test test-fast test-slow bench verilog lint clean
+.PHONY: setup sim test test-fast test-slow bench bench-controller replay-trace verilog lint synth bitstream clean
 
 setup: $(STAMP)
 
@@ -27,16 +28,29 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m slow || [ $$? -eq 5 ]  # 5: none marked slow yet
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/neupims bench channel --config $(CONFIG)
+
+bench-controller: $(STAMP)
+	$(BIN)/neupims bench controller --config channel
+
+TRACE ?= examples/sample.trace
+replay-trace: $(STAMP)
+	$(BIN)/neupims replay-trace $(TRACE) --config channel
 
 verilog: $(STAMP)
 	$(BIN)/neupims verilog --config $(CONFIG) --out build/verilog/$(CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/neupims lint --config $(CONFIG)
+
+synth: $(STAMP)
+	$(BIN)/neupims synth --config $(FPGA_CONFIG) --out build/synth/$(FPGA_CONFIG) $(if $(JSON),--json)
+
+bitstream: $(STAMP)
+	$(BIN)/neupims bitstream --config $(FPGA_CONFIG) --out build/bitstream
 
 clean:
 	rm -rf build .pytest_cache

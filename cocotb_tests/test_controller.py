@@ -148,6 +148,6 @@ LONG_RUN_CYCLES = 250_000
 def test_long_stress(mode, seed, tmp_path):
     config = preset("small", mode=mode)
     result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=seed,
-                            NEUPIMS_REQUESTS=40_000, NEUPIMS_MOST_GEMVS=12)
+                            NEUPIMS_REQUESTS=45_000, NEUPIMS_MOST_GEMVS=12)
     _check_stress(result, mode, config)
     assert result["counters"]["cycles"] >= LONG_RUN_CYCLES, result["counters"]["cycles"]

@@ -161,7 +161,8 @@ def cmd_synth(args):
 
 def cmd_bitstream(args):
     from sim.synth import bitstream
-    report = bitstream(_config(args), Path(args.out), seed=args.seed)
+    report = bitstream(_config(args), Path(args.out), seed=args.seed,
+                       clock_mhz=args.clock or None)
     print(json.dumps(report, indent=2) if args.json else
           f"wrote {report['bitstream']} ({report['bytes']:,} bytes, {report['wall_s']:.0f} s); "
           f"fmax {report['fmax_mhz']} MHz at a {report['clock_mhz']:g} MHz board clock")
@@ -237,6 +238,8 @@ def main(argv=None):
     common(p, default="tiny")
     p.add_argument("--out", default="build/bitstream")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--clock", type=float, default=12.5,
+                   help="self-test clock in MHz from the PLL (0: the 25 MHz board clock)")
     p.set_defaults(func=cmd_bitstream)
 
     args = parser.parse_args(argv)

@@ -1,0 +1,5 @@
+"""The NPU: weight-stationary systolic arrays, vector units, DMA and the sequencer
+(NEUPIMS.md 3)."""
+from .systolic import SystolicArray
+
+__all__ = ["SystolicArray"]

@@ -24,7 +24,6 @@ from rtl.controller import (COUNTERS, CommandSource, ControllerError, PimOp, pim
                             read_response_layout, request_layout)
 from rtl.controller.interface import counters_layout
 from rtl.isa import Opcode, decode_command
-from sim.golden.pim import gemv
 
 from .channel_tb import config_from_env, pack_fp16, unpack_fp16
 from .timing_checker import TimingChecker, format_command

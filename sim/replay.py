@@ -128,7 +128,7 @@ def format_replay(report: dict) -> str:
              f"  bandwidth         {report['bandwidth_gbps']:.2f} GB/s ({report['bytes']:,} bytes)",
              f"  row hits          {report['row_hits']:,} (misses {report['row_misses']:,})",
              f"  refreshes         {report['refreshes']}",
-             f"  commands          " + ", ".join(f"{k} {v:,}" for k, v in report["commands"].items()),
+             "  commands          " + ", ".join(f"{k} {v:,}" for k, v in report["commands"].items()),
              f"  timing violations {report['timing_violations']} (every command checked)",
              f"  Verilator speed   {report['sim_cycles_per_s']:,.0f} cycles/s"]
     return "\n".join(lines)

@@ -169,7 +169,7 @@ class PimSequencer(wiring.Component):
         with m.If(dram & req.valid):
             m.d.comb += [self.bad_request.eq(1), req.ready.eq(1)]
         with m.Elif(self.refresh_due):
-            pass
+            m.d.comb += self.candidate.eq(0)      # a due refresh goes first
         with m.Elif(closing):
             m.d.comb += [self.candidate.eq(close_valid), cmd.eq(close_cmd)]
             with m.If(~any_pim_open):

@@ -1,6 +1,6 @@
 """Rank- and channel-scope timing of one channel (the rules a single bank cannot see)."""
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter

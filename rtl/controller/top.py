@@ -24,7 +24,7 @@ class ControllerTop(wiring.Component):
         self.config = config
         self.controller = ChannelController(config)
         self.datapath = ChannelDatapath(config, shared_bank_module=shared_bank_module)
-        c, d = self.controller.signature.members, self.datapath.signature.members
+        c = self.controller.signature.members
         g = config.geometry
         super().__init__({
             "requests": c["requests"], "read_responses": c["read_responses"],

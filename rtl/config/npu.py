@@ -3,18 +3,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import require_positive_ints
+from .errors import is_power_of_two, require, require_positive_ints
 
 
 @dataclass(frozen=True)
 class NpuConfig:
+    """``arrays`` x (``array_rows`` x ``array_cols``) systolic arrays with ``vector_lanes``-lane
+    vector units. The NPU core's storage (``rtl.npu``):
+
+    ``scratchpad_words``: on-chip scratchpad, in words of one 64-byte burst (32 FP16);
+    a power of two. ``accumulator_rows``: FP32 partial-sum rows of the GEMM engine (one
+    row = ``array_cols`` FP32); a GEMM whose K spans more than one array tile may have at
+    most this many rows M. ``instruction_words``: the instruction memory, in instructions;
+    a power of two. ``dma_in_flight``: outstanding DMA requests per memory channel (each
+    with its own tag; at most the controller's ``tags``)."""
     arrays: int = 8
     array_rows: int = 128
     array_cols: int = 128
     vector_lanes: int = 128
+    scratchpad_words: int = 1024
+    accumulator_rows: int = 128
+    instruction_words: int = 256
+    dma_in_flight: int = 32
 
     def __post_init__(self):
-        require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes"))
+        require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
+                                     "scratchpad_words", "accumulator_rows",
+                                     "instruction_words", "dma_in_flight"))
+        for name in ("scratchpad_words", "instruction_words"):
+            value = getattr(self, name)
+            require(is_power_of_two(value) and value >= 2, f"NpuConfig.{name}",
+                    f"must be a power of two of at least 2, got {value}")
 
     @property
     def macs_per_cycle(self) -> int:

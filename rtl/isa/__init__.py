@@ -3,3 +3,6 @@ from .dram import Opcode, Command, command_layout, command_value, encode_command
 
 __all__ = ["Opcode", "Command", "command_layout", "command_value", "encode_command", "decode_command",
            "PIM_OPCODES", "BANK_OPCODES"]
+from .npu import NpuOp, NpuUnit, Instruction, instruction_layout, INSTRUCTION_BITS
+
+__all__ += ["NpuOp", "NpuUnit", "Instruction", "instruction_layout", "INSTRUCTION_BITS"]

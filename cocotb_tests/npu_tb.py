@@ -1,0 +1,223 @@
+"""Testbench for ``rtl.npu.NpuTop`` (the NPU core on one controller + PIM channel per memory
+channel): clock and reset, HBM contents through every channel's backdoor, program
+loading, runs to ``done`` with every command of every channel fed to its own DRAM
+timing checker, a stand-in vector unit on ``vector_ops``, scratchpad reads through
+``ext_read``, and the counters (NPU and controllers, the latter compared with the
+command monitors)."""
+from __future__ import annotations
+
+import collections
+import time
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+
+from rtl.channel import ChannelError
+from rtl.controller import ControllerError
+from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
+from rtl.controller.interface import counters_layout as ctrl_counters_layout
+from rtl.isa import Opcode, decode_command
+from rtl.isa.npu import Instruction, encode
+from rtl.npu.core import counters_layout
+from rtl.npu.sequencer import NpuError, vector_op_layout
+
+from .controller_tb import unpack
+from .timing_checker import TimingChecker, format_command
+
+
+class NpuTB:
+    """Owns one NpuTop: every run goes through :meth:`run`, which checks each command."""
+
+    def __init__(self, dut, config, vector_latency: int = 8):
+        self.dut = dut
+        self.config = config
+        self.channels = config.geometry.channels
+        self.checkers = [TimingChecker(config) for _ in range(self.channels)]
+        self.commands = [collections.Counter() for _ in range(self.channels)]
+        self.recent = [collections.deque(maxlen=12) for _ in range(self.channels)]
+        self.vector_latency = vector_latency
+        self.vector_ops: list[dict] = []
+        self.cycles = 0           # clocks simulated by :meth:`run`
+        self.wall = 0.0           # seconds spent in :meth:`run`
+        self._ports = [{name: getattr(dut, f"{name}__{c}") for name in (
+            "cmd", "cmd_valid", "cycle", "ctrl_error", "ctrl_error_code", "channel_error",
+            "channel_error_code", "channel_error_bank", "channel_error_cycle",
+            "backdoor_en", "backdoor_bank", "backdoor_addr", "backdoor_data", "ctrl_counters")}
+            for c in range(self.channels)]
+
+    async def start(self):
+        dut = self.dut
+        Clock(dut.clk, 1, "ns").start()
+        for name in ("program_en", "start", "vector_done", "vector_ops__ready", "ext_read__en",
+                     "ext_write__lanes"):
+            getattr(dut, name).value = 0
+        for p in self._ports:
+            p["backdoor_en"].value = 0
+        dut.rst.value = 1
+        await ClockCycles(dut.clk, 2)
+        dut.rst.value = 0
+        await RisingEdge(dut.clk)
+        self.failure = None
+        self._monitor_task = cocotb.start_soon(self._monitor())
+
+    async def _monitor(self):
+        """Every clock from reset on (loading, runs, reads): each channel's command goes to
+        its timing checker; the RTL error flags are polled."""
+        dut, ports = self.dut, self._ports
+        clock = 0
+        try:
+            while True:
+                await RisingEdge(dut.clk)
+                await ReadOnly()
+                clock += 1
+                for c in range(self.channels):
+                    p = ports[c]
+                    if p["cmd_valid"].value:
+                        self._command(c, int(p["cmd"].value), int(p["cycle"].value))
+                if clock % 64 == 0:
+                    self.check_errors()
+        except AssertionError as error:
+            self.failure = error
+            raise
+
+    def _raise_failure(self):
+        if self.failure is not None:
+            raise self.failure
+
+    # -- loading --
+    async def load_image(self, image):
+        """Every burst of an ``HbmImage`` into its bank, channels in parallel."""
+        per_channel = image.backdoor()
+        longest = max((len(v) for v in per_channel.values()), default=0)
+        for i in range(longest):
+            for c, items in per_channel.items():
+                p = self._ports[c]
+                if i < len(items):
+                    bank, where, word = items[i]
+                    p["backdoor_en"].value = 1
+                    p["backdoor_bank"].value = bank
+                    p["backdoor_addr"].value = where
+                    p["backdoor_data"].value = word
+                else:
+                    p["backdoor_en"].value = 0
+            await RisingEdge(self.dut.clk)
+        for p in self._ports:
+            p["backdoor_en"].value = 0
+
+    async def load_program(self, program):
+        dut = self.dut
+        if len(program) > self.config.npu.instruction_words:
+            raise ValueError(f"{len(program)} instructions do not fit the instruction memory")
+        for i, ins in enumerate(program):
+            dut.program_en.value = 1
+            dut.program_addr.value = i
+            dut.program_data.value = encode(ins) if isinstance(ins, Instruction) else int(ins)
+            await RisingEdge(dut.clk)
+        dut.program_en.value = 0
+
+    # -- running --
+    async def run(self, max_cycles: int = 200_000) -> int:
+        """Start the loaded program and clock until ``done``; returns the clocks it took.
+        Every command is checked; RTL error flags of the channels fail the run."""
+        dut = self.dut
+        began = time.perf_counter()
+        dut.start.value = 1
+        await RisingEdge(dut.clk)
+        dut.start.value = 0
+        dut.vector_ops__ready.value = 1
+        due: collections.deque[int] = collections.deque()
+        cycles = 0
+        layout = vector_op_layout()
+        while True:
+            await RisingEdge(dut.clk)
+            cycles += 1
+            strobe = bool(due) and due[0] <= cycles
+            if strobe:
+                due.popleft()
+            dut.vector_done.value = int(strobe)
+            await ReadOnly()
+            if dut.vector_ops__valid.value:
+                self.vector_ops.append(unpack(layout, int(dut.vector_ops__payload.value)))
+                due.append(cycles + self.vector_latency)
+            if dut.done.value:
+                break
+            if cycles % 256 == 0:
+                self._raise_failure()
+            if cycles > max_cycles:
+                raise AssertionError(f"the program ran past {max_cycles} clocks")
+        await RisingEdge(dut.clk)
+        dut.vector_done.value = 0
+        self._raise_failure()
+        self.check_errors()
+        self.cycles += cycles
+        self.wall += time.perf_counter() - began
+        return cycles
+
+    def _command(self, c: int, value: int, cycle: int):
+        cmd = decode_command(self.config, value, cycle)
+        self.recent[c].append(cmd)
+        try:
+            self.checkers[c].check(cmd)
+        except AssertionError as error:
+            history = "\n  ".join(format_command(x) for x in self.recent[c])
+            raise AssertionError(f"channel {c}: {error}\nlast commands:\n  {history}") from error
+        self.commands[c][cmd.op] += 1
+
+    def check_errors(self):
+        for c, p in enumerate(self._ports):
+            if p["ctrl_error"].value:
+                raise AssertionError(f"channel {c}: controller error "
+                                     f"{ControllerError(int(p['ctrl_error_code'].value)).name}")
+            if p["channel_error"].value:
+                raise AssertionError(
+                    f"channel {c}: channel error "
+                    f"{ChannelError(int(p['channel_error_code'].value)).name} at bank "
+                    f"{int(p['channel_error_bank'].value)}, cycle "
+                    f"{int(p['channel_error_cycle'].value)}")
+
+    # -- after a run --
+    def error(self) -> tuple[NpuError, int]:
+        return NpuError(int(self.dut.error_code.value)), int(self.dut.error_pc.value)
+
+    async def read_words(self, addresses) -> list[int]:
+        """Scratchpad words through ``ext_read`` (one per clock while the port is granted)."""
+        dut = self.dut
+        words = []
+        for address in addresses:
+            while True:
+                dut.ext_read__addr.value = address
+                dut.ext_read__en.value = 1
+                await ReadOnly()
+                granted = bool(dut.ext_read__grant.value)
+                await RisingEdge(dut.clk)
+                if granted:
+                    break
+            dut.ext_read__en.value = 0
+            await ReadOnly()
+            words.append(int(dut.ext_read__data.value))
+            await RisingEdge(dut.clk)
+        return words
+
+    def counters(self) -> dict:
+        return unpack(counters_layout(), int(self.dut.counters.value))
+
+    def controller_counters(self, c: int) -> dict:
+        return unpack(ctrl_counters_layout(), int(self._ports[c]["ctrl_counters"].value))
+
+    def finish(self):
+        """End of the test: refresh deadlines, and the controllers' command counters equal
+        the monitors' counts."""
+        self._raise_failure()
+        self.check_errors()
+        for c in range(self.channels):
+            self.checkers[c].finish(int(self._ports[c]["cycle"].value))
+            counters = self.controller_counters(c)
+            for name in CTRL_COUNTERS:
+                if name in Opcode.__members__:
+                    assert counters[name] == self.commands[c][Opcode[name]], (
+                        f"channel {c}: RTL counter {name} = {counters[name]}, monitor saw "
+                        f"{self.commands[c][Opcode[name]]}")
+
+    def sim_rate(self) -> float:
+        return self.cycles / self.wall if self.wall else 0.0

@@ -1,0 +1,276 @@
+"""The NPU's DMA engine: bursts between HBM byte addresses and scratchpad words, over the
+request streams of every memory channel's controller."""
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ..config import ConfigError
+from ..controller.interface import read_response_layout, request_layout, write_response_layout
+from ..isa.npu import COUNT_BITS, HBM_BITS, SP_BITS
+from .scratchpad import read_port_signature, word_lanes, write_port_signature
+
+__all__ = ["DmaEngine", "dma_command_layout", "burst_fields", "round_robin", "check_dma_config"]
+
+COUNTER_WIDTH = 48
+
+
+def dma_command_layout() -> data.StructLayout:
+    """``store`` (0: HBM -> scratchpad, 1: scratchpad -> HBM), ``hbm`` (byte address, a
+    multiple of the burst), ``sp`` (first word), ``count`` (bursts)."""
+    return data.StructLayout({"store": 1, "hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS})
+
+
+def burst_fields(config) -> dict[str, tuple[int, int]]:
+    """(bit position, width) of each address-map field in a *burst index* (the byte address
+    without its offset bits), from ``AddressMap.order`` and ``widths``."""
+    widths = config.address_map.widths(config.geometry)
+    out, position = {}, 0
+    for name in reversed(config.address_map.order):
+        if name == "offset":
+            continue
+        out[name] = (position, widths[name])
+        position += widths[name]
+    return out
+
+
+def check_dma_config(config) -> None:
+    """Raise ConfigError when the DMA cannot be built for ``config``."""
+    npu = config.npu
+    if npu.dma_in_flight > config.controller.tags:
+        raise ConfigError("NpuConfig.dma_in_flight",
+                          f"{npu.dma_in_flight} exceeds the controller's "
+                          f"{config.controller.tags} tags")
+
+
+def round_robin(m, requests, pointer, name):
+    """(winner index, any) of the set bits of ``requests``: the first at or after
+    ``pointer``, else the first."""
+    n = len(requests)
+    winner = Signal(range(max(n, 2)), name=f"{name}_winner")
+    later = Cat(*(requests[i] & (pointer <= i) if i < n - 1 else requests[i]
+                  for i in range(n)))
+    m.d.comb += winner.eq(Mux(later.any(), first_set(later), first_set(requests)))
+    return winner, requests.any()
+
+
+def first_set(bits):
+    """Index of the lowest set bit of ``bits`` (0 when none), as a Mux chain."""
+    value = Const(0, range(max(len(bits), 2)))
+    for i in reversed(range(len(bits))):
+        value = Mux(bits[i], i, value)
+    return value
+
+
+class DmaEngine(wiring.Component):
+    """Moves ``count`` bursts between HBM bytes [hbm, hbm + 64 count) and scratchpad words
+    [sp, sp + count) through the controllers of ``config.geometry.channels`` channels.
+
+    Each burst index is decoded in RTL by slicing the address map's fields
+    (:func:`burst_fields`). Every channel has its own walker over the bursts of the
+    transfer that map to it (in address order: +1 inside a run of the channel's bits,
+    else a jump to the channel's next run), its own ``dma_in_flight`` tags (lowest free
+    first; the tag table remembers each request's scratchpad word) and a 4-deep request
+    FIFO, so every channel can take one request per clock. Loads: each channel issues a
+    read per clock; read data come back out of order and are written to the word of
+    their tag, one response per clock over all channels (round-robin, back-pressure on
+    the others). Stores: one scratchpad word is read per clock (``sp_read``, which may
+    lose to nobody: it has the port's priority) for the channels in turn; a write is
+    done when acknowledged.
+
+    Ports: ``cmd`` (In stream, :func:`dma_command_layout`): taken when every walker is done
+    with the previous command (whose last responses may still be outstanding); a store
+    also waits until no load is outstanding (it may read words a load still writes).
+    ``busy`` (Out): a walker runs, a request waits or a tag is outstanding. ``requests``,
+    ``read_responses``, ``write_responses``: one stream per channel (to the controllers).
+    ``sp_read``, ``sp_write``: scratchpad ports. ``bytes_read`` (HBM -> scratchpad, counted
+    at the read response) and ``bytes_written`` (at the write acknowledgement) (Out).
+    Latency: a command's first request reaches its channel three clocks after ``cmd``
+    (walker start, issue, FIFO)."""
+
+    def __init__(self, config):
+        check_dma_config(config)
+        self.config = config
+        g = config.geometry
+        channels = g.channels
+        super().__init__({
+            "cmd": In(stream.Signature(dma_command_layout())),
+            "busy": Out(1),
+            "requests": Out(stream.Signature(request_layout(config))).array(channels),
+            "read_responses": In(stream.Signature(read_response_layout(config))).array(channels),
+            "write_responses": In(stream.Signature(write_response_layout(config))).array(channels),
+            "sp_read": Out(read_port_signature(config)),
+            "sp_write": Out(write_port_signature(config)),
+            "bytes_read": Out(COUNTER_WIDTH),
+            "bytes_written": Out(COUNTER_WIDTH),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, g = self.config, self.config.geometry
+        C, T = g.channels, cfg.npu.dma_in_flight
+        fields = burst_fields(cfg)
+        bits = sum(w for _, w in fields.values())          # burst index bits
+        q, cw = fields["channel"]
+        offset_bits = (g.burst_bytes - 1).bit_length()
+        req_layout = request_layout(cfg)
+
+        cmd = self.cmd.payload
+        store = Signal()
+        b0 = Signal(bits + 2)
+        end = Signal(bits + 2)
+        sp_base = Signal(SP_BITS)
+
+        cur = [Signal(bits + 2, name=f"cur{c}") for c in range(C)]
+        active = Signal(C)
+        free = [Signal(T, init=(1 << T) - 1, name=f"free{c}") for c in range(C)]
+        is_load = [Signal(T, name=f"is_load{c}") for c in range(C)]
+        table = [[Signal(SP_BITS, name=f"tag{c}_{t}") for t in range(T)] for c in range(C)]
+        fifos = []
+        for c in range(C):
+            fifo = SyncFIFO(width=data.Layout.cast(req_layout).size, depth=4)
+            m.submodules[f"fifo{c}"] = fifo
+            fifos.append(fifo)
+        pend = Signal(C)                              # a request enters FIFO c next clock
+        pend_req = [Signal(req_layout, name=f"pend{c}") for c in range(C)]
+        pend_store = Signal()                         # ... with the word just read
+
+        loads_out = Cat(*((~free[c]) & is_load[c] for c in range(C))).any()
+        tags_out = Cat(*(~free[c] for c in range(C))).any()
+        fifo_busy = Cat(*(f.r_rdy for f in fifos)).any()
+        m.d.comb += self.busy.eq(active.any() | pend.any() | fifo_busy | tags_out)
+
+        # -- a new command --
+        m.d.comb += self.cmd.ready.eq(~active.any() & ~(cmd.store & loads_out))
+        take = self.cmd.valid & self.cmd.ready
+        start = Signal(bits + 2)
+        m.d.comb += start.eq(cmd.hbm >> offset_bits)
+        with m.If(take):
+            m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
+                         sp_base.eq(cmd.sp)]
+            for c in range(C):
+                first = self._first(start, c, q, cw)
+                m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]
+
+        # -- issue: every channel with work, a free tag and FIFO room --
+        lowest = []
+        can = Signal(C)
+        for c in range(C):
+            low = Signal(range(max(T, 2)), name=f"lowest_free{c}")
+            m.d.comb += low.eq(first_set(free[c]))
+            lowest.append(low)
+            credit = (fifos[c].level + pend[c]) < fifos[c].depth
+            m.d.comb += can[c].eq(active[c] & free[c].any() & credit)
+        st_pointer = Signal(range(max(C, 2)))
+        st_winner, st_any = round_robin(m, can, st_pointer, "store")
+        m.d.comb += [self.sp_read.en.eq(store & st_any),
+                     self.sp_read.addr.eq(sp_base + (Array(cur)[st_winner] - b0))]
+        issue = Signal(C)
+        for c in range(C):
+            m.d.comb += issue[c].eq(can[c] & Mux(store, self.sp_read.grant & (st_winner == c), 1))
+        with m.If(store & st_any & self.sp_read.grant):
+            m.d.sync += st_pointer.eq(Mux(st_winner == C - 1, 0, st_winner + 1))
+        m.d.sync += [pend.eq(issue), pend_store.eq(store)]
+
+        freed = [Signal(T, name=f"freed{c}") for c in range(C)]
+        for c in range(C):
+            here = {}
+            for name in ("row", "rank", "bankgroup", "bank", "column"):
+                pos, width = fields[name]
+                here[name] = cur[c][pos:pos + width] if width else Const(0, 1)
+            with m.If(issue[c]):
+                for t in range(T):
+                    with m.If(lowest[c] == t):
+                        m.d.sync += table[c][t].eq(sp_base + (cur[c] - b0))
+                m.d.sync += [cur[c].eq(self._next(cur[c], c, q, cw)),
+                             pend_req[c].eq(Cat(*(self._field(req_layout, name, here, store,
+                                                              lowest[c])
+                                                  for name, _ in req_layout)))]
+                with m.If(self._next(cur[c], c, q, cw) >= end):
+                    m.d.sync += active[c].eq(0)
+            alloc = Mux(issue[c], Const(1, T) << lowest[c], 0)
+            m.d.sync += [free[c].eq((free[c] & ~alloc) | freed[c]),
+                         is_load[c].eq((is_load[c] & ~freed[c]) | Mux(store, 0, alloc))]
+            # into the FIFO: the request, with the scratchpad word of a store
+            fifo = fifos[c]
+            word = Signal(req_layout, name=f"word{c}")
+            data_at = req_layout["data"].offset
+            m.d.comb += word.eq(Cat(pend_req[c].as_value()[:data_at],
+                                    Mux(pend_store, self.sp_read.data, 0)))
+            m.d.comb += [fifo.w_en.eq(pend[c]), fifo.w_data.eq(word),
+                         self.requests[c].valid.eq(fifo.r_rdy),
+                         self.requests[c].payload.eq(fifo.r_data),
+                         fifo.r_en.eq(self.requests[c].ready)]
+
+        # -- read data: one response per clock, round-robin over channels --
+        rd_valid = Cat(*(self.read_responses[c].valid for c in range(C)))
+        rd_pointer = Signal(range(max(C, 2)))
+        rd_winner, rd_any = round_robin(m, rd_valid, rd_pointer, "read")
+        rd_tag = Signal(max(1, (T - 1).bit_length()))
+        rd_data = Signal(g.burst_bytes * 8)
+        rd_addr = Signal(SP_BITS)
+        m.d.comb += [rd_tag.eq(Array(self.read_responses[c].payload.tag for c in range(C))[rd_winner]),
+                     rd_data.eq(Array(self.read_responses[c].payload.data for c in range(C))[rd_winner]),
+                     rd_addr.eq(Array(Array(table[c])[rd_tag] for c in range(C))[rd_winner])]
+        m.d.comb += [self.sp_write.addr.eq(rd_addr), self.sp_write.data.eq(rd_data),
+                     self.sp_write.lanes.eq(Mux(rd_any, (1 << word_lanes(cfg)) - 1, 0))]
+        rd_done = rd_any & self.sp_write.grant
+        with m.If(rd_done):
+            m.d.sync += rd_pointer.eq(Mux(rd_winner == C - 1, 0, rd_winner + 1))
+        writes_done = Signal(C)
+        for c in range(C):
+            rr, wr = self.read_responses[c], self.write_responses[c]
+            m.d.comb += [rr.ready.eq(rd_done & (rd_winner == c)), wr.ready.eq(1),
+                         writes_done[c].eq(wr.valid)]
+            m.d.comb += freed[c].eq(Mux(rr.valid & rr.ready, Const(1, T) << rr.payload.tag, 0)
+                                    | Mux(wr.valid, Const(1, T) << wr.payload.tag, 0))
+
+        burst = g.burst_bytes
+        m.d.sync += [self.bytes_read.eq(self.bytes_read + Mux(rd_done, burst, 0)),
+                     self.bytes_written.eq(self.bytes_written + _popcount(writes_done) * burst)]
+        return m
+
+    @staticmethod
+    def _field(layout, name, here, store, tag):
+        width = layout[name].width
+        if name == "write":
+            return store
+        if name == "tag":
+            return tag.as_unsigned()[:width] if len(tag) >= width else Cat(tag, Const(0, width - len(tag)))
+        if name == "data":
+            return Const(0, width)
+        value = here[name]
+        if len(value) >= width:
+            return value[:width]
+        return Cat(value, Const(0, width - len(value)))
+
+    @staticmethod
+    def _first(start, c, q, cw):
+        """The first burst index >= ``start`` whose channel bits are ``c``."""
+        if cw == 0:
+            return start
+        channel = start[q:q + cw]
+        high = start >> (q + cw)
+        here = (high << (q + cw)) | (c << q)
+        later = ((high + 1) << (q + cw)) | (c << q)
+        if c == 0:
+            return Mux(channel == 0, start, later)
+        return Mux(channel == c, start, Mux(channel < c, here, later))
+
+    @staticmethod
+    def _next(value, c, q, cw):
+        """The next burst index after ``value`` whose channel bits are ``c``."""
+        step = value + 1
+        if cw == 0:
+            return step
+        later = (((value >> (q + cw)) + 1) << (q + cw)) | (c << q)
+        return Mux(step[q:q + cw] == c, step, later)
+
+
+def _popcount(bits):
+    """Number of set bits (a balanced adder tree)."""
+    values = [bits[i] for i in range(len(bits))]
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]

@@ -52,6 +52,8 @@ class Request:
     column: int
     data: int = 0
     not_before: int = 0
+    order: int = -1       # writes: position in program order (for ``PimRequest.after_writes``)
+    after_gemvs: int = 0  # enter once this many GEMV results have returned
 
 
 @dataclass
@@ -66,6 +68,9 @@ class PimRequest:
     gemvs: int = 0
     expected: np.ndarray | None = None    # GEMV: golden FP16 results, one per bank
     not_before: int = 0
+    after_writes: int = 0                 # enter once writes 0 .. after_writes-1 (``order``)
+                                          # are all acknowledged
+    meaning: object = None                # what the caller attaches (kept with the result)
 
 
 class ControllerTB:
@@ -90,6 +95,9 @@ class ControllerTB:
         self.free_tags = collections.deque(range(self.tags))
         self.waiting: dict[int, tuple[Request, int]] = {}   # tag -> (request, expected data)
         self.gemvs_waiting: collections.deque[PimRequest] = collections.deque()
+        self.gemv_results: list[tuple[PimRequest, np.ndarray]] = []
+        self.writes_in_order = 0            # writes 0 .. n-1 (by ``order``) all acknowledged
+        self._writes_done: set[int] = set()
         self.memory: dict[tuple[int, int, int], int] = {}   # (bank, stored row, column)
         self.command_log: list[str] | None = None
         self.commands = collections.Counter()
@@ -152,6 +160,7 @@ class ControllerTB:
             # drive this cycle's inputs
             offer = None
             if self.requests and self.free_tags and now >= self.requests[0].not_before \
+                    and self.completed["gemvs"] >= self.requests[0].after_gemvs \
                     and not (self.idle and rnd.random() < self.idle):
                 offer = self.requests[0]
                 tag = self.free_tags[0]
@@ -161,7 +170,8 @@ class ControllerTB:
                     column=offer.column, tag=tag, data=offer.data)
             dut.requests__valid.value = offer is not None
             pim_offer = None
-            if self.pim and now >= self.pim[0].not_before:
+            if self.pim and now >= self.pim[0].not_before \
+                    and self.writes_in_order >= self.pim[0].after_writes:
                 pim_offer = self.pim[0]
                 if pim_offer is not pim_pending:
                     p = pim_offer
@@ -262,8 +272,13 @@ class ControllerTB:
                                  f"{fields['data']:#x}, expected the last write {expected:#x}")
 
     def _write_response(self, value: int):
-        self._take(value & (self.tags - 1), write=True)
+        request, _ = self._take(value & (self.tags - 1), write=True)
         self.completed["writes"] += 1
+        if request.order >= 0:
+            self._writes_done.add(request.order)
+            while self.writes_in_order in self._writes_done:
+                self._writes_done.discard(self.writes_in_order)
+                self.writes_in_order += 1
 
     def _pim_response(self, value: int):
         fields = unpack(self.resp_layout, value)
@@ -274,6 +289,7 @@ class ControllerTB:
         self.last_response_cycle = self.cycle
         banks = self.config.geometry.banks
         got = unpack_fp16(fields["data"], self.config.geometry.burst_bytes // 2)[:banks]
+        self.gemv_results.append((request, got))
         if request.expected is not None and not np.array_equal(got, request.expected):
             raise AssertionError(f"cycle {self.cycle}: GEMV {request.column}+{request.comps} "
                                  f"returned {got.tolist()}, golden {request.expected.tolist()}")

@@ -151,3 +151,14 @@ def test_long_stress(mode, seed, tmp_path):
                             NEUPIMS_REQUESTS=45_000, NEUPIMS_MOST_GEMVS=12)
     _check_stress(result, mode, config)
     assert result["counters"]["cycles"] >= LONG_RUN_CYCLES, result["counters"]["cycles"]
+
+
+@pytest.mark.xdist_group("controller-attention")
+@pytest.mark.parametrize("mode", ["dual", "blocked"])
+def test_attention_through_the_controller(mode, tmp_path):
+    """A request's KV cache laid out as NEUPIMS.md 4 (K token-per-bank, V transposed),
+    written with normal writes, then logits and attention as GWRITE / HEADER / PIM_GEMV
+    transactions: bit-exact with the golden PIM model."""
+    config = preset("small", mode=mode, stored_rows=16)
+    result = run_controller(config, "attention", tmp_path, NEUPIMS_TOKENS=20)
+    assert result["gemvs"] > 0 and result["counters"]["GWRITE"] > 0

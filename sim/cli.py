@@ -82,8 +82,12 @@ def cmd_sim(args):
 
 
 def cmd_bench(args):
+    if args.config is None:     # the NPU core needs an array row to fit a scratchpad word
+        args.config = "small" if args.target == "npu" else "channel"
     if args.target == "controller":
         return cmd_bench_controller(args)
+    if args.target == "npu":
+        return cmd_bench_npu(args)
     config = _config(args)
     report = _channel_gemv(config, args.repeat, args.seed, args.tile)
     if args.json:
@@ -99,6 +103,18 @@ def cmd_bench_controller(args):
     results = bench_controller(_config(args), requests=args.requests, gemvs=args.gemvs,
                                show=show)
     print(json.dumps(results, indent=2) if args.json else "\n" + format_bench(results))
+
+
+def cmd_bench_npu(args):
+    from sim.npu_bench import bench_npu, format_npu, npu_channels
+    show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
+        lambda line: print(line, flush=True))
+    config = npu_channels(_config(args), args.channels)
+    try:
+        report = bench_npu(config, rows=args.rows, show=show)
+    except ConfigError as error:
+        sys.exit(f"neupims bench npu: bad configuration: {error}")
+    print(json.dumps(report, indent=2) if args.json else "\n" + format_npu(report))
 
 
 def cmd_replay_trace(args):
@@ -165,12 +181,14 @@ def cmd_bitstream(args):
     from sim.synth import bitstream
     try:
         report = bitstream(_config(args), Path(args.out), seed=args.seed,
-                           clock_mhz=args.clock or None)
+                           clock_mhz=args.clock or None,
+                           show=lambda line: print(line, file=sys.stderr if args.json
+                                                   else sys.stdout, flush=True))
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         sys.exit(f"neupims bitstream: {error}")
     print(json.dumps(report, indent=2) if args.json else
           f"wrote {report['bitstream']} ({report['bytes']:,} bytes, {report['wall_s']:.0f} s); "
-          f"fmax {report['fmax_mhz']} MHz at a {report['clock_mhz']:g} MHz board clock")
+          f"fmax {report['fmax_mhz']} MHz for a {report['clock_mhz']:g} MHz self-test clock")
 
 
 def main(argv=None):
@@ -179,7 +197,8 @@ def main(argv=None):
 
     def common(p, default="channel"):
         p.add_argument("--config", default=default, choices=sorted(PRESETS),
-                       help="configuration preset (default: %(default)s)")
+                       help="configuration preset (default: %(default)s)" if default else
+                       "configuration preset (default: small for npu, channel otherwise)")
         p.add_argument("--mode", choices=["dual", "blocked", "dram"], help="row-buffer mode")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -191,9 +210,14 @@ def main(argv=None):
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("bench", help="benchmarks: `channel` (Verilator cycles/s of a GEMV "
-                                     "program), `controller` (bandwidth, COMP rate, dual vs blocked)")
-    p.add_argument("target", choices=["channel", "controller"])
-    common(p)
+                                     "program), `controller` (bandwidth, COMP rate, dual vs "
+                                     "blocked), `npu` (array utilization, DMA GB/s per channel)")
+    p.add_argument("target", choices=["channel", "controller", "npu"])
+    common(p, default=None)
+    p.add_argument("--channels", type=int, default=2,
+                   help="npu: memory channels (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=448,
+                   help="npu: activation rows of the resident-weights GEMM")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int)

@@ -12,6 +12,12 @@ PIM_COMMANDS = {"ACT", "RD", "WR", "PRE", "REF", "GWRITE", "G_ACT", "PIM_GEMV", 
 DRAM_COMMANDS = {"ACT", "RD", "WR", "PRE", "REF"}
 
 
+def small(mode):
+    """The 8-bank channel with 16 stored rows per bank (room for a KV cache); one build per
+    mode serves every small-channel test."""
+    return preset("small", mode=mode, stored_rows=16)
+
+
 def run_controller(config, testcase, tmp_path, **env):
     report = tmp_path / f"{testcase}.json"
     simulate(ControllerTop(config), "controller_top", "cocotb_tests.tb_controller",
@@ -49,7 +55,7 @@ def test_tiny_stress(seed, tmp_path):
 @pytest.mark.parametrize("mode", ["dual", "blocked", "dram"])
 def test_small_stress(mode, tmp_path):
     """8 banks, 2 ranks: mixed traffic with GEMVs and refresh, in each row-buffer mode."""
-    config = preset("small", mode=mode)
+    config = small(mode)
     result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=3, NEUPIMS_REQUESTS=4000)
     _check_stress(result, mode, config)
 
@@ -57,7 +63,7 @@ def test_small_stress(mode, tmp_path):
 @pytest.mark.xdist_group("controller-small")
 @pytest.mark.parametrize("mode", ["dual", "blocked"])
 def test_refresh_defers_pim(mode, tmp_path):
-    result = run_controller(preset("small", mode=mode), "refresh_defers_pim", tmp_path)
+    result = run_controller(small(mode), "refresh_defers_pim", tmp_path)
     assert result["counters"]["pim_refresh_holds"] == 1
 
 
@@ -128,7 +134,7 @@ def test_normal_traffic_beside_gemvs(mode, tmp_path):
     """GEMVs with reads and writes running beside them: results bit-exact in both modes;
     DUAL issues normal commands while PIM is active; BLOCKED never lets a RD/WR reach a
     locked bank (the monitor checks every command)."""
-    result = run_controller(preset("small", mode=mode), "bench", tmp_path,
+    result = run_controller(small(mode), "bench", tmp_path,
                             NEUPIMS_SCENARIO="mixed", NEUPIMS_REQUESTS=1500, NEUPIMS_GEMVS=60)
     assert result["gemvs"] == 60
     during = result["counters"]["normal_during_pim"]
@@ -146,7 +152,7 @@ LONG_RUN_CYCLES = 250_000
 @pytest.mark.parametrize("mode, seed", [("dual", 11), ("dual", 12), ("blocked", 13),
                                         ("dram", 14)])
 def test_long_stress(mode, seed, tmp_path):
-    config = preset("small", mode=mode)
+    config = small(mode)
     result = run_controller(config, "stress", tmp_path, NEUPIMS_SEED=seed,
                             NEUPIMS_REQUESTS=45_000, NEUPIMS_MOST_GEMVS=12)
     _check_stress(result, mode, config)
@@ -159,6 +165,6 @@ def test_attention_through_the_controller(mode, tmp_path):
     """A request's KV cache laid out as NEUPIMS.md 4 (K token-per-bank, V transposed),
     written with normal writes, then logits and attention as GWRITE / HEADER / PIM_GEMV
     transactions: bit-exact with the golden PIM model."""
-    config = preset("small", mode=mode, stored_rows=16)
+    config = small(mode)
     result = run_controller(config, "attention", tmp_path, NEUPIMS_TOKENS=20)
     assert result["gemvs"] > 0 and result["counters"]["GWRITE"] > 0

@@ -23,6 +23,10 @@ from sim.golden.pim import gemv
 from sim.npu_programs import (HbmImage, gemm_program, matrix_words, pack_words, stored_bursts,
                               unpack_word, words_to_matrix)
 
+from sim.golden import vector as golden_vector
+from sim.npu_vector_programs import (layernorm_program, pack_vector, softmax_program,
+                                     unpack_vector)
+
 from .npu_tb import NpuTB
 
 
@@ -232,9 +236,10 @@ async def _write_words(tb, address, words):
 
 @cocotb.test()
 async def vector_and_pim_gemv(dut):
-    """A VECTOR instruction reaches ``vector_ops`` with its fields (WAIT VECTOR waits for
-    ``vector_done``); PIM GWRITE + HEADER + GEMV on the last channel: the GEMV result
-    (one FP16 per bank, ``sim.golden.pim.gemv``) lands in its scratchpad word."""
+    """A VECTOR instruction (MAX of two 4-element FP32 vectors) runs on the core's
+    VectorEngine (``vector_ops`` stays idle; WAIT VECTOR waits for it); PIM GWRITE +
+    HEADER + GEMV on the last channel: the GEMV result (one FP16 per bank,
+    ``sim.golden.pim.gemv``) lands in its scratchpad word."""
     tb = await _start(dut, vector_latency=30)
     config = tb.config
     g = config.geometry
@@ -250,7 +255,10 @@ async def vector_and_pim_gemv(dut):
     await tb.load_image(image)
     per_row, lanes = config.bus.comps_per_row, config.pim.lanes
     k = per_row // 2
-    program = [vector(3, a=1, b=2, d=3, length=4, imm=0x3C00, flags=1), wait("vector"),
+    va = rng.standard_normal(4).astype(np.float32).view(np.uint32)
+    vb = rng.standard_normal(4).astype(np.float32).view(np.uint32)
+    await _write_words(tb, 1, pack_vector(va) + pack_vector(vb) + [0])
+    program = [vector(3, a=1, b=2, d=3, length=4, imm=0x3C00), wait("vector"),
                pim("gwrite", channel=channel, row=vector_row),
                pim("header", channel=channel, row=matrix_row, gemvs=2, comps=per_row + k),
                pim("gemv", channel=channel, row=matrix_row, column=0, comps=per_row, sp=200),
@@ -261,9 +269,10 @@ async def vector_and_pim_gemv(dut):
     cycles = await tb.run()
     assert tb.error() == (NpuError.NONE, 0)
     d = _delta(tb.counters(), before)
-    assert tb.vector_ops == [{"vop": 3, "flags": 1, "a": 1, "b": 2, "d": 3, "length": 4,
-                              "imm": 0x3C00}], tb.vector_ops
-    assert d["vector_busy"] >= 30 and d["vector_ops"] == 1 and d["pim_transactions"] == 4
+    assert tb.vector_ops == [], "the built-in VectorEngine runs VECTOR instructions"
+    assert d["vector_busy"] >= 4 and d["vector_ops"] == 1 and d["pim_transactions"] == 4
+    vmax = unpack_vector(await tb.read_words([3]), 4)
+    assert np.array_equal(vmax, golden_vector.execute(3, va, vb)), vmax
     words = await tb.read_words([200, 201])
     for word, (column, comps) in zip(words, ((0, per_row), (per_row - k, k))):
         got = unpack_word(word, np.uint16, g.burst_bytes)[:g.banks]
@@ -274,3 +283,48 @@ async def vector_and_pim_gemv(dut):
     assert counts[Opcode.PIM_GEMV] == 2 and counts[Opcode.GWRITE] == 1
     dut._log.info("vector + PIM: %d clocks, GEMV results bit-exact", cycles)
     tb.finish()
+
+
+@cocotb.test()
+async def vector_programs_bit_exact(dut):
+    """Softmax of 128 and 37 attention logits (FP32) and of 50 FP16 logits, and a
+    LayerNorm of 96 values, as VECTOR programs on the core's VectorEngine (inputs written
+    through ``ext_write``, results read through ``ext_read``): bit-exact with
+    ``sim.npu_vector_programs`` (= the ``sim.golden.vector`` compositions)."""
+    tb = await _start(dut)
+    config = tb.config
+    lanes = config.npu.vector_lanes
+    rng = np.random.default_rng(_env_int("NEUPIMS_SEED", 1) + 23)
+    q = moderate16(rng, (128,)).view(np.float16).astype(np.float32)
+    logits = (q * 4).astype(np.float32).view(np.uint32)   # attention-score-like spread
+    ln = (rng.standard_normal(96) * 3 + 0.5).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, 96).astype(np.float32)
+    beta = rng.uniform(-0.5, 0.5, 96).astype(np.float32)
+    jobs = [("softmax 128", softmax_program(logits, lanes, base=0)),
+            ("softmax 37", softmax_program(logits[:37], lanes, base=0)),
+            ("softmax fp16 50", softmax_program(moderate16(rng, (50,)), lanes, base=0,
+                                                fp16=True)),
+            ("layernorm 96", layernorm_program(ln.view(np.uint32), gamma.view(np.uint32),
+                                               beta.view(np.uint32), 1e-5, lanes, base=0))]
+    summary = {}
+    for name, job in jobs:
+        assert job.words_used <= config.npu.scratchpad_words
+        assert np.array_equal(job.expected, job.reference), name
+        for address, word in sorted(job.preload.items()):
+            await _write_words(tb, address, [word])
+        await tb.load_program(job.program)
+        before = tb.counters()
+        cycles = await tb.run()
+        assert tb.error() == (NpuError.NONE, 0), name
+        d = _delta(tb.counters(), before)
+        assert d["vector_ops"] == len(job.program) - 1, d
+        got = job.result(await tb.read_words(list(job.out_words)))
+        bad = np.flatnonzero(got != job.expected)
+        assert not len(bad), (f"{name}: {len(bad)} mismatches, first at {bad[0]}: "
+                              f"{int(got[bad[0]]):#x}, golden {int(job.expected[bad[0]]):#x}")
+        summary[name] = cycles
+        dut._log.info("%s: %d VECTOR instructions, %d clocks, bit-exact", name,
+                      len(job.program) - 1, cycles)
+    assert tb.vector_ops == []
+    tb.finish()
+    report(vector_programs=summary)

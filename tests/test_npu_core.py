@@ -121,9 +121,11 @@ class ChannelModel:
 
 
 class CoreBench:
-    def __init__(self, config, seed=1, accept=0.8):
+    def __init__(self, config, seed=1, accept=0.8, vector_engine=False):
         self.config = config
-        self.dut = NpuCore(config)
+        # the external vector port (a stand-in vector unit answers ``vector_done``); the
+        # built-in VectorEngine is tested in tests/test_vector_engine.py
+        self.dut = NpuCore(config, vector_engine=vector_engine)
         self.rnd = random.Random(seed)
         self.memory = {}
         self.channels = [ChannelModel(config, c, self.memory, self.rnd, accept)

@@ -12,6 +12,8 @@ from .dma import DmaEngine, check_dma_config, round_robin
 from .gemm_engine import GemmEngine, check_array_shape
 from .scratchpad import Scratchpad, read_port_signature, word_lanes, write_port_signature
 from .sequencer import NpuError, Sequencer, pim_args_layout, vector_op_layout
+from .vector import VectorUnit
+from .vector_engine import VectorEngine, engine_supported
 
 __all__ = ["NpuCore", "PimPort", "NpuError", "COUNTERS", "counters_layout"]
 
@@ -141,9 +143,18 @@ class NpuCore(wiring.Component):
 
     ``shared_modules``: the systolic array's PEs as instances of one Verilog module
     (Verilator builds; Amaranth's simulator needs False).
+
+    ``vector_engine``: True: VECTOR instructions run inside the core on a ``VectorEngine``
+    (``rtl.npu.vector_engine``: semantics and data format) + ``VectorUnit``, reading and
+    writing the scratchpad through the clients ``vector`` (read: after DMA, before
+    ``ext``; write: after PIM, before ``ext``); the ``vector_ops`` port then stays idle
+    (never valid) and ``vector_done`` is ignored. False: VECTOR instructions leave on
+    ``vector_ops`` (an external vector unit answers with ``vector_done``). None (default):
+    True when the engine supports the configuration (``vector_lanes`` divides 16: the
+    ``tiny`` and ``small`` presets), False otherwise (the paper's 128 lanes).
     """
 
-    def __init__(self, config, shared_modules: bool = False):
+    def __init__(self, config, shared_modules: bool = False, vector_engine=None):
         check_array_shape(config)
         check_dma_config(config)
         self.config = config
@@ -153,9 +164,16 @@ class NpuCore(wiring.Component):
         self.dma = DmaEngine(config)
         self.gemm = GemmEngine(config, shared_modules=shared_modules)
         self.pim = PimPort(config)
+        if vector_engine is None:
+            vector_engine = engine_supported(config)
+        self.has_vector_engine = bool(vector_engine)
+        vec = ["vector"] if vector_engine else []
+        if vector_engine:
+            self.vector_engine = VectorEngine(config)
+            self.vector_unit = VectorUnit(config)
         self.scratchpad = Scratchpad(config, read_groups=[["gemm_a"], ["gemm_b"], ["gemm_c"],
-                                                          ["dma", "ext"]],
-                                     write_groups=[["gemm"], ["dma"], ["pim", "ext"]])
+                                                          ["dma", *vec, "ext"]],
+                                     write_groups=[["gemm"], ["dma"], ["pim", *vec, "ext"]])
         super().__init__({
             "program_en": In(1), "program_addr": In(range(npu.instruction_words)),
             "program_data": In(INSTRUCTION_BITS),
@@ -193,7 +211,20 @@ class NpuCore(wiring.Component):
         wiring.connect(m, seq.dma_cmd, dma.cmd)
         wiring.connect(m, seq.gemm_cmd, gemm.start)
         wiring.connect(m, seq.pim_cmd, pim.cmd)
-        wiring.connect(m, seq.vector_ops, wiring.flipped(self.vector_ops))
+        if self.has_vector_engine:
+            engine = m.submodules.vector_engine = self.vector_engine
+            unit = m.submodules.vector_unit = self.vector_unit
+            wiring.connect(m, seq.vector_ops, engine.ops)
+            wiring.connect(m, engine.vu_i, unit.i)
+            wiring.connect(m, unit.o, engine.vu_o)
+            wiring.connect(m, engine.sp_read, sp.read_vector)
+            wiring.connect(m, engine.sp_write, sp.write_vector)
+            issued = seq.vector_ops.valid & seq.vector_ops.ready
+            finished = engine.done
+        else:
+            wiring.connect(m, seq.vector_ops, wiring.flipped(self.vector_ops))
+            issued = self.vector_ops.valid & self.vector_ops.ready
+            finished = self.vector_done
         for c in range(C):
             wiring.connect(m, dma.requests[c], wiring.flipped(self.requests[c]))
             wiring.connect(m, wiring.flipped(self.read_responses[c]), dma.read_responses[c])
@@ -212,8 +243,7 @@ class NpuCore(wiring.Component):
 
         # the vector port: operations dispatched and not yet done
         outstanding = Signal(16)
-        issued = self.vector_ops.valid & self.vector_ops.ready
-        m.d.sync += outstanding.eq(outstanding + issued - self.vector_done)
+        m.d.sync += outstanding.eq(outstanding + issued - finished)
         m.d.comb += [seq.dma_busy.eq(dma.busy), seq.gemm_busy.eq(gemm.busy),
                      seq.vector_busy.eq(outstanding != 0), seq.pim_busy.eq(pim.busy)]
 

@@ -1,0 +1,293 @@
+"""The VectorEngine (``rtl.npu.vector_engine``) on Amaranth's simulator, 4 lanes: every op
+over lengths that are not multiples of the lanes (and with scalar / immediate ``b``),
+bit-exact with ``sim.npu_vector_programs.run_golden`` (= ``sim.golden.vector``); the
+golden interpreter equals the golden compositions; softmax of 20 logits (and LayerNorm,
+residual add, GELU) as VECTOR programs on the whole NpuCore, bit-exact."""
+import dataclasses
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from rtl.config import ConfigError, NpuConfig, preset
+from rtl.isa.npu import encode
+from rtl.npu.core import NpuCore, NpuError
+from rtl.npu.scratchpad import Scratchpad
+from rtl.npu.sequencer import vector_op_layout
+from rtl.npu.vector import VectorOp, VectorUnit
+from rtl.npu.vector_engine import FLAG_IMM_B, FLAG_SCALAR_B, VectorEngine
+from sim.golden import vector as golden
+from sim.npu_vector_programs import (_v, gelu_program, layernorm_program, pack_vector,
+                                     residual_add_program, run_golden, softmax_program)
+
+pytestmark = [pytest.mark.xdist_group("vector_engine"),
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
+
+LANES = 4
+SPW = 256
+
+
+def tiny_config(lanes=LANES, **npu):
+    base = preset("tiny")
+    fields = dict(arrays=1, array_rows=4, array_cols=4, vector_lanes=lanes,
+                  scratchpad_words=SPW, accumulator_rows=16, instruction_words=32,
+                  dma_in_flight=8)
+    fields.update(npu)
+    return preset("tiny", geometry=dataclasses.replace(base.geometry, channels=1),
+                  npu=NpuConfig(**fields))
+
+
+class EngineHarness(wiring.Component):
+    """VectorEngine + VectorUnit + a scratchpad with ``ext`` ports (after the engine)."""
+
+    def __init__(self, config):
+        self.engine = VectorEngine(config)
+        self.unit = VectorUnit(config)
+        self.sp = Scratchpad(config, read_groups=[["vector", "ext"]],
+                             write_groups=[["vector", "ext"]])
+        sig = self.sp.signature.members
+        super().__init__({"ops": self.engine.signature.members["ops"],
+                          "done": self.engine.signature.members["done"],
+                          "ext_read": sig["read_ext"], "ext_write": sig["write_ext"]})
+
+    def elaborate(self, platform):
+        m = Module()
+        e = m.submodules.engine = self.engine
+        u = m.submodules.unit = self.unit
+        sp = m.submodules.sp = self.sp
+        wiring.connect(m, e.vu_i, u.i)
+        wiring.connect(m, u.o, e.vu_o)
+        wiring.connect(m, e.sp_read, sp.read_vector)
+        wiring.connect(m, e.sp_write, sp.write_vector)
+        wiring.connect(m, wiring.flipped(self.ops), e.ops)
+        m.d.comb += self.done.eq(e.done)
+        wiring.connect(m, wiring.flipped(self.ext_read), sp.read_ext)
+        wiring.connect(m, wiring.flipped(self.ext_write), sp.write_ext)
+        return m
+
+
+def _payload(ins) -> int:
+    layout = vector_op_layout()
+    value = 0
+    for name, _ in layout:
+        value |= ins[name] << layout[name].offset
+    return value
+
+
+async def _write_words(ctx, port, words: dict):
+    for addr, word in sorted(words.items()):
+        ctx.set(port.addr, addr)
+        ctx.set(port.data, word)
+        ctx.set(port.lanes, (1 << 32) - 1)
+        assert ctx.get(port.grant)
+        await ctx.tick()
+    ctx.set(port.lanes, 0)
+
+
+async def _read_words(ctx, port, addrs) -> dict:
+    out = {}
+    for addr in addrs:
+        ctx.set(port.addr, addr)
+        ctx.set(port.en, 1)
+        assert ctx.get(port.grant)
+        await ctx.tick()
+        out[addr] = ctx.get(port.data)
+    ctx.set(port.en, 0)
+    return out
+
+
+def run_engine(config, batches):
+    """``batches``: [(preload {word: int}, [VECTOR instructions])]; returns per batch
+    (every scratchpad word afterwards, clocks per instruction)."""
+    dut = EngineHarness(config)
+    results = []
+
+    async def bench(ctx):
+        for preload, program in batches:
+            await _write_words(ctx, dut.ext_write, preload)
+            clocks = []
+            for ins in program:
+                ctx.set(dut.ops.payload.as_value(), _payload(ins))
+                ctx.set(dut.ops.valid, 1)
+                n = 0
+                while not ctx.get(dut.ops.ready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(dut.ops.valid, 0)
+                while not ctx.get(dut.done):
+                    await ctx.tick()
+                    n += 1
+                    assert n < 20000, f"{ins} did not finish"
+                clocks.append(n)
+                await ctx.tick()
+            words = await _read_words(ctx, dut.ext_read, range(SPW))
+            results.append((words, clocks))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def _values(rng, op, n):
+    if op in (VectorOp.EXP,):
+        return rng.uniform(-20, 20, n).astype(np.float32)
+    if op in (VectorOp.RSQRT,):
+        return rng.uniform(0.01, 100, n).astype(np.float32)
+    if op is VectorOp.GELU:
+        return rng.uniform(-6, 6, n).astype(np.float32)
+    return (rng.standard_normal(n) * 4).astype(np.float32)
+
+
+def test_every_op_bit_exact():
+    """Each op (binary ones also with SCALAR_B and IMM_B; SUM / RMAX over 1, 7, 13, 21
+    elements), lengths 7 and 13 with 4 lanes; neighbouring elements of ``d`` untouched."""
+    config = tiny_config()
+    rng = np.random.default_rng(7)
+    sentinel = 0x5A5A5A5A_A5A5A5A5
+    batches, cases = [], []
+    A, B, D = 0, 8, 16
+    ops = [(VectorOp.ADD, 0), (VectorOp.SUB, FLAG_SCALAR_B), (VectorOp.MUL, FLAG_IMM_B),
+           (VectorOp.MAX, 0), (VectorOp.EXP, 0), (VectorOp.RECIP, 0), (VectorOp.RSQRT, 0),
+           (VectorOp.GELU, 0), (VectorOp.CVT16TO32, 0), (VectorOp.CVT32TO16, 0),
+           (VectorOp.ADD, FLAG_SCALAR_B), (VectorOp.SUB, 0), (VectorOp.MUL, 0),
+           (VectorOp.MAX, FLAG_IMM_B)]
+    for op, flags in ops:
+        program, preload = [], {}
+        for k, n in enumerate((7, 13)):
+            base = 32 * k
+            if op is VectorOp.CVT16TO32:
+                a = (rng.standard_normal(n) * 8).astype(np.float16).view(np.uint16)
+                a_words = pack_vector(a, fp16=True)
+            else:
+                a_words = pack_vector(_values(rng, op, n).view(np.uint32))
+            b_words = pack_vector((rng.standard_normal(n) * 3).astype(np.float32).view(np.uint32))
+            preload.update({base + A + i: w for i, w in enumerate(a_words)})
+            preload.update({base + B + i: w for i, w in enumerate(b_words)})
+            preload.update({base + D + i: sentinel for i in range(2)})
+            imm = int(np.float32(-1.75).view(np.uint32))
+            program.append(_v(op, a=base + A, b=base + B, d=base + D, length=n,
+                              flags=flags, imm=imm))
+        batches.append((preload, program))
+        cases.append((op, flags))
+    for op, n in ((VectorOp.SUM, 1), (VectorOp.SUM, 7), (VectorOp.RMAX, 13),
+                  (VectorOp.SUM, 21), (VectorOp.RMAX, 21), (VectorOp.RMAX, 4)):
+        x = _values(rng, op, n).view(np.uint32)
+        preload = {i: w for i, w in enumerate(pack_vector(x))}
+        preload.update({D: sentinel})
+        batches.append((preload, [_v(op, a=0, d=D, length=n)]))
+        cases.append((op, n))
+        # the golden interpreter's reduction = the composition's order (pad +0 / -inf)
+        pad = 0xFF800000 if op is VectorOp.RMAX else 0
+        parts = golden.chunks(x, LANES, pad)
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = golden.execute(VectorOp.ADD if op is VectorOp.SUM else VectorOp.MAX, acc, part)
+        want = golden.execute(op, acc)[0]
+        got = run_golden(batches[-1][1], preload, LANES)[D] & 0xFFFFFFFF
+        assert got == want
+    results = run_engine(config, batches)
+    memory = {}
+    for (preload, program), (words, clocks), case in zip(batches, results, cases):
+        memory.update(preload)
+        want = run_golden(program, memory, LANES)
+        for addr in range(SPW):
+            assert words[addr] == want.get(addr, 0), (
+                f"{case}: word {addr}: {words[addr]:#x}, golden {want.get(addr, 0):#x}")
+        memory = {a: w for a, w in words.items() if w}
+
+
+def test_elementwise_golden_matches_execute():
+    """run_golden's element-wise ops are golden.execute chunk by chunk."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(11) * 3).astype(np.float32).view(np.uint32)
+    y = (rng.standard_normal(11) * 3).astype(np.float32).view(np.uint32)
+    memory = {i: w for i, w in enumerate(pack_vector(x))}
+    memory.update({4 + i: w for i, w in enumerate(pack_vector(y))})
+    for op in (VectorOp.ADD, VectorOp.MUL, VectorOp.EXP, VectorOp.GELU):
+        out = run_golden([_v(op, a=0, b=4, d=8, length=11)], memory, LANES)
+        got = np.array([(out[8] >> (32 * i)) & 0xFFFFFFFF for i in range(11)], np.uint32)
+        assert np.array_equal(got, golden.execute(op, x, y))
+
+
+def test_engine_rejects_wide_lanes():
+    with pytest.raises(ConfigError):
+        VectorEngine(tiny_config(lanes=32))
+    with pytest.raises(ConfigError):
+        VectorEngine(tiny_config(lanes=3))
+
+
+class CoreVectorBench:
+    """NpuCore with its VectorEngine: preload through ext_write, run, read ext_read."""
+
+    def __init__(self, config):
+        self.config = config
+        self.dut = NpuCore(config, vector_engine=True)
+
+    def run(self, jobs):
+        dut = self.dut
+        results = []
+
+        async def bench(ctx):
+            for job in jobs:
+                await _write_words(ctx, dut.ext_write, job.preload)
+                for i, ins in enumerate(job.program):
+                    ctx.set(dut.program_en, 1)
+                    ctx.set(dut.program_addr, i)
+                    ctx.set(dut.program_data, encode(ins))
+                    await ctx.tick()
+                ctx.set(dut.program_en, 0)
+                ctx.set(dut.start, 1)
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                cycles = 0
+                while not ctx.get(dut.done):
+                    assert not ctx.get(dut.vector_ops.valid)
+                    await ctx.tick()
+                    cycles += 1
+                    assert cycles < 50000
+                words = await _read_words(ctx, dut.ext_read, list(job.out_words))
+                code = NpuError(ctx.get(dut.error_code))
+                ops = ctx.get(dut.counters.vector_ops)
+                results.append((code, job.result([words[a] for a in job.out_words]), cycles, ops))
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-9)
+        sim.add_testbench(bench)
+        sim.run()
+        return results
+
+
+def test_core_vector_programs_bit_exact():
+    """On NpuCore (tiny, 4 lanes): softmax of 20 logits, FP16 softmax of 9, LayerNorm of
+    13, FP16 residual add of 10 and GELU of 6 as VECTOR programs; bit-exact with the
+    golden interpreter and the sim.golden.vector compositions."""
+    config = tiny_config()
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal(20) * 3).astype(np.float32).view(np.uint32)
+    x16 = (rng.standard_normal(9) * 2).astype(np.float16).view(np.uint16)
+    ln = (rng.standard_normal(13) * 3 + 1).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, 13).astype(np.float32)
+    b = rng.uniform(-0.5, 0.5, 13).astype(np.float32)
+    r1 = (rng.standard_normal(10)).astype(np.float16).view(np.uint16)
+    r2 = (rng.standard_normal(10)).astype(np.float16).view(np.uint16)
+    gx = rng.uniform(-5, 5, 6).astype(np.float32).view(np.uint32)
+    jobs = [softmax_program(logits, LANES, base=10),
+            softmax_program(x16, LANES, base=40, fp16=True),
+            layernorm_program(ln.view(np.uint32), g.view(np.uint32), b.view(np.uint32), 1e-5,
+                              LANES, base=70),
+            residual_add_program(r1, r2, LANES, base=120, fp16=True),
+            gelu_program(gx, LANES, base=150)]
+    results = CoreVectorBench(config).run(jobs)
+    total_ops = 0
+    for job, (code, got, cycles, ops) in zip(jobs, results):
+        assert code is NpuError.NONE
+        assert np.array_equal(job.expected, job.reference)
+        bad = np.flatnonzero(got != job.expected)
+        assert not len(bad), (f"{job.program[0]}: {len(bad)} mismatches, first at {bad[0]}: "
+                              f"{int(got[bad[0]]):#x}, golden {int(job.expected[bad[0]]):#x}")
+        total_ops += len(job.program) - 1
+        assert ops == total_ops

@@ -79,3 +79,12 @@ def test_lint_reports_warnings(exported, tmp_path):
     empty.write_text("`verilator_config\n")
     problems = lint_file(folder / "global_buffer.v", "global_buffer", waivers=empty)
     assert problems and all(line.startswith("%Warning") for line in problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["channel", "neupims"])
+def test_large_presets_export_lint_clean(name, tmp_path):
+    """The 32-bank presets too (every preset exports): each block lint-clean."""
+    written = export(preset(name), tmp_path)
+    for block, path in written.items():
+        assert lint_file(path, block) == [], f"{name}/{block}"

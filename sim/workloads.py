@@ -16,7 +16,8 @@ the file, the CSV header being line 1):
 A file that cannot be read, or a row that cannot be parsed (wrong field count, a number
 that is not a non-negative integer, a prompt of 0 tokens, ...), raises
 :class:`WorkloadError` naming the file and the line. The default folder is
-``<repo>/../shared/workloads`` (:data:`DEFAULT_ROOT`); each loader takes a path, and
+``<repo>/../shared/workloads``, else ``/work/shared/workloads``, or ``$NEUPIMS_WORKLOADS``
+(:data:`DEFAULT_ROOT`); each loader takes a path, and
 :func:`load_workload` a ``root`` override.
 
 Generators (:func:`generate_requests`): the paper's per-turn length means (ShareGPT 80
@@ -39,6 +40,7 @@ import math
 import re
 from calendar import timegm
 from dataclasses import dataclass, field, replace
+import os
 from pathlib import Path
 from time import strptime
 from typing import Callable, Iterable, Sequence
@@ -50,7 +52,19 @@ __all__ = ["DEFAULT_ROOT", "WORKLOAD_FILES", "WorkloadError", "RequestSpec", "lo
            "generate_requests", "clip_request", "LimitSummary", "apply_limits", "BatchEntry",
            "BatchSnapshot", "snapshot", "decode_progress"]
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "workloads"
+def _default_root() -> Path:
+    """``$NEUPIMS_WORKLOADS`` if set; else ``<repo>/../shared/workloads``; else the team's
+    shared folder ``/work/shared/workloads`` (for clones made elsewhere, e.g. by CI)."""
+    if os.environ.get("NEUPIMS_WORKLOADS"):
+        return Path(os.environ["NEUPIMS_WORKLOADS"])
+    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "workloads",
+                      Path("/work/shared/workloads")):
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[2] / "shared" / "workloads"
+
+
+DEFAULT_ROOT = _default_root()
 
 WORKLOAD_FILES = {"azure-conv": "azure_llm_2023_conv.csv",
                   "azure-code": "azure_llm_2023_code.csv",

@@ -8,7 +8,7 @@ JOBS   ?= 2
 CONFIG ?= neupims
 FPGA_CONFIG ?= tiny
 
-.PHONY: setup sim test test-fast test-slow bench bench-controller replay-trace verilog lint synth bitstream clean
+.PHONY: setup sim test test-fast test-slow bench bench-controller bench-npu replay-trace verilog lint synth bitstream clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-controller: $(STAMP)
 	$(BIN)/neupims bench controller --config channel
+
+bench-npu: $(STAMP)
+	$(BIN)/neupims bench npu --config small
 
 TRACE ?= examples/sample.trace
 replay-trace: $(STAMP)

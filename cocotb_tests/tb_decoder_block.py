@@ -8,7 +8,6 @@ Environment: ``NEUPIMS_CONFIG`` (DeviceConfig JSON), ``NEUPIMS_SEED`` (default 0
 ``NEUPIMS_REPORT`` (JSON for the launcher)."""
 from __future__ import annotations
 
-import json
 import os
 
 import cocotb
@@ -20,16 +19,10 @@ from rtl.npu.sequencer import NpuError
 from sim.decoder_program import decoder_program, reference_float64
 
 from .npu_tb import NpuTB
+from .report import update_report
 
 
-def report(**values):
-    path = os.environ.get("NEUPIMS_REPORT")
-    if not path:
-        return
-    data = json.loads(open(path).read()) if os.path.exists(path) else {}
-    data.update(values)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+report = update_report
 
 
 @cocotb.test()

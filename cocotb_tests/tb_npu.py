@@ -8,7 +8,6 @@ Environment: ``NEUPIMS_CONFIG`` (DeviceConfig JSON), ``NEUPIMS_SEED`` (default 1
 launcher)."""
 from __future__ import annotations
 
-import json
 import os
 
 import cocotb
@@ -28,6 +27,7 @@ from sim.npu_vector_programs import (layernorm_program, pack_vector, softmax_pro
                                      unpack_vector)
 
 from .npu_tb import NpuTB
+from .report import update_report
 
 
 def _env_int(name, default):
@@ -42,14 +42,7 @@ def moderate16(rng, shape):
     return (rng.standard_normal(shape) * 2.0 ** rng.integers(-5, 3, shape)).astype(np.float16).view(np.uint16)
 
 
-def report(**values):
-    path = os.environ.get("NEUPIMS_REPORT")
-    if not path:
-        return
-    data = json.loads(open(path).read()) if os.path.exists(path) else {}
-    data.update(values)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+report = update_report
 
 
 async def _start(dut, **kw):

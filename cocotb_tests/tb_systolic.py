@@ -14,7 +14,6 @@ utilization run, default 2048), ``NEUPIMS_RAW_CYCLES`` (free-running clocks time
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -27,6 +26,7 @@ from rtl.config import DeviceConfig
 from rtl.npu.systolic import SystolicArray, activation_layout, result_layout, weight_layout
 from sim.golden.fp import fp32_to_fp16, random16
 from sim.golden.gemm import GemmStreamDriver, gemm, pack_payload, plan_gemm
+from .report import update_report
 
 
 def _seed() -> int:
@@ -133,13 +133,7 @@ class SystolicTB:
             assert np.array_equal(got16, fp32_to_fp16(got32)), "FP16 output is not the rounded FP32"
 
     def report(self, **values):
-        path = os.environ.get("NEUPIMS_REPORT")
-        if not path:
-            return
-        data = json.loads(open(path).read()) if os.path.exists(path) else {}
-        data.update(values)
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1)
+        update_report(**values)
 
 
 @cocotb.test()

@@ -51,11 +51,10 @@ import numpy as np
 from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, gemm, halt, vector,
                          wait)
 from rtl.npu.vector import VectorOp
-from rtl.npu.vector_engine import FLAG_IMM_B, FLAG_SCALAR_B
 from sim.golden import vector as golden
 from sim.golden.gemm import gemm as golden_gemm
 from sim.npu_programs import HbmImage, matrix_words, stored_bursts, words_to_matrix
-from sim.npu_vector_programs import execute_instruction, f32_bits
+from sim.npu_vector_programs import execute_instruction, layernorm_ops
 
 __all__ = ["DecoderShape", "DecoderWeights", "DecoderProgram", "DEFAULT_SHAPE",
            "random_weights", "decoder_program", "golden_decoder_block", "interpret",
@@ -181,25 +180,6 @@ def reference_float64(w: DecoderWeights, eps: float = EPS) -> np.ndarray:
 
 def _v(op: VectorOp, **fields) -> Instruction:
     return vector(op.value, **fields)
-
-
-def layernorm_ops(x: int, gamma: int, beta: int, y: int, t: int, dv: int, sq: int, n: int,
-                  eps: float = EPS) -> list[Instruction]:
-    """The VECTOR sequence of ``sim.npu_vector_programs.layernorm_program`` (the same
-    ops, flags and immediates in the same order) on FP32 vectors at the given words:
-    ``x`` (n), ``gamma``, ``beta`` -> ``y``; scratch ``t`` (1 word), ``dv``, ``sq`` (n)."""
-    inv_n, eps_bits = f32_bits(1.0 / n), f32_bits(eps)
-    return [_v(VectorOp.SUM, a=x, d=t, length=n),
-            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
-            _v(VectorOp.SUB, a=x, b=t, d=dv, length=n, flags=FLAG_SCALAR_B),
-            _v(VectorOp.MUL, a=dv, b=dv, d=sq, length=n),
-            _v(VectorOp.SUM, a=sq, d=t, length=n),
-            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
-            _v(VectorOp.ADD, a=t, d=t, length=1, imm=eps_bits, flags=FLAG_IMM_B),
-            _v(VectorOp.RSQRT, a=t, d=t, length=1),
-            _v(VectorOp.MUL, a=dv, b=t, d=y, length=n, flags=FLAG_SCALAR_B),
-            _v(VectorOp.MUL, a=y, b=gamma, d=y, length=n),
-            _v(VectorOp.ADD, a=y, b=beta, d=y, length=n)]
 
 
 @dataclass

@@ -214,6 +214,24 @@ def softmax_program(x, lanes: int, base: int = 0, fp16: bool = False,
     return _finish(job, al, golden.softmax(x, lanes, fp16), with_halt)
 
 
+def layernorm_ops(x: int, gamma: int, beta: int, y: int, t: int, dv: int, sq: int, n: int,
+                  eps: float) -> list[Instruction]:
+    """LayerNorm as VECTOR instructions on FP32 vectors at the given words:
+    ``x`` (n), ``gamma``, ``beta`` -> ``y``; scratch ``t`` (1 word), ``dv``, ``sq`` (n)."""
+    inv_n, eps_bits = f32_bits(1.0 / n), f32_bits(eps)
+    return [_v(VectorOp.SUM, a=x, d=t, length=n),
+            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
+            _v(VectorOp.SUB, a=x, b=t, d=dv, length=n, flags=FLAG_SCALAR_B),
+            _v(VectorOp.MUL, a=dv, b=dv, d=sq, length=n),
+            _v(VectorOp.SUM, a=sq, d=t, length=n),
+            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
+            _v(VectorOp.ADD, a=t, d=t, length=1, imm=eps_bits, flags=FLAG_IMM_B),
+            _v(VectorOp.RSQRT, a=t, d=t, length=1),
+            _v(VectorOp.MUL, a=dv, b=t, d=y, length=n, flags=FLAG_SCALAR_B),
+            _v(VectorOp.MUL, a=y, b=gamma, d=y, length=n),
+            _v(VectorOp.ADD, a=y, b=beta, d=y, length=n)]
+
+
 def layernorm_program(x, gamma, beta, eps: float, lanes: int, base: int = 0,
                       with_halt: bool = True) -> VectorJob:
     """LayerNorm of FP32 ``x`` with ``gamma``, ``beta``: SUM -> t; MUL t * (1/n) (imm) ->
@@ -226,18 +244,7 @@ def layernorm_program(x, gamma, beta, eps: float, lanes: int, base: int = 0,
     for addr, values in ((xa, x), (ga, gamma), (ba, beta)):
         preload.update({addr + i: w for i, w in enumerate(pack_vector(values))})
     t, dv, sq, y = al.take(1), al.take(n), al.take(n), al.take(n)
-    inv_n, eps_bits = f32_bits(1.0 / n), f32_bits(eps)
-    prog = [_v(VectorOp.SUM, a=xa, d=t, length=n),
-            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
-            _v(VectorOp.SUB, a=xa, b=t, d=dv, length=n, flags=FLAG_SCALAR_B),
-            _v(VectorOp.MUL, a=dv, b=dv, d=sq, length=n),
-            _v(VectorOp.SUM, a=sq, d=t, length=n),
-            _v(VectorOp.MUL, a=t, d=t, length=1, imm=inv_n, flags=FLAG_IMM_B),
-            _v(VectorOp.ADD, a=t, d=t, length=1, imm=eps_bits, flags=FLAG_IMM_B),
-            _v(VectorOp.RSQRT, a=t, d=t, length=1),
-            _v(VectorOp.MUL, a=dv, b=t, d=y, length=n, flags=FLAG_SCALAR_B),
-            _v(VectorOp.MUL, a=y, b=ga, d=y, length=n),
-            _v(VectorOp.ADD, a=y, b=ba, d=y, length=n)]
+    prog = layernorm_ops(xa, ga, ba, y, t, dv, sq, n, eps)
     job = VectorJob(prog, preload, y, n, False, lanes)
     return _finish(job, al, golden.layernorm(x, gamma, beta, eps, lanes), with_halt)
 

@@ -120,6 +120,20 @@ class ChannelModel:
                 setattr(self, f"offer_{kind}", None)
 
 
+async def load_and_start(ctx, dut, program):
+    """Write ``program`` (Instructions or raw words) into NpuCore's instruction memory and
+    pulse ``start``."""
+    for i, ins in enumerate(program):
+        ctx.set(dut.program_en, 1)
+        ctx.set(dut.program_addr, i)
+        ctx.set(dut.program_data, encode(ins) if isinstance(ins, Instruction) else ins)
+        await ctx.tick()
+    ctx.set(dut.program_en, 0)
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+
+
 class CoreBench:
     def __init__(self, config, seed=1, accept=0.8, vector_engine=False):
         self.config = config
@@ -145,15 +159,7 @@ class CoreBench:
             for program, image, addrs in programs:
                 if image is not None:
                     self.memory.update(image.words)
-                for i, ins in enumerate(program):
-                    ctx.set(dut.program_en, 1)
-                    ctx.set(dut.program_addr, i)
-                    ctx.set(dut.program_data, encode(ins) if isinstance(ins, Instruction) else ins)
-                    await ctx.tick()
-                ctx.set(dut.program_en, 0)
-                ctx.set(dut.start, 1)
-                await ctx.tick()
-                ctx.set(dut.start, 0)
+                await load_and_start(ctx, dut, program)
                 cycles = 0
                 while not ctx.get(dut.done):
                     ctx.set(dut.vector_ops.ready, 1)

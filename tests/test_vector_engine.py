@@ -12,7 +12,6 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from rtl.config import ConfigError, NpuConfig, preset
-from rtl.isa.npu import encode
 from rtl.npu.core import NpuCore, NpuError
 from rtl.npu.scratchpad import Scratchpad
 from rtl.npu.sequencer import vector_op_layout
@@ -21,6 +20,8 @@ from rtl.npu.vector_engine import FLAG_IMM_B, FLAG_SCALAR_B, VectorEngine
 from sim.golden import vector as golden
 from sim.npu_vector_programs import (_v, gelu_program, layernorm_program, pack_vector,
                                      residual_add_program, run_golden, softmax_program)
+
+from test_npu_core import load_and_start
 
 pytestmark = [pytest.mark.xdist_group("vector_engine"),
               pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
@@ -234,15 +235,7 @@ class CoreVectorBench:
         async def bench(ctx):
             for job in jobs:
                 await _write_words(ctx, dut.ext_write, job.preload)
-                for i, ins in enumerate(job.program):
-                    ctx.set(dut.program_en, 1)
-                    ctx.set(dut.program_addr, i)
-                    ctx.set(dut.program_data, encode(ins))
-                    await ctx.tick()
-                ctx.set(dut.program_en, 0)
-                ctx.set(dut.start, 1)
-                await ctx.tick()
-                ctx.set(dut.start, 0)
+                await load_and_start(ctx, dut, job.program)
                 cycles = 0
                 while not ctx.get(dut.done):
                     assert not ctx.get(dut.vector_ops.valid)

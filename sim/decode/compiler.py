@@ -1,0 +1,844 @@
+"""The decode compiler: one decode step of every layer -> one NPU program per step (DMA,
+GEMM, VECTOR and PIM instructions, ``rtl.isa.npu``) for each mode.
+
+Modes (the same compiler code; they differ only where stated):
+
+- ``npu-only``: attention on the NPU. Per request and head, the DMA streams the K and V
+  pages into the scratchpad (a request's pages lie in one channel, the requests are
+  spread over all channels and their loads are issued back to back, two requests ahead
+  of the compute, so every channel streams at once); the systolic array computes
+  ``K . q^T`` (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token
+  chunks chained in FP32), the vector unit the softmax. Greedy channel assignment, no
+  PIM; the channels run in ``dual`` mode (no PIM command is ever issued, so it is the
+  plain DRAM).
+- ``npu+pim``: attention on the PIM, ``blocked`` row buffers (Newton-like), round-robin
+  channel assignment, no sub-batching: per layer QKV (all) -> MHA (all) -> Proj/FFN (all).
+- ``neupims``: attention on the PIM with ``dual`` row buffers, greedy min-load channel
+  assignment and two sub-batches interleaved in stages A-F (NEUPIMS.md 5): the NPU work of
+  one sub-batch and the MHA of the other are woven into one instruction stream by a
+  list scheduler (:func:`weave`) with cost estimates, so the GEMMs run while the PIM
+  works; each stage ends with a WAIT on every unit (the barrier).
+
+Attention on the PIM (per request: K/V appended, then all requests' logits, softmax,
+attend). The new token's K is stored burst by burst (one FP16 head per burst); V is
+read-modify-written: the bursts holding the token are loaded, the new values scattered
+into lane ``t mod 32`` (strided VECTOR), stored. The query is stored into the
+request's staging row (bank 0, one head per burst), GWRITE, then per K tile a HEADER and
+one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
+logits are gathered (strided VECTOR, 8 per word) and softmaxed; each head's FP16 scores
+go to the staging row of bank ``B/2 + head``, GWRITE, then per V tile a HEADER and a GEMV
+whose partial outputs are gathered, added to +0.0 in FP32 (the NPU's chunk sum of
+``sim.kv_layout``) and rounded into the attention output. Staging rows: request slot i
+of a channel uses row i; the PIM queue is waited for before a staging row is rewritten.
+
+Data layout: rows of the activation matrices are the requests in ``row_order`` (for
+``neupims`` sub-batch 1 first). HBM: the KV pages (``sim.kv_layout``) in rows below
+``weight_row``; from ``weight_row`` on, the weights (per layer one block: LayerNorm
+parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
+step, laid out linearly (one DMA per block spreads over all channels).
+
+Limits (clear errors): one V token chunk (L <= row elements), heads <= banks / 2,
+L <= 128 per request on the NPU (the GEMM accumulator), scratchpad and instruction
+memory sizes, KV capacity of the stored rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtl.config import RowBufferMode, preset
+from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim, vector,
+                         wait)
+from rtl.npu.vector import VectorOp
+from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
+                                   FLAG_STRIDED_D, strided_imm)
+
+from ..kv_layout import ChannelKV, KVLayout, CapacityError, token_writes
+from ..npu_programs import HbmImage, matrix_words, pack_words
+from ..npu_vector_programs import layernorm_ops, f32_bits
+from ..scheduling import assign_channels, split_sub_batches
+from .golden import MODES, golden_decode, softmax_scale_bits
+from .run import DecodeRun, StepProgram
+from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data
+
+__all__ = ["compile_decode", "mode_config", "weave", "Plan", "ALL_UNITS"]
+
+ALL_UNITS = ("dma", "gemm", "vector", "pim")
+FP32_WORD, FP16_WORD = 16, 32
+PIM_QUEUE = 16
+
+
+def mode_config(mode: str, config=None):
+    """The device configuration of ``mode``: ``decode`` preset, blocked buffers for
+    ``npu+pim``, dual otherwise."""
+    if mode not in MODES:
+        raise DecodeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    config = config or preset("decode")
+    return config.replace(mode=RowBufferMode.BLOCKED if mode == "npu+pim" else RowBufferMode.DUAL)
+
+
+# ----------------------------------------------------------------------------- streams
+
+@dataclass
+class Op:
+    """An instruction with what the scheduler needs: its unit, estimated clocks, and for
+    PIM its channel."""
+    ins: Instruction
+    unit: str | None
+    cost: int = 2
+    channel: int = 0
+    mark: str | None = None          # a barrier that ends this stage
+
+
+class Stream:
+    """Instructions of one thread of work, with cost estimates (``Costs``)."""
+
+    def __init__(self, costs: "Costs"):
+        self.ops: list[Op] = []
+        self.costs = costs
+
+    def __iadd__(self, other: "Stream"):
+        self.ops += other.ops
+        return self
+
+    def load(self, hbm: int, sp: int, count: int, channels: int = 1):
+        self.ops.append(Op(dma_load(hbm, sp, count), "dma", self.costs.dma(count, channels)))
+
+    def store(self, hbm: int, sp: int, count: int, channels: int = 1):
+        self.ops.append(Op(dma_store(hbm, sp, count), "dma", self.costs.dma(count, channels)))
+
+    def gemm(self, a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32=False, acc=False):
+        self.ops.append(Op(gemm(a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32, acc), "gemm",
+                           self.costs.gemm(m, k, n)))
+
+    def vec(self, op: VectorOp, a=0, b=0, d=0, length=0, imm=0, flags=0):
+        strided = bool(flags & (FLAG_STRIDED_A | FLAG_STRIDED_D))
+        self.ops.append(Op(vector(op.value, a=a, b=b, d=d, length=length, imm=imm, flags=flags),
+                           "vector", self.costs.vector(length, strided)))
+
+    def vec_ins(self, ins: Instruction):
+        self.ops.append(Op(ins, "vector", self.costs.vector(ins["length"], False)))
+
+    def pim(self, op: str, channel: int, **fields):
+        self.ops.append(Op(pim(op, channel, **fields), "pim", self.costs.pim(op, fields),
+                           channel))
+
+    def wait(self, *units):
+        self.ops.append(Op(wait(*units), None))
+
+    def barrier(self, name: str):
+        self.ops.append(Op(wait(*ALL_UNITS), None, mark=name))
+
+
+class Costs:
+    """Clock estimates for the list scheduler only (never reported)."""
+
+    def __init__(self, config):
+        self.config = config
+        npu = config.npu
+        self.H, self.W, self.lanes = npu.array_rows, npu.array_cols, npu.vector_lanes
+
+    def dma(self, count, channels=1):
+        return 40 + math.ceil(count / (0.45 * channels))
+
+    def gemm(self, m, k, n):
+        passes = math.ceil(k / self.H) * math.ceil(n / self.W)
+        return passes * (2 * self.H + self.W - 1 + m) + 2
+
+    def vector(self, n, strided):
+        return 8 * n if strided else 12 * math.ceil(max(n, 1) / self.lanes) + 4
+
+    def pim(self, op, fields):
+        bus = self.config.bus
+        if op == "gwrite":
+            return bus.gwrite_busy + 30
+        if op == "header":
+            return bus.row_set_open(self.config.geometry.bankgroups)
+        return bus.gemv_busy(fields.get("comps", 1))
+
+
+def weave(first: list[Op], second: list[Op], config) -> list[Op]:
+    """Merge two instruction streams into one program order.
+
+    A small model of the core: one instruction dispatched per 2 clocks, in order; GEMM
+    and VECTOR run one instruction at a time; DMA accepts the next transfer when the
+    previous one's requests are out; each channel's PIM queue holds 16 transactions and
+    runs them in order; WAIT blocks until its units are idle. Each time, the stream whose
+    next instruction could start first is taken (ties: ``second``, the PIM side). Every
+    stream keeps its own order and its own WAITs, so the merge is correct whatever the
+    estimates; they only decide how well the two overlap."""
+    C = config.geometry.channels
+    state = {"t": 0, "gemm": 0, "vector": 0, "dma": 0, "dma_accept": 0,
+             "pim": [0] * C, "pim_q": [[] for _ in range(C)]}
+
+    def start(op: Op) -> int:
+        t = state["t"]
+        if op.unit is None:
+            units = op.ins["units"] if op.ins.op is NpuOp.WAIT else 15
+            ready = t
+            for bit, name in ((1, "dma"), (2, "gemm"), (4, "vector")):
+                if units & bit:
+                    ready = max(ready, state[name])
+            if units & 8:
+                ready = max([ready] + state["pim"])
+            return ready
+        if op.unit in ("gemm", "vector"):
+            return max(t, state[op.unit])
+        if op.unit == "dma":
+            return max(t, state["dma_accept"])
+        queue = [f for f in state["pim_q"][op.channel] if f > t]
+        if len(queue) > PIM_QUEUE:
+            return sorted(queue)[len(queue) - PIM_QUEUE - 1]
+        return t
+
+    def issue(op: Op, at: int) -> None:
+        state["t"] = at + 2
+        if op.unit in ("gemm", "vector"):
+            state[op.unit] = at + op.cost
+        elif op.unit == "dma":
+            state["dma_accept"] = at + max(op.cost - 40, 1)
+            state["dma"] = max(state["dma"], at + op.cost)
+        elif op.unit == "pim":
+            c = op.channel
+            begin = max(at, state["pim"][c])
+            state["pim"][c] = begin + op.cost
+            state["pim_q"][c] = [f for f in state["pim_q"][c] if f > at] + [begin + op.cost]
+
+    out, i, j = [], 0, 0
+    while i < len(first) or j < len(second):
+        if j >= len(second):
+            pick = 0
+        elif i >= len(first):
+            pick = 1
+        else:
+            pick = 0 if start(first[i]) < start(second[j]) else 1
+        op = first[i] if pick == 0 else second[j]
+        issue(op, start(op))
+        out.append(op)
+        if pick == 0:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- layout
+
+class Scratchpad:
+    def __init__(self, words: int):
+        self.words, self.next, self.regions = words, 0, {}
+
+    def take(self, name: str, words: int) -> int:
+        if self.next + words > self.words:
+            raise DecodeError("scratchpad", f"{name} needs {words} words at {self.next}: the "
+                              f"NPU scratchpad has {self.words} (NpuConfig.scratchpad_words); "
+                              f"use a smaller batch or model")
+        base = self.next
+        self.next += words
+        self.regions[name] = (base, words)
+        return base
+
+
+@dataclass
+class Plan:
+    """Where everything lives; built once per run."""
+    config: object
+    workload: DecodeWorkload
+    mode: str
+    channel_of: list                 # request -> channel
+    slot_of: list                    # request -> staging slot (row) in its channel
+    row_order: list                  # scratchpad row -> request
+    sub_batches: list                # [rows of sub-batch 1, rows of sub-batch 2] (neupims)
+    kv: list                         # ChannelKV per channel
+    sp: dict = field(default_factory=dict)
+    hbm: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> KVLayout:
+        return self.kv[0].layout
+
+
+def _address(config, channel, bank, row, column) -> int:
+    g = config.geometry
+    rank, bankgroup, b = g.bank_coords(bank)
+    return config.address_map.encode(g, row=row, rank=rank, bankgroup=bankgroup, bank=b,
+                                     channel=channel, column=column, offset=0)
+
+
+def _check_map(config) -> None:
+    order = config.address_map.order
+    if order[:2] != ("row", "column") or order.index("channel") > order.index("rank"):
+        raise DecodeError("config.address_map", "the compiler needs the order (row, column, "
+                          "channel, rank, bankgroup, bank, offset) of the 'decode' preset: a "
+                          f"K tile / V tile must be contiguous bursts, got {order}")
+
+
+def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
+    m, g = workload.model, config.geometry
+    _check_map(config)
+    layout = KVLayout(config, m)
+    B, E = layout.banks, layout.row_elements
+    longest = max(workload.kv_lens) + workload.steps
+    if longest > E:
+        raise DecodeError("kv_lens", f"{longest} tokens exceed one V token chunk ({E} tokens "
+                          f"per row): more chunks are not compiled yet")
+    if m.heads > B // 2:
+        raise DecodeError("model.heads", f"{m.heads} heads need a staging bank each among the "
+                          f"upper {B // 2} banks")
+    if mode == "npu-only" and longest > config.npu.accumulator_rows:
+        raise DecodeError("kv_lens", f"{longest} tokens: the NPU's logit GEMM holds at most "
+                          f"{config.npu.accumulator_rows} rows (NpuConfig.accumulator_rows)")
+    C = g.channels
+    policy = "round-robin" if mode == "npu+pim" else "greedy"
+    lengths = [n + 1 for n in workload.kv_lens]
+    assignment = assign_channels(lengths, C, layout, policy)
+    channel_of = assignment.channel_of()
+    if mode == "neupims":
+        sb = split_sub_batches(assignment)
+        first, second = sb.members(1), sb.members(2)
+        row_order = first + second
+        sub_batches = [list(range(len(first))), list(range(len(first), len(row_order)))]
+    else:
+        row_order = list(range(workload.batch))
+        sub_batches = [row_order[:], []]
+    slot_of = [0] * workload.batch
+    for members in assignment.channels:
+        for slot, r in enumerate(members):
+            slot_of[r] = slot
+    staging = max(len(ms) for ms in assignment.channels)
+    weight_row = _weight_row(workload, config)
+    kv = []
+    for c in range(C):
+        channel = ChannelKV(layout, c, rows=weight_row, layers=m.layers)
+        if staging > 1:
+            channel.allocator.allocate(staging - 1, "staging rows")
+        for r in assignment.channels[c]:
+            try:
+                channel.add(r, workload.kv_lens[r] + workload.steps)
+            except CapacityError as error:
+                raise DecodeError("batch", f"request {r} does not fit: {error} (rows below "
+                                  f"{weight_row} of {config.stored_rows} stored)") from None
+        kv.append(channel)
+    return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv)
+
+
+def _linear_words(workload: DecodeWorkload) -> dict:
+    m = workload.model
+    d, f, V = m.d_model, m.ffn, workload.vocab
+    layer = {"ln": 4 * d // FP32_WORD, "w_qkv": d * 3 * d // FP16_WORD,
+             "w_o": d * d // FP16_WORD, "w_1": d * f // FP16_WORD, "w_2": f * d // FP16_WORD}
+    head = {"ln_f": 2 * d // FP32_WORD, "w_lm": d * V // FP16_WORD}
+    return {"layer": layer, "head": head, "input": workload.batch * d // FP32_WORD}
+
+
+def _weight_row(workload, config) -> int:
+    sizes = _linear_words(workload)
+    bursts = (workload.layers * sum(sizes["layer"].values()) + sum(sizes["head"].values())
+              + workload.steps * sizes["input"])
+    g = config.geometry
+    row_bursts = g.channels * g.banks * g.bursts_per_row
+    rows = math.ceil(bursts / row_bursts)
+    first = config.stored_rows - rows
+    if first < 2:
+        raise DecodeError("model", f"weights and inputs need {rows} rows, the RTL stores "
+                          f"{config.stored_rows} (DeviceConfig.stored_rows)")
+    return first
+
+
+# ----------------------------------------------------------------------------- the image
+
+def _image(plan: Plan, data: DecodeData) -> HbmImage:
+    config, w = plan.config, plan.workload
+    image = HbmImage(config)
+    burst = config.geometry.burst_bytes
+    base = _address(config, 0, 0, _weight_row(w, config), 0)
+    sizes = _linear_words(w)
+    at = base
+    plan.hbm["layers"] = []
+    for lw in data.layers:
+        block = {}
+        for name, (values, bits) in (("ln", (lw.ln, 32)), ("w_qkv", (lw.w_qkv, 16)),
+                                     ("w_o", (lw.w_o, 16)), ("w_1", (lw.w_1, 16)),
+                                     ("w_2", (lw.w_2, 16))):
+            pitch = values.shape[1] * bits // 512
+            words = matrix_words(values, bits, pitch)
+            assert len(words) == sizes["layer"][name]
+            image.write(at, words)
+            block[name] = at
+            at += len(words) * burst
+        plan.hbm["layers"].append(block)
+    plan.hbm["head"] = at
+    for values, bits in ((data.ln_f, 32), (data.w_lm, 16)):
+        words = matrix_words(values, bits, values.shape[1] * bits // 512)
+        image.write(at, words)
+        at += len(words) * burst
+    plan.hbm["inputs"] = []
+    d = w.model.d_model
+    for step in range(w.steps):
+        rows = data.inputs[step][plan.row_order]
+        image.write(at, matrix_words(rows, 32, d // FP32_WORD))
+        plan.hbm["inputs"].append(at)
+        at += sizes["input"] * burst
+    # the cached tokens
+    layout = plan.layout
+    for r in range(w.batch):
+        n = w.kv_lens[r]
+        if n == 0:
+            continue
+        c = plan.channel_of[r]
+        for layer in range(w.layers):
+            pages = plan.kv[c].requests[r].layers[layer]
+            for write in token_writes(layout, pages, data.keys[r][layer], data.values[r][layer], 0):
+                bank = config.geometry.bank_index(write.rank, write.bankgroup, write.bank)
+                image.words[_address(config, c, bank, write.row, write.column)] = write.data
+    return image
+
+
+def _scratchpad(plan: Plan) -> dict:
+    cfg, w = plan.config, plan.workload
+    m = w.model
+    Bt, d, f, V, dh, heads = w.batch, m.d_model, m.ffn, w.vocab, m.d_head, m.heads
+    layout = plan.layout
+    Lmax = max(w.kv_lens) + w.steps
+    sp = Scratchpad(cfg.npu.scratchpad_words)
+    s = {}
+    f32, f16 = (lambda cols: cols // FP32_WORD), (lambda cols: cols // FP16_WORD)
+    # vector operands first: the VECTOR range check counts `length` in words
+    for name, words in (("x", Bt * f32(d)), ("h", Bt * f32(d)), ("h16", Bt * f16(d)),
+                        ("qkv", Bt * f16(3 * d)), ("attn", Bt * f16(d)), ("o", Bt * f32(d)),
+                        ("r1", Bt * f32(d)), ("h2", Bt * f32(d)), ("h2_16", Bt * f16(d)),
+                        ("f1", Bt * f32(f)), ("g16", Bt * f16(f)), ("f2", Bt * f32(d)),
+                        ("logits", Bt * f32(V)), ("t", 1), ("dv", f32(d)), ("sq", f32(d)),
+                        # attention scratch shared in vector-engine order
+                        ("l32", math.ceil(Lmax / FP32_WORD)), ("e", math.ceil(Lmax / FP32_WORD)),
+                        ("p", math.ceil(Lmax / FP32_WORD)), ("mx", 1), ("sm", 1), ("rc", 1),
+                        ("v32", f32(d)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
+        s[name] = sp.take(name, words)
+    if plan.mode == "npu-only":
+        chunks = math.ceil(Lmax / 32)
+        for i in range(2):
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", layout.k_tiles(Lmax) * layout.banks)
+            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
+            s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
+        s["lcol"] = sp.take("lcol", Lmax)
+        s["scol"] = sp.take("scol", chunks * 32)
+        s["ocol"] = sp.take("ocol", dh)
+        s["q32"] = sp.take("q32", f32(dh))
+    else:
+        s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
+        s["ares"] = sp.take("ares", Bt * heads * layout.v_tiles)
+        s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / 32))
+    sizes = _linear_words(w)
+    layer_words = sum(sizes["layer"].values())
+    for i in range(min(2, w.layers)):
+        s[f"wbuf{i}"] = sp.take(f"wbuf{i}", layer_words)
+    s["head"] = sp.take("head", sum(sizes["head"].values()))
+    s["end"] = sp.next
+    plan.sp = s
+    return s
+
+
+# ----------------------------------------------------------------------------- pieces
+
+class Builder:
+    """Emits the streams of one step."""
+
+    def __init__(self, plan: Plan, step: int):
+        self.plan, self.step = plan, step
+        self.config = plan.config
+        self.w = plan.workload
+        m = self.w.model
+        self.d, self.f, self.dh, self.heads = m.d_model, m.ffn, m.d_head, m.heads
+        self.costs = Costs(self.config)
+        self.sp = plan.sp
+        self.layout = plan.layout
+        sizes = _linear_words(self.w)["layer"]
+        self.offsets, at = {}, 0
+        for name in ("ln", "w_qkv", "w_o", "w_1", "w_2"):
+            self.offsets[name] = at
+            at += sizes[name]
+        self.layer_words = at
+
+    def stream(self) -> Stream:
+        return Stream(self.costs)
+
+    def wbuf(self, layer: int, name: str) -> int:
+        return self.sp[f"wbuf{layer % 2}"] + self.offsets[name]
+
+    def load_layer(self, layer: int) -> Stream:
+        s = self.stream()
+        s.load(self.plan.hbm["layers"][layer]["ln"], self.sp[f"wbuf{layer % 2}"],
+               self.layer_words, self.config.geometry.channels)
+        return s
+
+    def load_head(self) -> Stream:
+        s = self.stream()
+        words = sum(_linear_words(self.w)["head"].values())
+        s.load(self.plan.hbm["head"], self.sp["head"], words, self.config.geometry.channels)
+        return s
+
+    def load_inputs(self) -> Stream:
+        s = self.stream()
+        s.load(self.plan.hbm["inputs"][self.step], self.sp["x"], _linear_words(self.w)["input"],
+               self.config.geometry.channels)
+        return s
+
+    # -- NPU pieces over a range of rows --
+    def _layernorm(self, s: Stream, x, gamma, beta, y, rows) -> None:
+        pd = self.d // FP32_WORD
+        for r in rows:
+            for ins in layernorm_ops(x + r * pd, gamma, beta, y + r * pd, self.sp["t"],
+                                     self.sp["dv"], self.sp["sq"], self.d, EPS):
+                s.vec_ins(ins)
+
+    def qkv(self, layer: int, rows: list, weights_pending: bool = False) -> Stream:
+        s, sp, d = self.stream(), self.sp, self.d
+        if not rows:
+            return s
+        r0, n = rows[0], len(rows)
+        pd, ph = d // FP32_WORD, d // FP16_WORD
+        g1 = self.wbuf(layer, "ln")
+        self._layernorm(s, sp["x"], g1, g1 + pd, sp["h"], rows)
+        s.vec(VectorOp.CVT32TO16, a=sp["h"] + r0 * pd, d=sp["h16"] + r0 * ph, length=n * d)
+        s.wait("vector", "dma") if weights_pending else s.wait("vector")
+        s.gemm(sp["h16"] + r0 * ph, self.wbuf(layer, "w_qkv"), sp["qkv"] + r0 * 3 * ph,
+               n, d, 3 * d, ph, 3 * ph, 3 * ph)
+        return s
+
+    def proj_ffn(self, layer: int, rows: list) -> Stream:
+        s, sp, d, f = self.stream(), self.sp, self.d, self.f
+        if not rows:
+            return s
+        r0, n = rows[0], len(rows)
+        pd, ph, pf, pfh = d // FP32_WORD, d // FP16_WORD, f // FP32_WORD, f // FP16_WORD
+        g2 = self.wbuf(layer, "ln") + 2 * pd
+        s.gemm(sp["attn"] + r0 * ph, self.wbuf(layer, "w_o"), sp["o"] + r0 * pd, n, d, d,
+               ph, ph, pd, fp32=True)
+        s.wait("gemm")
+        s.vec(VectorOp.ADD, a=sp["x"] + r0 * pd, b=sp["o"] + r0 * pd, d=sp["r1"] + r0 * pd,
+              length=n * d)
+        self._layernorm(s, sp["r1"], g2, g2 + pd, sp["h2"], rows)
+        s.vec(VectorOp.CVT32TO16, a=sp["h2"] + r0 * pd, d=sp["h2_16"] + r0 * ph, length=n * d)
+        s.wait("vector")
+        s.gemm(sp["h2_16"] + r0 * ph, self.wbuf(layer, "w_1"), sp["f1"] + r0 * pf, n, d, f,
+               ph, pfh, pf, fp32=True)
+        s.wait("gemm")
+        s.vec(VectorOp.GELU, a=sp["f1"] + r0 * pf, d=sp["f1"] + r0 * pf, length=n * f)
+        s.vec(VectorOp.CVT32TO16, a=sp["f1"] + r0 * pf, d=sp["g16"] + r0 * pfh, length=n * f)
+        s.wait("vector")
+        s.gemm(sp["g16"] + r0 * pfh, self.wbuf(layer, "w_2"), sp["f2"] + r0 * pd, n, f, d,
+               pfh, ph, pd, fp32=True)
+        s.wait("gemm")
+        s.vec(VectorOp.ADD, a=sp["r1"] + r0 * pd, b=sp["f2"] + r0 * pd, d=sp["x"] + r0 * pd,
+              length=n * d)
+        return s
+
+    def lm_head(self) -> Stream:
+        s, sp, d = self.stream(), self.sp, self.d
+        Bt, V = self.w.batch, self.w.vocab
+        pd, ph = d // FP32_WORD, d // FP16_WORD
+        ln = sp["head"]
+        w_lm = ln + 2 * pd
+        self._layernorm(s, sp["x"], ln, ln + pd, sp["h"], range(Bt))
+        s.vec(VectorOp.CVT32TO16, a=sp["h"], d=sp["h16"], length=Bt * d)
+        s.wait("vector", "dma")
+        s.gemm(sp["h16"], w_lm, sp["logits"], Bt, d, V, ph, V // FP16_WORD, V // FP32_WORD,
+               fp32=True)
+        return s
+
+    # -- attention --
+    def _token(self, r: int) -> int:
+        return self.w.kv_lens[r] + self.step          # index of the new token
+
+    def _pages(self, r: int, layer: int):
+        return self.plan.kv[self.plan.channel_of[r]].requests[r].layers[layer]
+
+    def _qkv_word(self, row: int, part: int, head: int) -> int:
+        return self.sp["qkv"] + row * 3 * self.d // FP16_WORD + part * self.d // FP16_WORD + head
+
+    def append(self, layer: int, rows: list) -> Stream:
+        """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
+        s, sp, lay, cfg = self.stream(), self.sp, self.layout, self.config
+        B, dh = lay.banks, self.dh
+        plan = self.plan
+        for row in rows:
+            r = plan.row_order[row]
+            c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
+            for h in range(self.heads):
+                s.store(_address(cfg, c, t % B, pages.k[t // B][0], h), self._qkv_word(row, 1, h), 1)
+            for h in range(self.heads):
+                for vt in range(lay.v_tiles):
+                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // 32),
+                           sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
+        s.wait("dma")
+        for row in rows:
+            r = plan.row_order[row]
+            t = self._token(r)
+            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 2, 0), d=sp["v32"], length=self.d)
+            s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=sp["vrmw"] + row * self.heads * dh,
+                  length=self.d, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % 32))
+        s.wait("vector")
+        for row in rows:
+            r = plan.row_order[row]
+            c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
+            for h in range(self.heads):
+                for vt in range(lay.v_tiles):
+                    s.store(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // 32),
+                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
+        return s
+
+    def _softmax(self, s: Stream, logits: int, n: int, flags: int, imm: int, out16: int,
+                 out_flags: int = 0, out_imm: int = 0) -> None:
+        """FP16 logits (strided by ``flags``/``imm``) -> FP16 scores at ``out16``."""
+        sp = self.sp
+        s.vec(VectorOp.CVT16TO32, a=logits, d=sp["l32"], length=n, flags=flags, imm=imm)
+        s.vec(VectorOp.MUL, a=sp["l32"], d=sp["l32"], length=n, imm=softmax_scale_bits(self.dh),
+              flags=FLAG_IMM_B)
+        s.vec(VectorOp.RMAX, a=sp["l32"], d=sp["mx"], length=n)
+        s.vec(VectorOp.SUB, a=sp["l32"], b=sp["mx"], d=sp["e"], length=n, flags=FLAG_SCALAR_B)
+        s.vec(VectorOp.EXP, a=sp["e"], d=sp["e"], length=n)
+        s.vec(VectorOp.SUM, a=sp["e"], d=sp["sm"], length=n)
+        s.vec(VectorOp.RECIP, a=sp["sm"], d=sp["rc"], length=1)
+        s.vec(VectorOp.MUL, a=sp["e"], b=sp["rc"], d=sp["p"], length=n, flags=FLAG_SCALAR_B)
+        s.vec(VectorOp.CVT32TO16, a=sp["p"], d=out16, length=n, flags=out_flags, imm=out_imm)
+
+    def _by_channel(self, rows: list) -> list:
+        """Rows ordered round-robin over channels (the PIM port is in order)."""
+        per = {}
+        for row in rows:
+            per.setdefault(self.plan.channel_of[self.plan.row_order[row]], []).append(row)
+        out, lists = [], list(per.values())
+        for i in range(max((len(v) for v in lists), default=0)):
+            out += [v[i] for v in lists if i < len(v)]
+        return out
+
+    def mha_pim(self, layer: int, rows: list) -> Stream:
+        s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
+        if not rows:
+            return s
+        B, dh, heads = lay.banks, self.dh, self.heads
+        Lmax = max(self.w.kv_lens) + self.w.steps
+        kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / 32)
+        s += self.append(layer, rows)
+        for row in rows:           # queries into the staging rows (bank 0, a head per burst)
+            r = plan.row_order[row]
+            for h in range(heads):
+                s.store(_address(cfg, plan.channel_of[r], lay.query_bank, plan.slot_of[r], h),
+                        self._qkv_word(row, 0, h), 1)
+        s.wait("dma")
+        order = self._by_channel(rows)
+        for row in order:
+            r = plan.row_order[row]
+            c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
+            s.pim("gwrite", c, row=plan.slot_of[r], **lay.bank_coords(lay.query_bank))
+            for kt in range(lay.k_tiles(L)):
+                s.pim("header", c, row=pages.k[kt][0], gemvs=heads, comps=heads * lay.head_comps)
+                for h in range(heads):
+                    s.pim("gemv", c, column=h * lay.head_comps, comps=lay.head_comps,
+                          sp=sp["lres"] + (row * heads + h) * kt_max + kt)
+        s.wait("pim")
+        for row in rows:
+            r = plan.row_order[row]
+            L = self._token(r) + 1
+            for h in range(heads):
+                self._softmax(s, sp["lres"] + (row * heads + h) * kt_max, L, FLAG_STRIDED_A,
+                              strided_imm(B, 0), sp["s16"] + (row * heads + h) * ch)
+        s.wait("vector")
+        for row in rows:
+            r = plan.row_order[row]
+            c, L = plan.channel_of[r], self._token(r) + 1
+            for h in range(heads):
+                for word in range(math.ceil(L / 32)):
+                    s.store(_address(cfg, c, lay.score_bank + h, plan.slot_of[r], word),
+                            sp["s16"] + (row * heads + h) * ch + word, 1)
+        s.wait("dma")
+        for row in order:
+            r = plan.row_order[row]
+            c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
+            comps = math.ceil(L / lay.lanes)
+            for h in range(heads):
+                s.pim("gwrite", c, row=plan.slot_of[r], **lay.bank_coords(lay.score_bank + h))
+                for vt in range(lay.v_tiles):
+                    s.pim("header", c, row=pages.v[0][h][vt], gemvs=1, comps=comps)
+                    s.pim("gemv", c, column=0, comps=comps,
+                          sp=sp["ares"] + (row * heads + h) * lay.v_tiles + vt)
+        s.wait("pim")
+        for row in rows:
+            for h in range(heads):
+                s.vec(VectorOp.CVT16TO32, a=sp["ares"] + (row * heads + h) * lay.v_tiles,
+                      d=sp["o32"], length=dh, flags=FLAG_STRIDED_A, imm=strided_imm(B, 0))
+                s.vec(VectorOp.ADD, a=sp["o32"], d=sp["o32"], length=dh, imm=0, flags=FLAG_IMM_B)
+                s.vec(VectorOp.CVT32TO16, a=sp["o32"],
+                      d=sp["attn"] + row * self.d // FP16_WORD + h, length=dh)
+        return s
+
+    def mha_npu(self, layer: int, rows: list) -> Stream:
+        s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
+        if not rows:
+            return s
+        B, dh, heads = lay.banks, self.dh, self.heads
+        s += self.append(layer, rows)
+        s.wait("vector", "dma")
+        items = [(row, h) for row in rows for h in range(heads)]
+
+        def load(i):
+            row, h = items[i]
+            r = plan.row_order[row]
+            c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
+            for kt in range(lay.k_tiles(L)):
+                s.load(_address(cfg, c, 0, pages.k[kt][0], h), sp[f"kbuf{i % 2}"] + kt * B, B)
+            for chunk in range(math.ceil(L / 32)):
+                for vt in range(lay.v_tiles):
+                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], chunk),
+                           sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B)
+
+        def query(i):
+            row, h = items[i]
+            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 0, h), d=sp["q32"], length=dh)
+            s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=sp[f"qcol{i % 2}"], length=dh,
+                  flags=FLAG_STRIDED_D, imm=strided_imm(1, 0))
+
+        load(0)
+        s.wait("dma")
+        query(0)
+        if len(items) > 1:
+            load(1)
+        for i, (row, h) in enumerate(items):
+            r = plan.row_order[row]
+            L = self._token(r) + 1
+            kbuf, vbuf = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"]
+            s.wait("vector")
+            for m0 in range(0, L, self.config.npu.accumulator_rows):
+                rows_m = min(self.config.npu.accumulator_rows, L - m0)
+                s.gemm(kbuf + m0, sp[f"qcol{i % 2}"], sp["lcol"] + m0, rows_m, dh, 1, 1, 1, 1)
+            s.wait("gemm")
+            self._softmax(s, sp["lcol"], L, FLAG_STRIDED_A, strided_imm(1, 0), sp["scol"],
+                          FLAG_STRIDED_D, strided_imm(1, 0))
+            s.wait("vector")
+            for chunk in range(math.ceil(L / 32)):
+                k = min(32, L - 32 * chunk)
+                s.gemm(vbuf + chunk * dh, sp["scol"] + 32 * chunk, sp["ocol"], dh, k, 1, 1, 1, 1,
+                       fp32=True, acc=chunk > 0)
+            if i + 1 < len(items):
+                s.wait("dma")
+                query(i + 1)
+            s.wait("gemm")
+            if i + 2 < len(items):
+                load(i + 2)
+            s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=sp["attn"] + row * self.d // FP16_WORD + h,
+                  length=dh, flags=FLAG_STRIDED_A, imm=strided_imm(1, 0))
+        return s
+
+    def mha(self, layer: int, rows: list) -> Stream:
+        return self.mha_npu(layer, rows) if self.plan.mode == "npu-only" else self.mha_pim(layer, rows)
+
+
+# ----------------------------------------------------------------------------- programs
+
+def _serial_step(b: Builder) -> list[Op]:
+    """npu-only and npu+pim: per layer QKV -> MHA -> Proj/FFN over the whole batch."""
+    rows = list(range(b.w.batch))
+    s = b.stream()
+    s += b.load_inputs()
+    s += b.load_layer(0)
+    s.barrier("load")
+    for layer in range(b.w.layers):
+        if layer + 1 < b.w.layers:
+            s += b.load_layer(layer + 1)
+        else:
+            s += b.load_head()
+        s += b.qkv(layer, rows)
+        s.barrier("QKV")
+        s += b.mha(layer, rows)
+        s.barrier("MHA")
+        s += b.proj_ffn(layer, rows)
+        s.barrier("Proj/FFN")
+    s += b.lm_head()
+    s.barrier("head")
+    return s.ops
+
+
+def _neupims_step(b: Builder) -> list[Op]:
+    """Stages A-F (NEUPIMS.md 5) with the NPU and PIM streams of each stage woven."""
+    sb1, sb2 = b.plan.sub_batches
+    N = b.w.layers
+    s = b.stream()
+    s += b.load_inputs()
+    s += b.load_layer(0)
+    s.barrier("load")
+    out = list(s.ops)
+
+    def stage(name, npu: Stream, pim: Stream):
+        merged = weave(npu.ops, pim.ops, b.config)
+        out.extend(merged)
+        end = b.stream()
+        end.barrier(name)
+        out.extend(end.ops)
+
+    stage("A", b.qkv(0, sb1), b.stream())
+    stage("B", b.qkv(0, sb2), b.mha(0, sb1))
+    for layer in range(N - 1):
+        npu = b.load_layer(layer + 1)
+        npu += b.proj_ffn(layer, sb1)
+        npu += b.qkv(layer + 1, sb1, weights_pending=True)
+        stage("C", npu, b.mha(layer, sb2))
+        npu = b.proj_ffn(layer, sb2)
+        npu += b.qkv(layer + 1, sb2)
+        stage("D", npu, b.mha(layer + 1, sb1))
+    npu = b.load_head()
+    npu += b.proj_ffn(N - 1, sb1)
+    stage("E", npu, b.mha(N - 1, sb2))
+    stage("F", b.proj_ffn(N - 1, sb2), b.stream())
+    tail = b.lm_head()
+    tail.barrier("head")
+    out.extend(tail.ops)
+    return out
+
+
+def _checks(plan: Plan, golden) -> dict:
+    """Scratchpad words to compare: the hidden state and the logits of every row."""
+    w, sp = plan.workload, plan.sp
+    d, V = w.model.d_model, w.vocab
+    checks = {}
+    hidden = golden.hidden[plan.row_order]
+    logits = golden.logits[plan.row_order]
+    for base, values in ((sp["x"], hidden), (sp["logits"], logits)):
+        words = matrix_words(values, 32, values.shape[1] // FP32_WORD)
+        checks.update({base + i: word for i, word in enumerate(words)})
+    return checks
+
+
+def compile_decode(workload: DecodeWorkload, mode: str, config=None,
+                   data: DecodeData | None = None) -> DecodeRun:
+    """Compile every step of ``workload`` for ``mode`` (see the module docstring)."""
+    config = mode_config(mode, config)
+    data = data if data is not None else random_data(workload)
+    plan = _plan(workload, mode, config)
+    image = _image(plan, data)
+    _scratchpad(plan)
+    golden = golden_decode(workload, data, mode, config)
+    steps = []
+    for step in range(workload.steps):
+        b = Builder(plan, step)
+        ops = _neupims_step(b) if mode == "neupims" else _serial_step(b)
+        program = [op.ins for op in ops] + [halt()]
+        marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
+        if len(program) > config.npu.instruction_words:
+            raise DecodeError("batch", f"step {step}: {len(program)} instructions, the NPU "
+                              f"holds {config.npu.instruction_words} "
+                              f"(NpuConfig.instruction_words): use a smaller batch")
+        steps.append(StepProgram(program, marks, _checks(plan, golden[step]),
+                                 label=f"step {step}", tokens=workload.batch))
+    description = workload.describe()
+    description.update({
+        "mode": mode, "config": config.summary(),
+        "channel_of": plan.channel_of, "row_order": plan.row_order,
+        "sub_batches": [[plan.row_order[r] for r in rows] for rows in plan.sub_batches],
+        "scratchpad_words_used": plan.sp["end"],
+        "instructions": [len(s.program) for s in steps]})
+    run = DecodeRun(config=config, mode=mode, image=image, steps=steps, description=description)
+    run.plan = plan
+    run.golden = golden
+    return run

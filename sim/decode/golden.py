@@ -1,0 +1,135 @@
+"""Golden decode: the decode steps in numpy with the device's numerics, bit for bit.
+
+Independent of the compiled programs: it calls the same arithmetic models the RTL is
+proven against (``sim.golden.gemm`` for the systolic array, ``sim.golden.vector`` for
+the vector unit, ``sim.kv_layout.golden_logits`` / ``golden_attention`` for the PIM
+GEMVs) in the order of operations the compiler emits:
+
+per step, per layer (rows = requests)::
+
+    h = LayerNorm1(x); qkv = fp16(h) . W_qkv (FP16 out); q, k, v = thirds of qkv
+    append k, v to every request's cache; per request and head:
+      logits (FP16): PIM modes: K^T q on the PIM (golden_logits);
+                     npu-only: the systolic array, K [L x 32] . q^T [32 x 1]
+      p = softmax(fp32(logits) * 1/sqrt(d_head)) (vector unit), s = fp16(p)
+      out (FP16):    PIM modes: golden_attention (one token chunk: +0.0 + fp32(partial));
+                     npu-only: V^T [32 x L] . s^T [L x 1] on the array, K split in
+                     32-token chunks chained in FP32 (``acc``), rounded to FP16
+    o = attn . W_o (FP32); r1 = x + o; h2 = LayerNorm2(r1); f1 = fp16(h2) . W_1 (FP32)
+    x = r1 + fp16(GELU(f1)) . W_2
+
+and after the last layer ``logits = fp16(LayerNorm_f(x)) . W_lm`` (FP32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtl.npu.vector import VectorOp
+
+from ..golden import vector as gv
+from ..golden.gemm import gemm
+from ..kv_layout import KVLayout, golden_attention, golden_logits
+from .workload import EPS, DecodeData, DecodeWorkload
+
+__all__ = ["GoldenStep", "golden_decode", "softmax_scale_bits", "MODES"]
+
+MODES = ("npu-only", "npu+pim", "neupims")
+
+
+def softmax_scale_bits(d_head: int) -> int:
+    return int(np.array(1.0 / np.sqrt(d_head), dtype=np.float32).view(np.uint32))
+
+
+@dataclass
+class GoldenStep:
+    """One step's results: ``hidden`` [batch, d] FP32 bits after the last layer, ``logits``
+    [batch, vocab] FP32 bits, ``attention`` [layer] -> [batch, d] FP16 bits."""
+    hidden: np.ndarray
+    logits: np.ndarray
+    attention: list
+
+
+def _cvt(bits) -> np.ndarray:
+    return gv.execute(VectorOp.CVT32TO16, np.asarray(bits, np.uint32)).astype(np.uint16)
+
+
+def _to32(bits) -> np.ndarray:
+    return gv.execute(VectorOp.CVT16TO32, np.asarray(bits, np.uint16).astype(np.uint32))
+
+
+def _layernorm(x, gamma, beta, lanes) -> np.ndarray:
+    return np.stack([gv.layernorm(row, gamma, beta, EPS, lanes) for row in x])
+
+
+def _add(x, y, lanes) -> np.ndarray:
+    return gv.residual_add(x.ravel(), y.ravel(), lanes).reshape(x.shape)
+
+
+def scores(logits16, d_head: int, lanes: int) -> np.ndarray:
+    """FP16 softmax of FP16 logits scaled by 1/sqrt(d_head), as the compiled program."""
+    scaled = gv.execute(VectorOp.MUL, _to32(logits16), softmax_scale_bits(d_head), True)
+    return _cvt(gv.softmax(scaled, lanes))
+
+
+def _attention_pim(layout, keys, values, q, lanes) -> np.ndarray:
+    logits = golden_logits(layout, keys, q)                    # heads x L
+    s = np.stack([scores(row, layout.d_head, lanes) for row in logits])
+    return golden_attention(layout, values, s)[1]              # heads x d_head
+
+
+def _attention_npu(keys, values, q, H, W, lanes) -> np.ndarray:
+    heads, dh = q.shape
+    out = np.zeros((heads, dh), dtype=np.uint16)
+    for h in range(heads):
+        logits = gemm(keys[:, h, :], q[h].reshape(dh, 1), H, W)[1][:, 0]
+        s = scores(logits, dh, lanes)
+        acc = None
+        for c in range(0, len(s), 32):
+            vt = np.ascontiguousarray(values[c:c + 32, h, :].T)      # dh x chunk
+            acc = gemm(vt, s[c:c + 32].reshape(-1, 1), H, W, acc)[0]
+        out[h] = _cvt(acc[:, 0])
+    return out
+
+
+def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config) -> list[GoldenStep]:
+    """The results of every step of ``workload`` in ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    m = workload.model
+    npu = config.npu
+    H, W, lanes = npu.array_rows, npu.array_cols, npu.vector_lanes
+    layout = KVLayout(config, m)
+    d, heads, dh = m.d_model, m.heads, m.d_head
+    keys = [[k.copy() for k in r] for r in data.keys]
+    values = [[v.copy() for v in r] for r in data.values]
+    steps = []
+    for step in range(workload.steps):
+        x = data.inputs[step].copy()
+        attention = []
+        for layer, w in enumerate(data.layers):
+            h = _layernorm(x, w.ln[0], w.ln[1], lanes)
+            qkv = gemm(_cvt(h), w.w_qkv, H, W)[1]
+            attn = np.zeros((workload.batch, d), dtype=np.uint16)
+            for r in range(workload.batch):
+                q = qkv[r, :d].reshape(heads, dh)
+                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, d:2 * d].reshape(1, heads, dh)])
+                values[r][layer] = np.concatenate([values[r][layer],
+                                                   qkv[r, 2 * d:].reshape(1, heads, dh)])
+                if mode == "npu-only":
+                    out = _attention_npu(keys[r][layer], values[r][layer], q, H, W, lanes)
+                else:
+                    out = _attention_pim(layout, keys[r][layer], values[r][layer], q, lanes)
+                attn[r] = out.reshape(-1)
+            attention.append(attn)
+            o = gemm(attn, w.w_o, H, W)[0]
+            r1 = _add(x, o, lanes)
+            h2 = _layernorm(r1, w.ln[2], w.ln[3], lanes)
+            f1 = gemm(_cvt(h2), w.w_1, H, W)[0]
+            g16 = _cvt(gv.gelu(f1))
+            x = _add(r1, gemm(g16, w.w_2, H, W)[0], lanes)
+        hf = _layernorm(x, data.ln_f[0], data.ln_f[1], lanes)
+        logits = gemm(_cvt(hf), data.w_lm, H, W)[0]
+        steps.append(GoldenStep(x, logits, attention))
+    return steps

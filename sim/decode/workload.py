@@ -1,0 +1,148 @@
+"""A decode workload for the RTL slice: a model, a batch of requests with their cached
+lengths, the number of decode steps, and random weights, KV caches and inputs.
+
+Decode is teacher-forced: the input of request r at step s is a given embedding row
+(``DecodeData.inputs[s, r]``), so every step is known before the run and the device
+runs alone. Each step appends one token per request to every layer's KV cache and
+attends over ``kv_len + s + 1`` tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..models import ModelShape, get_model
+
+__all__ = ["DecodeError", "DecodeWorkload", "LayerWeights", "DecodeData", "random_data", "EPS"]
+
+EPS = 1e-5
+
+
+class DecodeError(ValueError):
+    """A workload the compiler cannot run; the message names the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class DecodeWorkload:
+    """``model`` (a registered name or a ModelShape), ``kv_lens`` (tokens each request has
+    cached before step 0: the batch), ``steps`` decode steps, a ``vocab`` for the LM head,
+    ``seed`` for the random data; ``source`` says where the lengths came from."""
+    model: ModelShape | str
+    kv_lens: tuple
+    steps: int = 1
+    vocab: int = 128
+    seed: int = 0
+    source: str = ""
+
+    def __post_init__(self):
+        model = get_model(self.model) if isinstance(self.model, str) else self.model
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "kv_lens", tuple(int(n) for n in self.kv_lens))
+        if not self.kv_lens:
+            raise DecodeError("batch", "no requests")
+        for i, n in enumerate(self.kv_lens):
+            if n < 0:
+                raise DecodeError(f"kv_lens[{i}]", f"negative length {n}")
+        if self.steps < 1:
+            raise DecodeError("steps", f"must be >= 1, got {self.steps}")
+        if self.vocab < 1 or self.vocab % 32:
+            raise DecodeError("vocab", f"must be a positive multiple of 32, got {self.vocab}")
+        m = model
+        if m.d_model % 32 or m.ffn % 32:
+            raise DecodeError("model", f"{m.name}: d_model and ffn must be multiples of 32")
+        if m.d_head != 32:
+            raise DecodeError("model.d_head", f"{m.name}: the compiler needs d_head = 32 "
+                              f"(one scratchpad word per head), got {m.d_head}")
+        if m.kv_heads != m.heads:
+            raise DecodeError("model.kv_heads", f"{m.name}: grouped-query attention is not "
+                              f"compiled yet ({m.kv_heads} KV heads for {m.heads} heads)")
+        if m.activation != "gelu":
+            raise DecodeError("model.activation", f"{m.name}: only GELU FFNs are compiled, "
+                              f"got {m.activation}")
+        if m.tp != 1 or m.pp != 1:
+            raise DecodeError("model", f"{m.name}: tensor/pipeline parallel models are for "
+                              f"the timing path, not the RTL slice")
+        longest = max(self.kv_lens) + self.steps
+        if longest > m.max_seq_len:
+            raise DecodeError("kv_lens", f"{longest} tokens exceed {m.name}'s max_seq_len "
+                              f"{m.max_seq_len}")
+
+    @property
+    def batch(self) -> int:
+        return len(self.kv_lens)
+
+    @property
+    def layers(self) -> int:
+        return self.model.layers
+
+    def attention_len(self, request: int, step: int) -> int:
+        """Tokens request ``request`` attends over at ``step`` (its cache + the new one)."""
+        return self.kv_lens[request] + step + 1
+
+    def describe(self) -> dict:
+        m = self.model
+        return {"model": m.name, "d_model": m.d_model, "heads": m.heads, "layers": m.layers,
+                "ffn": m.ffn, "d_head": m.d_head, "vocab": self.vocab, "batch": self.batch,
+                "kv_lens": list(self.kv_lens), "steps": self.steps, "seed": self.seed,
+                "source": self.source}
+
+
+@dataclass
+class LayerWeights:
+    """FP16 bits: ``w_qkv`` [d, 3d], ``w_o`` [d, d], ``w_1`` [d, f], ``w_2`` [f, d];
+    FP32 bits: ``ln`` [4, d] = gamma1, beta1, gamma2, beta2."""
+    w_qkv: np.ndarray
+    w_o: np.ndarray
+    w_1: np.ndarray
+    w_2: np.ndarray
+    ln: np.ndarray
+
+
+@dataclass
+class DecodeData:
+    """Everything random about a run: ``layers`` (LayerWeights), ``ln_f`` [2, d] FP32,
+    ``w_lm`` [d, vocab] FP16, ``inputs`` [steps, batch, d] FP32, and the cached tokens
+    ``keys[r][l]`` / ``values[r][l]`` [kv_len, heads, d_head] FP16."""
+    layers: list
+    ln_f: np.ndarray
+    w_lm: np.ndarray
+    inputs: np.ndarray
+    keys: list
+    values: list = field(default_factory=list)
+
+
+def random_data(workload: DecodeWorkload) -> DecodeData:
+    """GPT-like random data: weights ~ N(0, 1/fan_in) in FP16, LayerNorm gamma ~ U(0.5,
+    1.5), beta ~ U(-0.5, 0.5), inputs ~ N(0, 1), cached K and V ~ N(0, 1) in FP16."""
+    rng = np.random.default_rng(workload.seed)
+    m = workload.model
+    d, f, h, dh = m.d_model, m.ffn, m.heads, m.d_head
+
+    def w(rows, cols):
+        return (rng.standard_normal((rows, cols)) / math.sqrt(rows)).astype(np.float16).view(np.uint16)
+
+    def f32(values):
+        return np.asarray(values, dtype=np.float32).view(np.uint32)
+
+    def ln(count):
+        rows = []
+        for _ in range(count):
+            rows += [rng.uniform(0.5, 1.5, d), rng.uniform(-0.5, 0.5, d)]
+        return f32(np.stack(rows))
+
+    layers = [LayerWeights(w(d, 3 * d), w(d, d), w(d, f), w(f, d), ln(2)) for _ in range(m.layers)]
+    ln_f, w_lm = ln(1), w(d, workload.vocab)
+    inputs = f32(rng.standard_normal((workload.steps, workload.batch, d)))
+
+    def cache(n):
+        return rng.standard_normal((n, h, dh)).astype(np.float16).view(np.uint16)
+
+    keys = [[cache(n) for _ in range(m.layers)] for n in workload.kv_lens]
+    values = [[cache(n) for _ in range(m.layers)] for n in workload.kv_lens]
+    return DecodeData(layers, ln_f, w_lm, inputs, keys, values)

@@ -166,9 +166,19 @@ def weave(first: list[Op], second: list[Op], config) -> list[Op]:
     and VECTOR run one instruction at a time; DMA accepts the next transfer when the
     previous one's requests are out; each channel's PIM queue holds 16 transactions and
     runs them in order; WAIT blocks until its units are idle. Each time, the stream whose
-    next instruction could start first is taken (ties: ``second``, the PIM side). Every
+    next instruction could start first is taken; ties go to one stream, and of the two
+    merges (ties to either stream) the one with the earlier estimated end is kept. Every
     stream keeps its own order and its own WAITs, so the merge is correct whatever the
     estimates; they only decide how well the two overlap."""
+    best = None
+    for prefer in (1, 0):
+        order, end = _weave(first, second, config, prefer)
+        if best is None or end < best[1]:
+            best = (order, end)
+    return best[0]
+
+
+def _weave(first, second, config, prefer):
     C = config.geometry.channels
     state = {"t": 0, "gemm": 0, "vector": 0, "dma": 0, "dma_accept": 0,
              "pim": [0] * C, "pim_q": [[] for _ in range(C)]}
@@ -213,7 +223,8 @@ def weave(first: list[Op], second: list[Op], config) -> list[Op]:
         elif i >= len(first):
             pick = 1
         else:
-            pick = 0 if start(first[i]) < start(second[j]) else 1
+            a, b = start(first[i]), start(second[j])
+            pick = prefer if a == b else (0 if a < b else 1)
         op = first[i] if pick == 0 else second[j]
         issue(op, start(op))
         out.append(op)
@@ -221,7 +232,8 @@ def weave(first: list[Op], second: list[Op], config) -> list[Op]:
             i += 1
         else:
             j += 1
-    return out
+    end = max([state["t"], state["gemm"], state["vector"], state["dma"]] + state["pim"])
+    return out, end
 
 
 # ----------------------------------------------------------------------------- layout

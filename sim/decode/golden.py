@@ -33,7 +33,7 @@ from ..golden.gemm import gemm
 from ..kv_layout import KVLayout, golden_attention, golden_logits
 from .workload import EPS, DecodeData, DecodeWorkload
 
-__all__ = ["GoldenStep", "golden_decode", "softmax_scale_bits", "MODES"]
+__all__ = ["GoldenStep", "golden_decode", "reference_decode", "softmax_scale_bits", "MODES"]
 
 MODES = ("npu-only", "npu+pim", "neupims")
 
@@ -133,3 +133,41 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
         logits = gemm(_cvt(hf), data.w_lm, H, W)[0]
         steps.append(GoldenStep(x, logits, attention))
     return steps
+
+
+def reference_decode(workload: DecodeWorkload, data: DecodeData) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same decode in float64 from the same FP16 / FP32 inputs, no intermediate
+    rounding: (hidden, logits) per step. The golden's distance from it is its rounding."""
+    m = workload.model
+    d, heads, dh = m.d_model, m.heads, m.d_head
+    f32 = lambda bits: np.asarray(bits, np.uint32).view(np.float32).astype(np.float64)  # noqa: E731
+    f16 = lambda bits: np.asarray(bits, np.uint16).view(np.float16).astype(np.float64)  # noqa: E731
+
+    def ln(x, g, b):
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + np.float64(np.float32(EPS))) * f32(g) + f32(b)
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    keys = [[f16(k) for k in r] for r in data.keys]
+    values = [[f16(v) for v in r] for r in data.values]
+    out = []
+    for step in range(workload.steps):
+        x = f32(data.inputs[step])
+        for layer, w in enumerate(data.layers):
+            qkv = ln(x, w.ln[0], w.ln[1]) @ f16(w.w_qkv)
+            attn = np.zeros((workload.batch, d))
+            for r in range(workload.batch):
+                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, d:2 * d].reshape(1, heads, dh)])
+                values[r][layer] = np.concatenate([values[r][layer], qkv[r, 2 * d:].reshape(1, heads, dh)])
+                q = qkv[r, :d].reshape(heads, dh)
+                for h in range(heads):
+                    logits = keys[r][layer][:, h, :] @ q[h] / np.sqrt(dh)
+                    p = np.exp(logits - logits.max())
+                    attn[r, h * dh:(h + 1) * dh] = (p / p.sum()) @ values[r][layer][:, h, :]
+            r1 = x + attn @ f16(w.w_o)
+            x = r1 + gelu(ln(r1, w.ln[2], w.ln[3]) @ f16(w.w_1)) @ f16(w.w_2)
+        out.append((x, ln(x, data.ln_f[0], data.ln_f[1]) @ f16(data.w_lm)))
+    return out

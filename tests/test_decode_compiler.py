@@ -1,0 +1,117 @@
+"""The decode compiler, golden decode and interpreter (pure Python, fast): every mode on
+several small workloads, the golden against a float64 decode, bad input, stage marks."""
+import numpy as np
+import pytest
+
+from rtl.isa.npu import NpuOp
+from sim.decode.compiler import _weave, compile_decode, weave
+from sim.decode.golden import MODES, golden_decode, reference_decode
+from sim.decode.interpret import Interpreter
+from sim.decode.workload import DecodeError, DecodeWorkload, random_data
+from sim.models import ModelError
+
+#: (kv_lens, steps): batch sizes 2, 4, 6; short, spread and long-ish contexts
+WORKLOADS = {
+    "b2-short": ((3, 9), 2),
+    "b4-spread": ((1, 30, 7, 17), 1),
+    "b6-long": ((40, 63, 12, 55, 5, 70), 1),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_program_matches_golden(mode, name):
+    lens, steps = WORKLOADS[name]
+    run = compile_decode(DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens)), mode)
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        assert step.program[-1].op is NpuOp.HALT
+        it.run(step.instructions())
+        assert step.checks and it.mismatches(step.checks) == []
+
+
+def test_a_wrong_program_is_caught():
+    run = compile_decode(DecodeWorkload("tiny-gpt", (4, 9), steps=1), "neupims")
+    program = run.steps[0].instructions()
+    pim = [i for i, ins in enumerate(program) if ins.op is NpuOp.PIM and ins["pim_op"] == 2]
+    program[pim[0]].args["column"] = program[pim[0]]["column"] + 1   # a GEMV on the wrong head
+    it = Interpreter(run.config, run.image.words)
+    it.run(program)
+    assert it.mismatches(run.steps[0].checks)
+
+
+def test_golden_is_close_to_float64():
+    w = DecodeWorkload("tiny-gpt", (5, 12, 3, 20), steps=2)
+    data = random_data(w)
+    ref = reference_decode(w, data)
+    for mode in MODES:
+        for step, (x, logits) in zip(golden_decode(w, data, mode, compile_decode.__globals__["mode_config"](mode)), ref):
+            assert np.abs(step.hidden.view(np.float32) - x).max() < 0.01 * np.abs(x).max()
+            assert np.abs(step.logits.view(np.float32) - logits).max() < 0.01 * np.abs(logits).max()
+
+
+def test_modes_differ_only_where_built_to():
+    w = DecodeWorkload("tiny-gpt", (5, 12, 3, 20, 8), steps=1)
+    runs = {mode: compile_decode(w, mode) for mode in MODES}
+    assert runs["npu+pim"].config.mode.value == "blocked"
+    assert runs["neupims"].config.mode.value == runs["npu-only"].config.mode.value == "dual"
+    pims = {m: sum(ins.op is NpuOp.PIM for ins in r.steps[0].program) for m, r in runs.items()}
+    assert pims["npu-only"] == 0 and pims["npu+pim"] == pims["neupims"] > 0
+    # neupims: sub-batch 1 first; the others keep the request order
+    assert runs["npu+pim"].description["row_order"] == list(range(5))
+    sb1, sb2 = runs["neupims"].description["sub_batches"]
+    assert runs["neupims"].description["row_order"] == sb1 + sb2 and sb1 and sb2
+
+
+def test_stage_marks():
+    w = DecodeWorkload("tiny-gpt", (5, 12, 3, 20), steps=1)
+    names = lambda mode: [name for name, _ in compile_decode(w, mode).steps[0].marks]  # noqa: E731
+    assert names("neupims") == ["load", "A", "B", "C", "D", "E", "F", "head"]
+    assert names("npu+pim") == ["load"] + ["QKV", "MHA", "Proj/FFN"] * 2 + ["head"]
+    run = compile_decode(w, "neupims")
+    for name, index in run.steps[0].marks:
+        ins = run.steps[0].program[index]
+        assert ins.op is NpuOp.WAIT and ins["units"] == 15
+
+
+def test_weave_keeps_each_stream_in_order():
+    run = compile_decode(DecodeWorkload("tiny-gpt", (5, 12, 3, 20), steps=1), "neupims")
+    from sim.decode.compiler import Builder
+    b = Builder(run.plan, 0)
+    npu, pim = b.proj_ffn(0, run.plan.sub_batches[0]).ops, b.mha(0, run.plan.sub_batches[1]).ops
+    merged = weave(npu, pim, run.config)
+    assert sorted(map(id, merged)) == sorted(map(id, npu + pim))
+    for stream in (npu, pim):
+        positions = [next(i for i, op in enumerate(merged) if op is x) for x in stream]
+        assert positions == sorted(positions)
+    # woven, the stage is estimated shorter than the two streams one after the other
+    _, woven = _weave(npu, pim, run.config, 0)
+    _, serial = _weave(npu + pim, [], run.config, 0)
+    assert woven < serial
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"model": "tiny-gpt", "kv_lens": ()}, "batch"),
+    ({"model": "tiny-gpt", "kv_lens": (3, -1)}, "kv_lens[1]"),
+    ({"model": "tiny-gpt", "kv_lens": (3,), "steps": 0}, "steps"),
+    ({"model": "tiny-gqa", "kv_lens": (3,)}, "model.kv_heads"),
+    ({"model": "tiny-gpt", "kv_lens": (300,)}, "kv_lens"),
+])
+def test_bad_workloads_name_the_field(kwargs, field):
+    with pytest.raises(DecodeError) as error:
+        DecodeWorkload(**kwargs)
+    assert error.value.field == field
+
+
+def test_unknown_model():
+    with pytest.raises(ModelError, match="unknown model 'gpt-9'"):
+        DecodeWorkload("gpt-9", (3,))
+
+
+def test_limits_of_the_slice():
+    with pytest.raises(DecodeError, match="instructions|scratchpad|does not fit"):
+        compile_decode(DecodeWorkload("tiny-gpt", tuple([100] * 48)), "neupims")
+    with pytest.raises(DecodeError, match="accumulator"):
+        compile_decode(DecodeWorkload("tiny-gpt", (200,)), "npu-only")
+    with pytest.raises(DecodeError, match="unknown mode"):
+        compile_decode(DecodeWorkload("tiny-gpt", (2,)), "gpu")

@@ -7,7 +7,11 @@ a :class:`VectorJob`: the program, the scratchpad words to preload, where the re
 lies and the expected result. :func:`run_golden` interprets VECTOR instructions on a
 word dictionary with :func:`sim.golden.vector.execute`, chunk by chunk exactly as the
 engine runs them (reductions: chunks accumulated in order, padded with +0 / -inf,
-then one lane tree), so its result is the RTL's bit for bit; the jobs' ``expected`` is
+then one lane tree; strided gather / scatter operands, ``FLAG_STRIDED_A`` /
+``FLAG_STRIDED_D``, with the engine's semantics), so its result is the RTL's bit for
+bit; :func:`execute_instruction` raises ValueError for an instruction the NPU rejects
+with an error code (strided flags on a non-unary op, a bad group / first lane). The
+jobs' ``expected`` is
 computed with it and equals the compositions ``sim.golden.vector.softmax`` /
 ``layernorm`` / ``residual_add`` / ``gelu`` (``tests/test_vector_engine.py`` checks
 both)."""
@@ -19,11 +23,12 @@ import numpy as np
 
 from rtl.isa.npu import Instruction, NpuOp, halt, vector
 from rtl.npu.vector import VectorOp
-from rtl.npu.vector_engine import FLAG_IMM_B, FLAG_SCALAR_B
+from rtl.npu.vector_engine import FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A, FLAG_STRIDED_D
 
 from .golden import vector as golden
 
 __all__ = ["VectorJob", "pack_vector", "unpack_vector", "vector_words", "run_golden",
+           "execute_instruction", "strided_params",
            "softmax_program", "layernorm_program", "residual_add_program", "gelu_program",
            "f32_bits", "FP32_PER_WORD", "FP16_PER_WORD"]
 
@@ -82,11 +87,75 @@ def _write(memory, base, i, value, fp16):
     memory[addr] = (memory.get(addr, 0) & ~(mask << shift)) | ((int(value) & mask) << shift)
 
 
+_UNARY_FIRST = VectorOp.EXP.value    # EXP .. CVT32TO16 and the copies 12..15
+
+
+def strided_params(ins: Instruction):
+    """``(strided_a, strided_d, group, lane0)`` of a VECTOR instruction; ValueError
+    where the NPU stops with BAD_SHAPE (strided flags on a binary op or a reduction,
+    ``group == 0`` or ``lane0 + group`` beyond a strided operand's elements per word)."""
+    vop, flags, imm = ins["vop"], ins["flags"], ins["imm"]
+    sa, sd = bool(flags & FLAG_STRIDED_A), bool(flags & FLAG_STRIDED_D)
+    group, lane0 = imm & 0x3F, (imm >> 8) & 0x1F
+    if not (sa or sd):
+        return False, False, group, lane0
+    if vop < _UNARY_FIRST:
+        raise ValueError(f"strided operands need a unary op, not vop {vop}")
+    for on, fp16 in ((sa, vop == VectorOp.CVT16TO32.value),
+                     (sd, vop == VectorOp.CVT32TO16.value)):
+        per = FP16_PER_WORD if fp16 else FP32_PER_WORD
+        if on and (group == 0 or lane0 + group > per):
+            raise ValueError(f"strided group {group}, lane0 {lane0}: needs 1 <= group and "
+                             f"lane0 + group <= {per}")
+    return sa, sd, group, lane0
+
+
+def _place(i, fp16, strided, group, lane0):
+    """(word offset, element lane) of element ``i``."""
+    if strided:
+        return i // group, lane0 + i % group
+    per = FP16_PER_WORD if fp16 else FP32_PER_WORD
+    return i // per, i % per
+
+
+def _read_lane(memory, addr, lane, fp16):
+    bits = 16 if fp16 else 32
+    return (memory.get(addr, 0) >> (bits * lane)) & ((1 << bits) - 1)
+
+
+def _write_lane(memory, addr, lane, value, fp16):
+    bits = 16 if fp16 else 32
+    mask, shift = (1 << bits) - 1, bits * lane
+    memory[addr] = (memory.get(addr, 0) & ~(mask << shift)) | ((int(value) & mask) << shift)
+
+
+def _execute_strided(memory, ins, lanes, sa, sd, group, lane0):
+    """A unary op with strided ``a`` and / or ``d``: element-wise, so chunking is
+    irrelevant to the values; each chunk is read before it is written."""
+    vop, n, a, d = ins["vop"], ins["length"], ins["a"], ins["d"]
+    in16, out16 = vop == VectorOp.CVT16TO32.value, vop == VectorOp.CVT32TO16.value
+    for c in range(-(-n // lanes)):
+        idx = range(c * lanes, min(n, (c + 1) * lanes))
+        part = []
+        for i in idx:
+            w, lane = _place(i, in16, sa, group, lane0)
+            part.append(_read_lane(memory, a + w, lane, in16))
+        out = golden.execute(vop, np.array(part, np.uint32), np.zeros(len(part), np.uint32))
+        for i, value in zip(idx, out):
+            w, lane = _place(i, out16, sd, group, lane0)
+            _write_lane(memory, d + w, lane, value, out16)
+
+
 def execute_instruction(memory: dict, ins: Instruction, lanes: int) -> None:
-    """Run one VECTOR instruction on ``memory`` ({word address: int}) in place."""
+    """Run one VECTOR instruction on ``memory`` ({word address: int}) in place.
+    ValueError: an instruction the NPU rejects (see :func:`strided_params`)."""
     vop, flags, n = ins["vop"], ins["flags"], ins["length"]
     a, b, d, imm = ins["a"], ins["b"], ins["d"], ins["imm"]
+    sa, sd, group, lane0 = strided_params(ins)
     if n == 0:
+        return
+    if sa or sd:
+        _execute_strided(memory, ins, lanes, sa, sd, group, lane0)
         return
     try:
         op = VectorOp(vop)

@@ -19,8 +19,10 @@ GEMM       C = A . B (+ C): A [m x k] FP16 at word ``a`` (row r at a + r a_pitch
            at ``c`` (``c_pitch``): FP16 (32 per word) or, with ``fp32``, FP32 (16 per
            word); ``acc``: start from C (FP32 only) instead of +0.0
 VECTOR     ``vop``, ``flags``, ``a``, ``b``, ``d``, ``length``, ``imm``: handed to the vector
-           unit as is (``NpuCore.vector_ops``); the core only checks the word ranges
-           [a, a + length), [b, b + length), [d, d + length)
+           unit as is (``NpuCore.vector_ops``; semantics: ``rtl.npu.vector_engine``); the
+           core checks the word ranges [a, a + length), [b, b + length), [d, d + length)
+           and the strided (gather / scatter) flags (bits 2, 3: unary ops only, group
+           ``imm[0:6]`` >= 1, first lane ``imm[8:13]`` + group <= elements per word)
 PIM        ``pim_op`` (0 GWRITE, 1 HEADER, 2 GEMV: ``rtl.controller.PimOp``), ``channel``,
            ``rank``, ``bankgroup``, ``bank``, ``row``, ``column``, ``comps``, ``gemvs``,
            ``sp``: one PIM transaction to channel ``channel``; a GEMV's 64-byte result

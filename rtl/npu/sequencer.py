@@ -8,10 +8,14 @@ from ..isa.npu import (ARGUMENTS, INSTRUCTION_BITS, NpuOp, NpuUnit, instruction_
 from .dma import dma_command_layout
 from .gemm_engine import gemm_args_layout
 from .scratchpad import word_lanes
+from .vector import VectorOp
 
 __all__ = ["Sequencer", "NpuError", "vector_op_layout", "pim_args_layout"]
 
 COUNTER_WIDTH = 48
+_VOP_FIRST_UNARY = VectorOp.EXP.value   # EXP .. CVT32TO16 and the copies 12..15: unary
+_VOP_CVT16TO32 = VectorOp.CVT16TO32.value
+_VOP_CVT32TO16 = VectorOp.CVT32TO16.value
 
 
 class NpuError(enum.Enum, shape=4):
@@ -22,7 +26,9 @@ class NpuError(enum.Enum, shape=4):
     HBM_RANGE = 3          # a DMA reaches beyond the HBM capacity
     HBM_ALIGN = 4          # a DMA's HBM address is not a multiple of the burst
     BAD_SHAPE = 5          # zero M/K/N/count, a pitch shorter than a row, M beyond the
-    #                        accumulator when K spans several tiles, acc without fp32
+    #                        accumulator when K spans several tiles, acc without fp32;
+    #                        a strided VECTOR operand on a non-unary op or with a bad
+    #                        group / first lane
     BAD_PIM = 6            # PIM fields out of range (channel, bank, row, column, op, ...)
     PC_RANGE = 7           # the program ran past the instruction memory without HALT
 
@@ -73,7 +79,10 @@ class Sequencer(wiring.Component):
     (HBM_RANGE), words beyond the scratchpad (SCRATCHPAD_RANGE); GEMM: M, K or N zero, a
     pitch shorter than its matrix row, ``acc`` without ``fp32``, M > ``accumulator_rows``
     with K > H (BAD_SHAPE), A, B or C reaching past the scratchpad (SCRATCHPAD_RANGE);
-    VECTOR: [a, a + length), [b, ...), [d, ...) past the scratchpad; PIM: ``pim_op`` > 2,
+    VECTOR: ``STRIDED_A`` / ``STRIDED_D`` flags (``rtl.npu.vector_engine``) on a binary
+    op or a reduction, or with ``g = imm[0:6]`` zero or ``imm[8:13] + g`` beyond a
+    strided operand's elements per word (BAD_SHAPE), [a, a + length), [b, ...),
+    [d, ...) past the scratchpad (SCRATCHPAD_RANGE); PIM: ``pim_op`` > 2,
     channel, rank, bank group, bank, row, column, comps (> row chunks x 1024) or gemvs
     (> 1024) out of range (BAD_PIM), ``sp`` past the scratchpad; running past the last
     instruction (PC_RANGE). A failed check stops dispatch: ``error``, ``error_code`` and
@@ -213,9 +222,24 @@ class Sequencer(wiring.Component):
                          Mux(range_bad, NpuError.SCRATCHPAD_RANGE.value, NpuError.NONE.value))
 
         v = ins.args.vector
-        vector_fault = Mux((v.a + v.length > spw) | (v.b + v.length > spw)
-                           | (v.d + v.length > spw),
-                           NpuError.SCRATCHPAD_RANGE.value, NpuError.NONE.value)
+        # strided operands (rtl.npu.vector_engine FLAG_STRIDED_A = 4, FLAG_STRIDED_D = 8):
+        # unary ops only (vop >= EXP), 1 <= g and lane0 + g <= elements per word
+        st_a, st_d = v.flags[2], v.flags[3]
+        group, lane0 = v.imm[0:6], v.imm[8:13]
+        end = Signal(7, name="check_stride_end")
+        m.d.comb += end.eq(lane0 + group)
+        in16 = v.vop == _VOP_CVT16TO32
+        out16 = v.vop == _VOP_CVT32TO16
+        fp16s, fp32s = lanes, lanes // 2
+        stride_bad = Signal(name="check_stride_bad")
+        m.d.comb += stride_bad.eq(
+            (st_a | st_d) & ((v.vop < _VOP_FIRST_UNARY) | (group == 0)
+                             | (st_a & (end > Mux(in16, fp16s, fp32s)))
+                             | (st_d & (end > Mux(out16, fp16s, fp32s)))))
+        vector_fault = Mux(stride_bad, NpuError.BAD_SHAPE.value,
+                           Mux((v.a + v.length > spw) | (v.b + v.length > spw)
+                               | (v.d + v.length > spw),
+                               NpuError.SCRATCHPAD_RANGE.value, NpuError.NONE.value))
 
         p = ins.args.pim
         most_comps = cfg.bus.comps_per_row * 1024

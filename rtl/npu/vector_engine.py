@@ -20,7 +20,25 @@ element count ``n`` (0: nothing happens, ``vector_done`` still pulses).
         element (broadcast);
   bit 1 ``IMM_B``: ``b`` is the FP32 bit pattern ``imm`` for every element (word ``b``
         is not read; wins over ``SCALAR_B``);
-  bits 2, 3: reserved (0).
+  bit 2 ``STRIDED_A`` (:data:`FLAG_STRIDED_A`): ``a`` is read as a strided vector;
+  bit 3 ``STRIDED_D`` (:data:`FLAG_STRIDED_D`): ``d`` is written as a strided vector.
+
+Strided vectors (gather / scatter). With ``STRIDED_A`` / ``STRIDED_D`` the operand is a
+strided vector of its element width (FP16 for the ``a`` of CVT16TO32 and the ``d`` of
+CVT32TO16, FP32 otherwise; ``E`` elements per word: 32 FP16, 16 FP32) with the group
+``g = imm[0:6]`` and the first lane ``lane0 = imm[8:13]`` (:func:`strided_imm`; the
+other bits of ``imm`` are ignored): element ``i`` lies in word ``x + i // g``, element
+lane ``lane0 + i % g`` of that word. ``g = E``, ``lane0 = 0`` is the dense layout;
+``g = 1`` is a column (one element per word, e.g. ``lane0 = 5``: lane 5 of consecutive
+words, a transposition); ``g = 8``, ``lane0 = 0`` with FP16: the first 8 FP16 of
+consecutive words. Both flags may be set (both use the same ``g`` and ``lane0``). A
+strided write writes only its elements' lanes (lane enables): every other element of
+the words of ``d`` keeps its value. Allowed only with the unary ops (EXP, RECIP, RSQRT,
+GELU, CVT16TO32, CVT32TO16 and the copies 12..15, which copy ``a`` to ``d`` element by
+element as FP32) and ``1 <= g``, ``lane0 + g <= E`` for each strided operand; anything
+else stops the NPU with ``NpuError.BAD_SHAPE`` (the sequencer's check; the engine
+itself ignores the strided flags of binary ops and reductions). ``d`` may equal ``a``
+when both have the same layout (same flags); other overlaps are undefined.
 
 Element-wise ops (ADD, SUB, MUL, MAX: ``d[i] = a[i] op b[i]``; EXP, RECIP, RSQRT,
 GELU, CVT16TO32, CVT32TO16: ``d[i] = f(a[i])``, ``b`` not read): the vector is cut
@@ -44,7 +62,18 @@ WAIT VECTOR as usual. ``done`` pulses for one clock when an instruction has writ
 its last result.
 
 Timing (no scratchpad contention): per chunk, read a (2 clocks), read b (2, binary
-ops without ``IMM_B``), the op (1 + the VectorUnit latency), write (1), next (1).
+ops without ``IMM_B``), dispatch (1), the op (1 + the VectorUnit latency), write (1),
+next (1): a unary op's chunk takes latency + 6 clocks.
+
+Strided timing: the vector runs in steps; a step takes the next
+``k = min(lanes, elements left, elements left in a's current group, elements left in
+d's current group)`` elements (a dense operand's group is its whole word: ``E``
+elements from lane 0), so every step reads one word of ``a`` and writes one word of
+``d``; a step costs what a unary chunk costs: read a (2), dispatch (1), the op
+(1 + latency), write (1), next (1) = latency + 6 clocks (8 for a copy or conversion,
+29 for EXP). E.g. a scatter with ``g = 1`` runs one element per step, a gather of
+``g = 8`` FP16 with 4 lanes 4 elements per step (2 steps per word), ``g = 4``,
+``lane0 = 2`` on both operands ``min(4, lanes)`` per step.
 
 Ports: ``ops`` (In stream, ``vector_op_layout``); ``done`` (Out, strobe);
 ``sp_read`` / ``sp_write`` (scratchpad client ports: retry until ``grant``);
@@ -60,11 +89,25 @@ from .scratchpad import read_port_signature, word_bits, write_port_signature
 from .sequencer import vector_op_layout
 from .vector import VectorOp, in_layout, out_layout
 
-__all__ = ["VectorEngine", "FLAG_SCALAR_B", "FLAG_IMM_B", "engine_supported"]
+__all__ = ["VectorEngine", "FLAG_SCALAR_B", "FLAG_IMM_B", "FLAG_STRIDED_A", "FLAG_STRIDED_D",
+           "strided_imm", "engine_supported"]
 
 FLAG_SCALAR_B = 1
 FLAG_IMM_B = 2
+FLAG_STRIDED_A = 4
+FLAG_STRIDED_D = 8
 NEG_INF32 = 0xFF800000
+
+
+def strided_imm(group: int, lane0: int) -> int:
+    """The ``imm`` of a strided VECTOR (``FLAG_STRIDED_A`` / ``FLAG_STRIDED_D``): the
+    group ``g`` in bits [0, 6) and the first lane in bits [8, 13). Only the field widths
+    are checked here (the NPU checks ``g >= 1`` and ``lane0 + g <= E``)."""
+    if not 0 <= group < 64:
+        raise ValueError(f"strided group {group} does not fit imm[0:6]")
+    if not 0 <= lane0 < 32:
+        raise ValueError(f"strided lane0 {lane0} does not fit imm[8:13]")
+    return group | (lane0 << 8)
 
 
 def engine_supported(config) -> bool:
@@ -114,6 +157,7 @@ class VectorEngine(wiring.Component):
         E32, E16 = W // 32, W // 16
         P32, P16 = E32 // L, E16 // L          # chunks per word (powers of two)
         s32, s16 = P32.bit_length() - 1, P16.bit_length() - 1
+        b32, b16 = (E32 - 1).bit_length(), (E16 - 1).bit_length()   # element lane bits
 
         state = Signal(_State)
         cmd = Signal(vector_op_layout())
@@ -144,6 +188,46 @@ class VectorEngine(wiring.Component):
             scalar_b.eq(((cmd.flags & FLAG_SCALAR_B) != 0) & ~imm_b),
         ]
 
+        # ---- strided (gather / scatter) mode: unary ops only -------------------------
+        strided = Signal()
+        st_a = Signal()
+        st_d = Signal()
+        m.d.comb += [
+            strided.eq(((cmd.flags & (FLAG_STRIDED_A | FLAG_STRIDED_D)) != 0)
+                       & ~binary & ~is_red),
+            st_a.eq(strided & ((cmd.flags & FLAG_STRIDED_A) != 0)),
+            st_d.eq(strided & ((cmd.flags & FLAG_STRIDED_D) != 0)),
+        ]
+        group = cmd.imm[0:6]
+        lane0 = cmd.imm[8:13]
+        j_a, j_d = Signal(6), Signal(6)          # position in the current group
+        w_a, w_d = Signal(16), Signal(16)        # word offset of the current group
+        g_a, g_d = Signal(7), Signal(7)          # group sizes (a dense operand: E)
+        avail_a, avail_d = Signal(7), Signal(7)  # elements left in the current groups
+        lane_a, lane_d = Signal(7), Signal(7)    # element lane of the step's first element
+        m.d.comb += [
+            g_a.eq(Mux(st_a, group, Mux(in16, E16, E32))),
+            g_d.eq(Mux(st_d, group, Mux(out16, E16, E32))),
+            avail_a.eq(g_a - j_a),
+            avail_d.eq(g_d - j_d),
+            lane_a.eq(Mux(st_a, lane0, 0) + j_a),
+            lane_d.eq(Mux(st_d, lane0, 0) + j_d),
+        ]
+        k0 = Signal(range(L + 1))
+        k1 = Signal(range(L + 1))
+        k2 = Signal(range(L + 1))
+        step = Signal(range(L + 1))              # elements of this step (>= 1)
+        m.d.comb += [
+            k0.eq(Mux(remaining < L, remaining, L)),
+            k1.eq(Mux(avail_a < k0, avail_a, k0)),
+            k2.eq(Mux(avail_d < k1, avail_d, k1)),
+            step.eq(Mux(k2 == 0, 1, k2)),        # g = 0 (rejected by the sequencer)
+        ]
+        s_valid = Signal(L)
+        m.d.comb += s_valid.eq(Cat(*(step > k for k in range(L))))
+        next_j_a, next_j_d = Signal(8), Signal(8)
+        m.d.comb += [next_j_a.eq(j_a + step), next_j_d.eq(j_d + step)]
+
         # chunk position: word offset and chunk slot inside the word
         w32, w16 = Signal(16), Signal(16)
         pos32 = Signal(range(P32)) if P32 > 1 else Const(0, 1)
@@ -164,7 +248,8 @@ class VectorEngine(wiring.Component):
         rd = self.sp_read
         m.d.comb += [
             rd.en.eq((state == _State.RD_A) | (state == _State.RD_B)),
-            rd.addr.eq(Mux(state == _State.RD_A, cmd.a + Mux(in16, w16, w32),
+            rd.addr.eq(Mux(state == _State.RD_A,
+                           cmd.a + Mux(strided, w_a, Mux(in16, w16, w32)),
                            cmd.b + Mux(scalar_b, 0, w32))),
         ]
         word = rd.data
@@ -175,6 +260,17 @@ class VectorEngine(wiring.Component):
         m.d.comb += a_lanes.eq(Cat(*(
             Mux(valid[k], Mux(in16, Cat(slice16[16 * k:16 * k + 16], Const(0, 16)),
                               slice32[32 * k:32 * k + 32]), pad)
+            for k in range(L))))
+        # strided: the step's elements from lane ``lane_a`` of the word on
+        off_a = Signal(4 + b16)                  # bit offset: lane x 16 or x 32
+        m.d.comb += off_a.eq(Mux(in16, Cat(Const(0, 4), lane_a[:b16]),
+                                 Cat(Const(0, 5), lane_a[:b32])))
+        sel_a = Signal(32 * L)
+        m.d.comb += sel_a.eq(Cat(word, Const(0, 32 * L)).bit_select(off_a, 32 * L))
+        s_lanes = Signal(32 * L)
+        m.d.comb += s_lanes.eq(Cat(*(
+            Mux(s_valid[k], Mux(in16, Cat(sel_a[16 * k:16 * k + 16], Const(0, 16)),
+                                sel_a[32 * k:32 * k + 32]), 0)
             for k in range(L))))
         b_lanes = Signal(32 * L)
         m.d.comb += b_lanes.eq(Mux(scalar_b, word[:32 * L], slice32))
@@ -207,9 +303,22 @@ class VectorEngine(wiring.Component):
                              res << (pos32 * (32 * L))))),
             wmask.eq(Mux(final, 0b11,
                          Mux(out16, valid << (pos16 * L), mask32 << (pos32 * (2 * L))))),
-            wr.addr.eq(cmd.d + Mux(final, 0, Mux(out16, w16, w32))),
-            wr.data.eq(wdata),
-            wr.lanes.eq(Mux(state == _State.WRITE, wmask, 0)),
+        ]
+        # strided: the step's results to lane ``lane_d`` on (only their lanes enabled)
+        s_mask32 = Cat(*(Cat(s_valid[k], s_valid[k]) for k in range(L)))
+        s_wdata = Signal(W)
+        s_wmask = Signal(G)
+        m.d.comb += [
+            s_wdata.eq(Mux(out16, (packed16 << Cat(Const(0, 4), lane_d[:b16]))[:W],
+                           (res << Cat(Const(0, 5), lane_d[:b32]))[:W])),
+            s_wmask.eq(Mux(out16, (s_valid << lane_d[:b16])[:G],
+                           (s_mask32 << Cat(Const(0, 1), lane_d[:b32]))[:G])),
+        ]
+        m.d.comb += [
+            wr.addr.eq(cmd.d + Mux(final, 0,
+                                   Mux(strided, w_d, Mux(out16, w16, w32)))),
+            wr.data.eq(Mux(strided, s_wdata, wdata)),
+            wr.lanes.eq(Mux(state == _State.WRITE, Mux(strided, s_wmask, wmask), 0)),
         ]
 
         # ---- control -----------------------------------------------------------------
@@ -219,6 +328,7 @@ class VectorEngine(wiring.Component):
             with m.Case(_State.IDLE):
                 with m.If(self.ops.valid):
                     m.d.sync += [cmd.eq(self.ops.payload), chunk.eq(0), final.eq(0),
+                                 j_a.eq(0), j_d.eq(0), w_a.eq(0), w_d.eq(0),
                                  remaining.eq(self.ops.payload.length),
                                  state.eq(Mux(self.ops.payload.length == 0, _State.DONE,
                                               _State.RD_A))]
@@ -226,7 +336,7 @@ class VectorEngine(wiring.Component):
                 with m.If(rd.grant):
                     m.d.sync += state.eq(_State.CAP_A)
             with m.Case(_State.CAP_A):
-                m.d.sync += ra.eq(a_lanes)
+                m.d.sync += ra.eq(Mux(strided, s_lanes, a_lanes))
                 with m.If(binary & ~imm_b):
                     m.d.sync += state.eq(_State.RD_B)
                 with m.Else():
@@ -255,7 +365,20 @@ class VectorEngine(wiring.Component):
                 with m.If(wr.grant):
                     m.d.sync += state.eq(Mux(final, _State.DONE, _State.NEXT))
             with m.Case(_State.NEXT):
-                with m.If(~last):
+                with m.If(strided):
+                    with m.If(remaining > step):
+                        m.d.sync += [remaining.eq(remaining - step), state.eq(_State.RD_A)]
+                        with m.If(next_j_a >= g_a):
+                            m.d.sync += [j_a.eq(0), w_a.eq(w_a + 1)]
+                        with m.Else():
+                            m.d.sync += j_a.eq(next_j_a)
+                        with m.If(next_j_d >= g_d):
+                            m.d.sync += [j_d.eq(0), w_d.eq(w_d + 1)]
+                        with m.Else():
+                            m.d.sync += j_d.eq(next_j_d)
+                    with m.Else():
+                        m.d.sync += state.eq(_State.DONE)
+                with m.Elif(~last):
                     m.d.sync += [chunk.eq(chunk + 1), remaining.eq(remaining - L),
                                  state.eq(_State.RD_A)]
                 with m.Elif(is_red):

@@ -1,0 +1,284 @@
+"""Strided (gather / scatter) VECTOR operands (``FLAG_STRIDED_A`` / ``FLAG_STRIDED_D``,
+``rtl.npu.vector_engine``) on Amaranth's simulator: the VectorEngine's whole scratchpad
+(pre-filled with random words, so the lanes a strided write must not touch hold data)
+bit-exact with ``sim.npu_vector_programs.execute_instruction`` for scatters, gathers,
+copies, conversions and EXP with both flags (4 and 8 lanes); the clocks per strided step;
+the golden model against direct formulations; NpuCore runs a strided program and stops
+illegal ones (strided binary op / reduction, group 0, lane0 + group too large) with
+BAD_SHAPE, and the golden interpreter raises ValueError for the same instructions."""
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from rtl.isa.npu import halt, vector
+from rtl.npu.core import NpuCore, NpuError
+from rtl.npu.vector import VectorOp, latency_for
+from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
+                                   FLAG_STRIDED_D, strided_imm)
+from sim.golden import vector as golden
+from sim.npu_vector_programs import execute_instruction, pack_vector, strided_params
+
+from test_npu_core import load_and_start
+from test_vector_engine import SPW, _read_words, _write_words, run_engine, tiny_config
+
+pytestmark = [pytest.mark.xdist_group("vector_engine"),
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
+
+SA, SD = FLAG_STRIDED_A, FLAG_STRIDED_D
+COPY = 12
+WORD = (1 << 512) - 1
+
+
+def _random_memory(rng):
+    return {a: int.from_bytes(rng.bytes(64), "little") for a in range(SPW)}
+
+
+def _put(memory, addr, lane, value, bits):
+    mask = (1 << bits) - 1
+    memory[addr] = (memory[addr] & ~(mask << (bits * lane))) | ((int(value) & mask) << (bits * lane))
+
+
+def _get(memory, addr, lane, bits):
+    return (memory[addr] >> (bits * lane)) & ((1 << bits) - 1)
+
+
+def _place(i, per, strided, g, lane0):
+    return (i // g, lane0 + i % g) if strided else (i // per, i % per)
+
+
+def _store_operand(memory, base, values, fp16, strided, g, lane0):
+    """Write ``values`` as the (strided) vector at ``base`` (other lanes keep theirs)."""
+    per, bits = (32, 16) if fp16 else (16, 32)
+    for i, v in enumerate(values):
+        w, lane = _place(i, per, strided, g, lane0)
+        _put(memory, base + w, lane, v, bits)
+
+
+def _values(rng, vop, n, fp16):
+    if fp16:
+        return (rng.standard_normal(n) * 8).astype(np.float16).view(np.uint16)
+    if vop == VectorOp.EXP.value:
+        return rng.uniform(-20, 20, n).astype(np.float32).view(np.uint32)
+    if vop == VectorOp.RSQRT.value:
+        return rng.uniform(0.01, 100, n).astype(np.float32).view(np.uint32)
+    return (rng.standard_normal(n) * 4).astype(np.float32).view(np.uint32)
+
+
+#: (name, vop, flags, group, lane0, n, a, d): the brief's cases first, then more
+CASES = [
+    ("scatter CVT32TO16 g1 l7", VectorOp.CVT32TO16.value, SD, 1, 7, 20, 0, 100),
+    ("gather CVT16TO32 g8 l0", VectorOp.CVT16TO32.value, SA, 8, 0, 29, 10, 130),
+    ("gather copy g1 l0", COPY, SA, 1, 0, 13, 20, 140),
+    ("scatter copy g1 l3", COPY, SD, 1, 3, 13, 40, 150),
+    ("EXP both g4 l2", VectorOp.EXP.value, SA | SD, 4, 2, 18, 60, 170),
+    ("EXP both in place g4 l2", VectorOp.EXP.value, SA | SD, 4, 2, 11, 200, 200),
+    ("gather GELU g3 l13", VectorOp.GELU.value, SA, 3, 13, 10, 80, 180),
+    ("scatter RECIP g5 l11", VectorOp.RECIP.value, SD, 5, 11, 17, 90, 210),
+    ("gather RSQRT g16 l0 (dense)", VectorOp.RSQRT.value, SA, 16, 0, 21, 120, 230),
+    ("CVT16TO32 both g5 l11", VectorOp.CVT16TO32.value, SA | SD, 5, 11, 12, 234, 240),
+    ("CVT32TO16 both g2 l14", VectorOp.CVT32TO16.value, SA | SD, 2, 14, 9, 245, 246),
+    ("gather CVT16TO32 g2 l30", VectorOp.CVT16TO32.value, SA, 2, 30, 7, 100, 105),
+    ("scatter CVT32TO16 g32 l0 (dense)", VectorOp.CVT32TO16.value, SD, 32, 0, 40, 110, 113),
+    ("copy 15 scatter g1 l15", 15, SD, 1, 15, 5, 250, 251),
+]
+
+
+def _case_batch(rng, case):
+    name, vop, flags, g, lane0, n, a, d = case
+    in16 = vop == VectorOp.CVT16TO32.value
+    memory = _random_memory(rng)
+    values = _values(rng, vop, n, in16)
+    _store_operand(memory, a, values, in16, bool(flags & SA), g, lane0)
+    # IMM_B / SCALAR_B and other imm bits are ignored by unary ops
+    imm = strided_imm(g, lane0) | (0xA5 << 16)
+    ins = vector(vop, a=a, b=3, d=d, length=n, flags=flags | FLAG_SCALAR_B, imm=imm)
+    return memory, ins, values
+
+
+def _expected_steps(lanes, vop, flags, g, lane0, n):
+    """The engine's steps: min(lanes, left, left in a's group, left in d's group)."""
+    ga = g if flags & SA else (32 if vop == VectorOp.CVT16TO32.value else 16)
+    gd = g if flags & SD else (32 if vop == VectorOp.CVT32TO16.value else 16)
+    steps, left, ja, jd = 0, n, 0, 0
+    while left:
+        k = min(lanes, left, ga - ja, gd - jd)
+        ja, jd, left, steps = (ja + k) % ga, (jd + k) % gd, left - k, steps + 1
+    return steps
+
+
+def _latency(vop, lanes):
+    return latency_for(VectorOp(vop), lanes) if vop < 12 else 2
+
+
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_strided_bit_exact_and_timing(lanes):
+    """Every case on the VectorEngine (one batch each: the whole scratchpad random, the
+    operand's elements written with sensible values): all 256 words equal the golden
+    interpreter's; a step takes as long as a dense unary chunk (latency + 6)."""
+    rng = np.random.default_rng(100 + lanes)
+    batches, golden_memories = [], []
+    for case in CASES:
+        memory, ins, _ = _case_batch(rng, case)
+        # one dense unary instruction of one chunk first: the per-instruction overhead
+        dense = vector(case[1], a=SPW - 1, d=SPW - 1, length=1)
+        after_dense = dict(memory)
+        execute_instruction(after_dense, dense, lanes)
+        want = dict(after_dense)
+        execute_instruction(want, ins, lanes)
+        batches.append((memory, [dense, ins]))
+        golden_memories.append(want)
+    results = run_engine(tiny_config(lanes=lanes), batches)
+    for case, (words, clocks), want in zip(CASES, results, golden_memories):
+        name, vop, flags, g, lane0, n, a, d = case
+        bad = [addr for addr in range(SPW) if words[addr] != want[addr]]
+        assert not bad, (f"{name}: {len(bad)} words differ, first {bad[0]}: "
+                         f"{words[bad[0]]:#x}, golden {want[bad[0]]:#x}")
+        per_step = _latency(vop, lanes) + 6
+        steps = _expected_steps(lanes, vop, flags, g, lane0, n)
+        assert clocks[0] == per_step, (name, clocks)        # the dense unary chunk
+        assert clocks[1] == steps * per_step, (name, clocks, steps, per_step)
+
+
+def test_golden_strided_against_direct_formulation():
+    """The golden interpreter's strided results, formulated directly: the scatter writes
+    only lane 7 (FP16) of each word, the gather reads the first 8 FP16 of each word,
+    the copies move whole FP32 elements, EXP with both flags maps lanes 2..5."""
+    rng = np.random.default_rng(5)
+    # scatter CVT32TO16 g=1 lane0=7, 20 elements
+    memory, ins, x = _case_batch(rng, CASES[0])
+    before = dict(memory)
+    execute_instruction(memory, ins, 4)
+    want16 = golden.execute(VectorOp.CVT32TO16, x)
+    for i in range(20):
+        word, old = memory[100 + i], before[100 + i]
+        assert _get(memory, 100 + i, 7, 16) == want16[i] & 0xFFFF
+        keep = WORD ^ (0xFFFF << 112)
+        assert word & keep == old & keep, f"word {100 + i}: other lanes changed"
+    assert {a: w for a, w in memory.items() if not 100 <= a < 120} == \
+        {a: w for a, w in before.items() if not 100 <= a < 120}
+    # gather CVT16TO32 g=8 lane0=0, 29 elements
+    memory, ins, x = _case_batch(rng, CASES[1])
+    x16 = [_get(memory, 10 + i // 8, i % 8, 16) for i in range(29)]
+    assert x16 == [int(v) for v in x]
+    execute_instruction(memory, ins, 4)
+    got = [_get(memory, 130 + i // 16, i % 16, 32) for i in range(29)]
+    assert got == [int(v) for v in golden.execute(VectorOp.CVT16TO32, np.array(x16))]
+    # copies: gather g=1 lane0=0, scatter g=1 lane0=3
+    memory, ins, x = _case_batch(rng, CASES[2])
+    execute_instruction(memory, ins, 4)
+    assert [_get(memory, 140 + i // 16, i % 16, 32) for i in range(13)] == [int(v) for v in x]
+    memory, ins, x = _case_batch(rng, CASES[3])
+    execute_instruction(memory, ins, 4)
+    assert [_get(memory, 150 + i, 3, 32) for i in range(13)] == [int(v) for v in x]
+    # EXP, both strided, g=4 lane0=2
+    memory, ins, x = _case_batch(rng, CASES[4])
+    execute_instruction(memory, ins, 4)
+    got = [_get(memory, 170 + i // 4, 2 + i % 4, 32) for i in range(18)]
+    assert got == [int(v) for v in golden.execute(VectorOp.EXP, x)]
+    assert strided_imm(4, 2) == 0x204 and strided_params(ins) == (True, True, 4, 2)
+
+
+#: (instruction, why) the NPU rejects with BAD_SHAPE and the golden with ValueError
+ILLEGAL = [
+    (vector(VectorOp.ADD.value, a=0, b=8, d=16, length=4, flags=SA, imm=strided_imm(1, 0)),
+     "binary op, strided a"),
+    (vector(VectorOp.MUL.value, a=0, b=8, d=16, length=4, flags=SD | FLAG_IMM_B,
+            imm=strided_imm(1, 0)), "binary op, strided d"),
+    (vector(VectorOp.SUM.value, a=0, d=16, length=4, flags=SA, imm=strided_imm(2, 0)),
+     "reduction"),
+    (vector(VectorOp.EXP.value, a=0, d=16, length=4, flags=SA, imm=strided_imm(0, 0)),
+     "g = 0"),
+    (vector(VectorOp.CVT32TO16.value, a=0, d=16, length=4, flags=SD, imm=strided_imm(0, 3)),
+     "g = 0, strided d"),
+    (vector(VectorOp.EXP.value, a=0, d=16, length=4, flags=SD, imm=strided_imm(4, 13)),
+     "lane0 + g = 17 > 16 FP32"),
+    (vector(COPY, a=0, d=16, length=4, flags=SA, imm=strided_imm(17, 0)), "g = 17 > 16"),
+    (vector(VectorOp.CVT16TO32.value, a=0, d=16, length=4, flags=SA, imm=strided_imm(3, 30)),
+     "lane0 + g = 33 > 32 FP16"),
+    (vector(VectorOp.CVT16TO32.value, a=0, d=16, length=4, flags=SA | SD,
+            imm=strided_imm(8, 12)), "both: fits FP16 a, not FP32 d"),
+    (vector(VectorOp.GELU.value, a=0, d=16, length=0, flags=SA, imm=strided_imm(0, 0)),
+     "g = 0 with length 0"),
+]
+
+#: legal boundary cases (lane0 + g == elements per word), same words as ILLEGAL
+LEGAL = [
+    vector(VectorOp.CVT16TO32.value, a=0, d=16, length=5, flags=SA, imm=strided_imm(3, 29)),
+    vector(VectorOp.EXP.value, a=0, d=16, length=6, flags=SD, imm=strided_imm(4, 12)),
+    vector(VectorOp.CVT32TO16.value, a=0, d=16, length=40, flags=SA | SD,
+           imm=strided_imm(16, 0)),
+    vector(14, a=0, d=16, length=3, flags=SA | SD, imm=strided_imm(1, 15)),
+]
+
+
+def test_golden_rejects_illegal_strided():
+    for ins, why in ILLEGAL:
+        with pytest.raises(ValueError):
+            execute_instruction({}, ins, 4)
+    for ins in LEGAL:
+        execute_instruction({}, ins, 4)
+
+
+def run_core(config, batches):
+    """NpuCore with its VectorEngine; ``batches``: [(preload, program)]; per batch
+    (error code, error pc, every scratchpad word)."""
+    dut = NpuCore(config, vector_engine=True)
+    results = []
+
+    async def bench(ctx):
+        for preload, program in batches:
+            await _write_words(ctx, dut.ext_write, preload)
+            await load_and_start(ctx, dut, program)
+            cycles = 0
+            while not ctx.get(dut.done):
+                await ctx.tick()
+                cycles += 1
+                assert cycles < 20000
+            words = await _read_words(ctx, dut.ext_read, range(SPW))
+            results.append((NpuError(ctx.get(dut.error_code)), ctx.get(dut.error_pc), words))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def test_core_strided_and_illegal():
+    """On NpuCore (tiny, 4 lanes): a program of strided instructions (the brief's cases
+    and the legal boundary cases) runs bit-exact; each illegal instruction, after a legal
+    strided one, stops the core with BAD_SHAPE at its pc, after the legal one ran."""
+    config = tiny_config()
+    rng = np.random.default_rng(21)
+    batches, wants, expect = [], [], []
+    memory = _random_memory(rng)
+    program = []
+    for case in CASES[:5]:
+        m2, ins, _ = _case_batch(rng, case)
+        name, vop, flags, g, lane0, n, a, d = case
+        in16 = vop == VectorOp.CVT16TO32.value
+        words = -(-n // g) if flags & SA else -(-n // (32 if in16 else 16))
+        memory.update({a + w: m2[a + w] for w in range(words)})
+        program.append(ins)
+    program += LEGAL + [halt()]
+    want = dict(memory)
+    for ins in program[:-1]:
+        execute_instruction(want, ins, 4)
+    batches.append((memory, program))
+    wants.append(want)
+    expect.append((NpuError.NONE, 0))
+    legal = vector(VectorOp.EXP.value, a=0, d=16, length=4, flags=SD, imm=strided_imm(1, 9))
+    for ins, why in ILLEGAL:
+        memory = _random_memory(rng)
+        want = dict(memory)
+        execute_instruction(want, legal, 4)
+        batches.append((memory, [legal, ins, halt()]))
+        wants.append(want)
+        expect.append((NpuError.BAD_SHAPE, 1))
+    results = run_core(config, batches)
+    for i, ((code, pc, words), want, (want_code, want_pc)) in enumerate(
+            zip(results, wants, expect)):
+        label = "strided program" if i == 0 else ILLEGAL[i - 1][1]
+        assert (code, pc) == (want_code, want_pc), f"{label}: {code.name} at pc {pc}"
+        bad = [a for a in range(SPW) if words[a] != want[a]]
+        assert not bad, f"{label}: {len(bad)} words differ, first {bad[0]}"

@@ -11,7 +11,7 @@ import time
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, ValueChange
 
 from rtl.channel import ChannelError
 from rtl.controller import ControllerError
@@ -19,8 +19,9 @@ from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
 from rtl.controller.interface import counters_layout as ctrl_counters_layout
 from rtl.isa import Opcode, decode_command
 from rtl.isa.npu import Instruction, encode
-from rtl.npu.core import counters_layout
+from rtl.npu.core import COUNTER_WIDTH, counters_layout
 from rtl.npu.sequencer import NpuError, vector_op_layout
+from rtl.npu.vector_engine import engine_supported
 
 from .controller_tb import unpack
 from .timing_checker import TimingChecker, format_command
@@ -38,6 +39,8 @@ class NpuTB:
         self.recent = [collections.deque(maxlen=12) for _ in range(self.channels)]
         self.vector_latency = vector_latency
         self.vector_ops: list[dict] = []
+        # VECTOR instructions leave the core on ``vector_ops`` (answered here, every clock)
+        self.external_vector = not engine_supported(config)
         self.cycles = 0           # clocks simulated by :meth:`run`
         self.wall = 0.0           # seconds spent in :meth:`run`
         self._ports = [{name: getattr(dut, f"{name}__{c}") for name in (
@@ -153,6 +156,83 @@ class NpuTB:
         self.cycles += cycles
         self.wall += time.perf_counter() - began
         return cycles
+
+    async def run_sampled(self, sample, period: int = 64, max_cycles: int = 200_000,
+                          pc_changed=None) -> int:
+        """Start the loaded program and clock until ``done``, as :meth:`run` does (every
+        command checked, channel errors fail the run), without waking Python every clock
+        when the core has its built-in vector engine (``external_vector`` False):
+
+        ``sample(clocks, done)`` is called in the read-only phase every ``period`` clocks
+        of the run and once when ``done`` has risen (``clocks`` = the NPU's
+        ``counters.cycles`` since the start: clocks while running); it may return a new
+        period (from then on). ``pc_changed(pc)`` is called in the read-only phase of
+        every clock the core's ``pc`` port changes (instruction ``pc - 1`` has just
+        completed its dispatch; see ``NpuCore``). Returns the clocks of the run."""
+        dut = self.dut
+        began = time.perf_counter()
+        base = self.npu_cycles()
+        mask = (1 << COUNTER_WIDTH) - 1
+        dut.start.value = 1
+        await RisingEdge(dut.clk)
+        dut.start.value = 0
+        dut.vector_ops__ready.value = 1
+        watcher = cocotb.start_soon(self._watch_pc(pc_changed)) if pc_changed else None
+        due: collections.deque[int] = collections.deque()
+        layout = vector_op_layout()
+        next_at = period
+        clocks = 0
+        try:
+            while True:
+                if self.external_vector:     # every clock: the stand-in vector unit
+                    await RisingEdge(dut.clk)
+                    clocks += 1
+                    strobe = bool(due) and due[0] <= clocks
+                    if strobe:
+                        due.popleft()
+                    dut.vector_done.value = int(strobe)
+                    await ReadOnly()
+                    if dut.vector_ops__valid.value:
+                        self.vector_ops.append(unpack(layout, int(dut.vector_ops__payload.value)))
+                        due.append(clocks + self.vector_latency)
+                    done = bool(dut.done.value)
+                    if clocks < next_at and not done:
+                        continue
+                else:
+                    await First(RisingEdge(dut.done), ClockCycles(dut.clk, next_at - clocks))
+                    await ReadOnly()
+                    done = bool(dut.done.value)
+                clocks = (self.npu_cycles() - base) & mask
+                new = sample(clocks, done)
+                if new:
+                    period = int(new)
+                next_at = (clocks // period + 1) * period
+                if done:
+                    break
+                self._raise_failure()
+                if clocks > max_cycles:
+                    raise AssertionError(f"the program ran past {max_cycles} clocks "
+                                         f"(pc {int(dut.pc.value)})")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        await RisingEdge(dut.clk)
+        dut.vector_done.value = 0
+        self._raise_failure()
+        self.check_errors()
+        self.cycles += clocks
+        self.wall += time.perf_counter() - began
+        return clocks
+
+    async def _watch_pc(self, callback):
+        while True:
+            await ValueChange(self.dut.pc)
+            await ReadOnly()
+            callback(int(self.dut.pc.value))
+
+    def npu_cycles(self) -> int:
+        """The core's ``counters.cycles`` alone (cheaper than :meth:`counters`)."""
+        return int(self.dut.counters.value) & ((1 << COUNTER_WIDTH) - 1)
 
     def _command(self, c: int, value: int, cycle: int):
         cmd = decode_command(self.config, value, cycle)

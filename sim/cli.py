@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from rtl.config import ConfigError, PRESETS, preset
+from sim.decode.golden import MODES
+from sim.decode.job import DEFAULTS as DECODE
 
 NOT_BUILT = [
     "the controller in `make sim`: this GEMV still plays a stored command program (the "
@@ -69,17 +71,50 @@ def _print_report(report: dict, title: str):
           f"(playback only; {report['total_wall_s']:.1f} s wall in all)")
 
 
-def cmd_sim(args):
+def cmd_gemv(args):
     config = _config(args)
     if config.mode.value == "dram":
-        sys.exit("neupims sim: the GEMV job needs PIM; choose --mode dual or blocked")
+        sys.exit("neupims gemv: the GEMV job needs PIM; choose --mode dual or blocked")
     report = _channel_gemv(config, args.repeat, args.seed, args.tile)
     _print_report(report, "GEMV on one NeuPIMs channel (RTL on Verilator)")
     if args.json:
         print(json.dumps(report, indent=2))
-    print("\nNot built yet (see README):")
-    for item in NOT_BUILT:
-        print(f"  - {item}")
+
+
+def cmd_sim(args):
+    from sim.decode.job import draw_workload, run_modes
+    from sim.decode.report import format_table, plot_timeline, to_json
+    from sim.decode.workload import DecodeError
+    from sim.models import ModelError
+    from sim.workloads import WorkloadError
+    modes = MODES if args.modes == "all" else tuple(args.modes.split(","))
+    for mode in modes:
+        if mode not in MODES:
+            sys.exit(f"neupims sim: unknown mode {mode!r}; choose from {', '.join(MODES)} or all")
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
+    try:
+        workload, source = draw_workload(args.model, args.trace, args.batch, args.steps,
+                                         args.length_scale, args.max_len, args.seed)
+        config = preset(args.config) if args.config else None
+        log(f"neupims sim: {workload.model.summary()}")
+        log(f"  workload: {source}")
+        log(f"  KV lengths: {list(workload.kv_lens)}, {workload.steps} step(s)")
+        out = Path(args.out)
+        results = run_modes(workload, modes, out, config, log=log)
+    except (DecodeError, ModelError, WorkloadError, ConfigError) as error:
+        sys.exit(f"neupims sim: {error}")
+    description = {**workload.describe(), "trace": source}
+    report = to_json(results, description)
+    (out / "sim.json").write_text(json.dumps(report, indent=2))
+    plot_timeline(results, out / "timeline.png")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print()
+        print(format_table(results, description))
+        print(f"\nwritten: {out / 'sim.json'}, {out / 'timeline.png'}")
+    if not all(r.get("bit_exact") for r in results.values()):
+        sys.exit("neupims sim: a mode was not bit-exact with the golden decode")
 
 
 def cmd_bench(args):
@@ -203,12 +238,33 @@ def main(argv=None):
         p.add_argument("--mode", choices=["dual", "blocked", "dram"], help="row-buffer mode")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = sub.add_parser("sim", help="run the main job: a GEMV on one channel of the RTL")
+    p = sub.add_parser("sim", help="the main job: LLM decode steps of a batch from a real "
+                                   "trace in the three modes on the RTL (table, JSON, PNG)")
+    p.add_argument("--model", default=DECODE["model"], help="model (default: %(default)s)")
+    p.add_argument("--trace", default=DECODE["trace"],
+                   help="azure-conv, azure-code, sharegpt, mooncake or an Azure-format CSV "
+                        "(default: %(default)s)")
+    p.add_argument("--batch", type=int, default=DECODE["batch"], help="requests (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=DECODE["steps"],
+                   help="decode steps (default: %(default)s)")
+    p.add_argument("--length-scale", type=float, default=DECODE["length_scale"],
+                   help="multiply the trace's lengths (default: %(default)g)")
+    p.add_argument("--max-len", type=int, default=DECODE["max_len"],
+                   help="clip requests to this many tokens (default: %(default)s)")
+    p.add_argument("--modes", default="all", help="all or a comma list of " + ", ".join(MODES))
+    p.add_argument("--config", choices=sorted(PRESETS), help="preset (default: decode)")
+    p.add_argument("--seed", type=int, default=DECODE["seed"])
+    p.add_argument("--out", default="build/sim", help="folder for sim.json and timeline.png")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("gemv", help="a GEMV program on one channel of the RTL (the stored "
+                                    "command player; the first milestone's job)")
     common(p)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int, help="COMPs per PIM_GEMV (default: a whole row)")
-    p.set_defaults(func=cmd_sim)
+    p.set_defaults(func=cmd_gemv)
 
     p = sub.add_parser("bench", help="benchmarks: `channel` (Verilator cycles/s of a GEMV "
                                      "program), `controller` (bandwidth, COMP rate, dual vs "

@@ -92,11 +92,13 @@ def _runner():
     return LeanVerilator()
 
 
-def build(verilog_text: str, name: str, waves: bool = False, public: bool = False) -> Path:
-    """Build (or reuse) a Verilator model of ``verilog_text``; return its build folder."""
+def build(verilog_text: str, name: str, waves: bool = False, public: bool = False,
+          root: Path | None = None) -> Path:
+    """Build (or reuse) a Verilator model of ``verilog_text``; return its build folder
+    (under ``root``, default ``BUILD_ROOT``, in ``verilator/``)."""
     flags = VERILATOR_WAIVERS + VERILATOR_FLAGS
     key = hashlib.sha256(json.dumps([verilog_text, flags, waves, public, _verilator_pkg.__version__]).encode())
-    build_dir = BUILD_ROOT / "verilator" / f"{name}-{key.hexdigest()[:16]}"
+    build_dir = Path(root or BUILD_ROOT) / "verilator" / f"{name}-{key.hexdigest()[:16]}"
     done = build_dir / "BUILT"
     with _file_lock(build_dir.with_suffix(".lock")):
         if done.exists():

@@ -4,7 +4,7 @@ Each preset is exported twice, once through the library (``sim.lint.export``) an
 through the command line in the same process: the two folders must be byte-identical.
 Verilator then lints every block with ``lint_waivers.vlt``; no warning may remain.
 The ``channel``/``neupims`` presets are left out to keep this file fast (they take
-``make lint CONFIG=...``).
+``make lint CONFIG=...``); ``decode`` runs in the slow suite.
 """
 import json
 import sys
@@ -18,7 +18,9 @@ from rtl.config import preset  # noqa: E402
 from sim import cli  # noqa: E402
 from sim.lint import BLOCKS, export, lint_file  # noqa: E402
 
-PRESETS = ["tiny", "small"]
+# ``decode`` (256 stored rows, 2 channels: the same blocks, bigger banks) takes about a
+# minute here: in the slow suite.
+PRESETS = ["tiny", "small", pytest.param("decode", marks=pytest.mark.slow)]
 BLOCK_NAMES = [name for name, _ in BLOCKS]
 
 

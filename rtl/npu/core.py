@@ -127,6 +127,11 @@ class NpuCore(wiring.Component):
         (``rtl.isa.npu.encode``) into the instruction memory per clock, while not running.
       ``start`` (In, strobe), ``running``, ``done`` (Out, high from the end of a run to the
         next ``start``), ``error`` (sticky), ``error_code`` (``NpuError``), ``error_pc``.
+      ``pc`` (Out): the sequencer's program counter, for observing progress: 0 from
+        ``start``; it becomes i + 1 on the clock instruction i completes its dispatch (a
+        unit took it; a NOP; a WAIT: released because its units are idle), the same
+        clock ``counters.instructions`` counts it. A HALT does not advance it: the HALT
+        completes when ``done`` rises (every unit idle).
       ``requests``, ``read_responses``, ``write_responses``, ``pim_requests``,
         ``pim_responses``: one stream each per channel, to the controllers
         (``rtl.controller``'s layouts).
@@ -179,6 +184,7 @@ class NpuCore(wiring.Component):
             "program_data": In(INSTRUCTION_BITS),
             "start": In(1), "running": Out(1), "done": Out(1), "error": Out(1),
             "error_code": Out(NpuError), "error_pc": Out(range(npu.instruction_words + 1)),
+            "pc": Out(range(npu.instruction_words + 1)),
             "requests": Out(stream.Signature(request_layout(config))).array(C),
             "read_responses": In(stream.Signature(read_response_layout(config))).array(C),
             "write_responses": In(stream.Signature(write_response_layout(config))).array(C),
@@ -207,7 +213,7 @@ class NpuCore(wiring.Component):
                      seq.program_data.eq(self.program_data), seq.start.eq(self.start),
                      self.running.eq(seq.running), self.done.eq(seq.done),
                      self.error.eq(seq.error), self.error_code.eq(seq.error_code),
-                     self.error_pc.eq(seq.error_pc)]
+                     self.error_pc.eq(seq.error_pc), self.pc.eq(seq.pc)]
         wiring.connect(m, seq.dma_cmd, dma.cmd)
         wiring.connect(m, seq.gemm_cmd, gemm.start)
         wiring.connect(m, seq.pim_cmd, pim.cmd)

@@ -28,7 +28,7 @@ class NpuTop(wiring.Component):
     """NpuCore + ``config.geometry.channels`` x ControllerTop.
 
     Ports of the core (see :class:`NpuCore`): ``program_*``, ``start``, ``running``,
-    ``done``, ``error``, ``error_code``, ``error_pc``, ``counters``, ``vector_ops``,
+    ``done``, ``error``, ``error_code``, ``error_pc``, ``pc``, ``counters``, ``vector_ops``,
     ``vector_done``, ``ext_read``, ``ext_write``.
     Per channel c (arrays of ``channels``, Verilog names ``<port>__<c>``): the command bus
     ``cmd``, ``cmd_valid`` and ``cycle`` for the timing monitors; the controller's
@@ -51,7 +51,7 @@ class NpuTop(wiring.Component):
         ch = self.channels[0].signature.members
         members = {name: core[name] for name in (
             "program_en", "program_addr", "program_data", "start", "running", "done", "error",
-            "error_code", "error_pc", "counters", "vector_ops", "vector_done", "ext_read",
+            "error_code", "error_pc", "pc", "counters", "vector_ops", "vector_done", "ext_read",
             "ext_write")}
         members.update({
             "cmd": Out(command_layout(config)).array(C), "cmd_valid": Out(1).array(C),
@@ -79,7 +79,8 @@ class NpuTop(wiring.Component):
                      core.vector_done.eq(self.vector_done),
                      self.running.eq(core.running), self.done.eq(core.done),
                      self.error.eq(core.error), self.error_code.eq(core.error_code),
-                     self.error_pc.eq(core.error_pc), self.counters.eq(core.counters)]
+                     self.error_pc.eq(core.error_pc), self.pc.eq(core.pc),
+                     self.counters.eq(core.counters)]
         wiring.connect(m, core.vector_ops, wiring.flipped(self.vector_ops))
         wiring.connect(m, wiring.flipped(self.ext_read), core.ext_read)
         wiring.connect(m, wiring.flipped(self.ext_write), core.ext_write)

@@ -1,0 +1,110 @@
+"""What a decode compiler hands to the RTL runner: :class:`DecodeRun`, a sequence of
+:class:`StepProgram` run on one ``NpuTop`` (HBM and scratchpad persist between steps).
+
+A ``DecodeRun`` is pickled to a file for the cocotb test (``cocotb_tests.tb_decode``
+reads the path from ``NEUPIMS_DECODE_RUN``): :meth:`DecodeRun.save` / :func:`load_run`.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rtl.config import DeviceConfig
+from rtl.isa.npu import Instruction, NpuOp, decode as decode_instruction
+from sim.npu_programs import HbmImage
+
+__all__ = ["MODES", "StepProgram", "DecodeRun", "load_run"]
+
+#: The system modes a decode run compares.
+MODES = ("npu-only", "npu+pim", "neupims")
+
+
+@dataclass
+class StepProgram:
+    """One decode step: an NPU program run from ``start`` to ``done``.
+
+    ``program``: ``rtl.isa.npu.Instruction`` (or encoded integers), ending with HALT.
+    ``marks``: [(stage name, instruction index)] in program order: stage ``name`` ends
+    when the instruction at that index (a WAIT, normally on all units, or the HALT) has
+    completed; the first stage starts at the step's first clock. A name may repeat (e.g.
+    one stage per layer): reports sum the stages of one name.
+    ``checks``: {scratchpad word address: expected 512-bit word}, compared bit for bit
+    after the step's HALT. ``label``: e.g. ``"step 0"``. ``tokens``: tokens this step
+    produces (the batch size)."""
+    program: list
+    marks: list = field(default_factory=list)
+    checks: dict = field(default_factory=dict)
+    label: str = ""
+    tokens: int = 0
+
+    def instructions(self) -> list[Instruction]:
+        return [ins if isinstance(ins, Instruction) else decode_instruction(int(ins))
+                for ins in self.program]
+
+    def validate(self, config: DeviceConfig | None = None) -> None:
+        """Raise ValueError when the step cannot be run or its marks cannot be observed."""
+        name = self.label or "step"
+        program = self.instructions()
+        if not program or program[-1].op is not NpuOp.HALT:
+            raise ValueError(f"{name}: the program must end with HALT")
+        if config is not None and len(program) > config.npu.instruction_words:
+            raise ValueError(f"{name}: {len(program)} instructions do not fit the "
+                             f"{config.npu.instruction_words}-word instruction memory")
+        last = -1
+        for stage, index in self.marks:
+            if not 0 <= index < len(program):
+                raise ValueError(f"{name}: mark {stage!r} at instruction {index}, outside "
+                                 f"the program of {len(program)}")
+            if index <= last:
+                raise ValueError(f"{name}: mark {stage!r} at instruction {index} is not after "
+                                 f"the previous mark ({last})")
+            if program[index].op not in (NpuOp.WAIT, NpuOp.HALT):
+                raise ValueError(f"{name}: mark {stage!r} at instruction {index} is a "
+                                 f"{program[index].op.name}, not a WAIT or the HALT")
+            last = index
+        if config is not None:
+            words = config.npu.scratchpad_words
+            bad = [a for a in self.checks if not 0 <= a < words]
+            if bad:
+                raise ValueError(f"{name}: check address {bad[0]} outside the "
+                                 f"{words}-word scratchpad")
+
+
+@dataclass
+class DecodeRun:
+    """A decode run: ``config`` (``preset("decode", mode=...)``), ``mode`` (one of
+    :data:`MODES`), ``image`` (initial HBM contents, loaded once through the channels'
+    backdoor before step 0), ``steps`` (run in order on the same device: HBM and
+    scratchpad persist), ``description`` (free-form: model, batch, lengths ...; stored
+    with the results)."""
+    config: DeviceConfig
+    mode: str
+    image: HbmImage
+    steps: list = field(default_factory=list)
+    description: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.image.config != self.config:
+            raise ValueError("the HBM image was laid out for another configuration")
+        if not self.steps:
+            raise ValueError("a decode run needs at least one step")
+        for step in self.steps:
+            step.validate(self.config)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+
+def load_run(path) -> DecodeRun:
+    with open(path, "rb") as f:
+        run = pickle.load(f)
+    if not isinstance(run, DecodeRun):
+        raise TypeError(f"{path} holds a {type(run).__name__}, not a DecodeRun")
+    return run

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..models import get_model
 from ..workloads import WorkloadError, load_workload, snapshot
-from .compiler import compile_decode, mode_config
+from .compiler import compile_decode
 from .golden import MODES
 from .workload import DecodeError, DecodeWorkload
 
@@ -76,13 +76,13 @@ def run_modes(workload: DecodeWorkload, modes=MODES, out_dir: Path = Path("build
     from .rtl_run import run_on_rtl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs = {mode: compile_decode(workload, mode, config) for mode in modes}   # fail early
     results = {}
-    for i, mode in enumerate(modes, 1):
+    for i, (mode, run) in enumerate(runs.items(), 1):
         began = time.perf_counter()
-        run = compile_decode(workload, mode, config)
-        log(f"[{i}/{len(modes)}] {mode}: {mode_config(mode, config).mode.value} row buffers, "
+        log(f"[{i}/{len(modes)}] {mode}: {run.config.mode.value} row buffers, "
             f"{sum(len(s.program) for s in run.steps)} instructions in {len(run.steps)} "
-            f"step(s); building and running on Verilator ...")
+            f"step(s); building (cached) and running on Verilator ...")
         results[mode] = run_on_rtl(run, out_dir / f"{mode.replace('+', '_')}.json")
         r = results[mode]
         log(f"      {mode}: {r.get('cycles', '?')} cycles, bit-exact "

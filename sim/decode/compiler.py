@@ -479,10 +479,15 @@ class Builder:
     def wbuf(self, layer: int, name: str) -> int:
         return self.sp[f"wbuf{layer % 2}"] + self.offsets[name]
 
-    def load_layer(self, layer: int) -> Stream:
+    def load_layer(self, layer: int, part: str = "all") -> Stream:
+        """DMA of a layer's weight block into its buffer: ``all``, ``qkv`` (LayerNorm
+        parameters and W_qkv) or ``rest`` (W_o, W_1, W_2)."""
         s = self.stream()
-        s.load(self.plan.hbm["layers"][layer]["ln"], self.sp[f"wbuf{layer % 2}"],
-               self.layer_words, self.config.geometry.channels)
+        first, last = {"all": ("ln", None), "qkv": ("ln", "w_o"), "rest": ("w_o", None)}[part]
+        start = self.offsets[first]
+        end = self.offsets[last] if last else self.layer_words
+        s.load(self.plan.hbm["layers"][layer]["ln"] + start * self.config.geometry.burst_bytes,
+               self.sp[f"wbuf{layer % 2}"] + start, end - start, self.config.geometry.channels)
         return s
 
     def load_head(self) -> Stream:
@@ -789,18 +794,25 @@ def _neupims_step(b: Builder) -> list[Op]:
         end.barrier(name)
         out.extend(end.ops)
 
+    def after_first_gemm(work: Stream, load: Stream) -> Stream:
+        """``load`` placed behind the stream's first GEMM, so the weight reads overlap the
+        other sub-batch's PIM work instead of opening the stage."""
+        at = next((i + 1 for i, op in enumerate(work.ops) if op.unit == "gemm"), 0)
+        work.ops[at:at] = load.ops
+        return work
+
     stage("A", b.qkv(0, sb1), b.stream())
     stage("B", b.qkv(0, sb2), b.mha(0, sb1))
     for layer in range(N - 1):
-        npu = b.load_layer(layer + 1)
-        npu += b.proj_ffn(layer, sb1)
+        npu = b.proj_ffn(layer, sb1)
+        after_first_gemm(npu, b.load_layer(layer + 1, "qkv"))
         npu += b.qkv(layer + 1, sb1, weights_pending=True)
         stage("C", npu, b.mha(layer, sb2))
         npu = b.proj_ffn(layer, sb2)
+        after_first_gemm(npu, b.load_layer(layer + 1, "rest"))
         npu += b.qkv(layer + 1, sb2)
         stage("D", npu, b.mha(layer + 1, sb1))
-    npu = b.load_head()
-    npu += b.proj_ffn(N - 1, sb1)
+    npu = after_first_gemm(b.proj_ffn(N - 1, sb1), b.load_head())
     stage("E", npu, b.mha(N - 1, sb2))
     stage("F", b.proj_ffn(N - 1, sb2), b.stream())
     tail = b.lm_head()

@@ -2,7 +2,10 @@
 ``rtl.npu.vector_engine``) on Amaranth's simulator: the VectorEngine's whole scratchpad
 (pre-filled with random words, so the lanes a strided write must not touch hold data)
 bit-exact with ``sim.npu_vector_programs.execute_instruction`` for scatters, gathers,
-copies, conversions and EXP with both flags (4 and 8 lanes); the clocks per strided step;
+copies, conversions and EXP with both flags (4 and 8 lanes); the clocks of a strided
+instruction (pipelined steps); scatters of consecutive elements into one word's lanes and
+in-place strided ops with the scratchpad grants randomly withheld, and overlaps whose later
+steps read what earlier steps wrote, against a step-by-step model;
 the golden model against direct formulations; NpuCore runs a strided program and stops
 illegal ones (strided binary op / reduction, group 0, lane0 + group too large) with
 BAD_SHAPE, and the golden interpreter raises ValueError for the same instructions."""
@@ -12,14 +15,15 @@ from amaranth.sim import Simulator
 
 from rtl.isa.npu import halt, vector
 from rtl.npu.core import NpuCore, NpuError
-from rtl.npu.vector import VectorOp, latency_for
+from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
 from sim.golden import vector as golden
 from sim.npu_vector_programs import execute_instruction, pack_vector, strided_params
 
 from test_npu_core import load_and_start
-from test_vector_engine import SPW, _read_words, _write_words, run_engine, tiny_config
+from test_vector_engine import (SPW, _read_words, _write_words, engine_clocks, run_engine,
+                                tiny_config)
 
 pytestmark = [pytest.mark.xdist_group("vector_engine"),
               pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
@@ -106,15 +110,13 @@ def _expected_steps(lanes, vop, flags, g, lane0, n):
     return steps
 
 
-def _latency(vop, lanes):
-    return latency_for(VectorOp(vop), lanes) if vop < 12 else 2
-
-
 @pytest.mark.parametrize("lanes", [4, 8])
 def test_strided_bit_exact_and_timing(lanes):
     """Every case on the VectorEngine (one batch each: the whole scratchpad random, the
     operand's elements written with sensible values): all 256 words equal the golden
-    interpreter's; a step takes as long as a dense unary chunk (latency + 6)."""
+    interpreter's; the steps are pipelined: a strided instruction of ``s`` steps takes
+    what a dense unary one of ``s`` chunks takes (1 + latency + 1 + (s - 1) x the
+    VectorUnit's steps per op: 1 clock per step for copies and conversions, 22 for EXP)."""
     rng = np.random.default_rng(100 + lanes)
     batches, golden_memories = [], []
     for case in CASES:
@@ -133,10 +135,92 @@ def test_strided_bit_exact_and_timing(lanes):
         bad = [addr for addr in range(SPW) if words[addr] != want[addr]]
         assert not bad, (f"{name}: {len(bad)} words differ, first {bad[0]}: "
                          f"{words[bad[0]]:#x}, golden {want[bad[0]]:#x}")
-        per_step = _latency(vop, lanes) + 6
         steps = _expected_steps(lanes, vop, flags, g, lane0, n)
-        assert clocks[0] == per_step, (name, clocks)        # the dense unary chunk
-        assert clocks[1] == steps * per_step, (name, clocks, steps, per_step)
+        assert clocks[0] == engine_clocks(lanes, vop, 0, 1), (name, clocks)   # dense chunk
+        assert clocks[1] == engine_clocks(lanes, vop, flags, n, steps), (name, clocks, steps)
+        if vop in (COPY, VectorOp.CVT16TO32.value, VectorOp.CVT32TO16.value):
+            assert clocks[1] == steps + 3                  # 1 clock per step + 3
+        if vop == VectorOp.EXP.value:
+            assert clocks[1] == 25 + 22 * (steps - 1)
+
+
+def step_serial(memory, ins, lanes):
+    """The engine's order for a strided instruction, step by step: each step (the
+    elements of ``_expected_steps``) reads its elements of ``a``, then writes its results
+    to ``d`` before the next step reads. Equals ``execute_instruction`` (whose chunks
+    read ``lanes`` elements before writing) unless ``d`` overlaps ``a`` in another
+    layout (undefined by the ISA; the RTL keeps this order)."""
+    sa, sd, g, lane0 = strided_params(ins)
+    vop, n, a, d = ins["vop"], ins["length"], ins["a"], ins["d"]
+    in16, out16 = vop == VectorOp.CVT16TO32.value, vop == VectorOp.CVT32TO16.value
+    ga = g if sa else (32 if in16 else 16)
+    gd = g if sd else (32 if out16 else 16)
+    la, ld = (lane0 if sa else 0), (lane0 if sd else 0)
+    done, ja, jd, wa, wd = 0, 0, 0, 0, 0
+    while done < n:
+        k = min(lanes, n - done, ga - ja, gd - jd)
+        part = np.array([_get(memory, a + wa, la + ja + t, 16 if in16 else 32)
+                         for t in range(k)], np.uint32)
+        out = golden.execute(vop, part, np.zeros(k, np.uint32))
+        for t in range(k):
+            _put(memory, d + wd, ld + jd + t, int(out[t]), 16 if out16 else 32)
+        done += k
+        ja, jd = ja + k, jd + k
+        if ja >= ga:
+            ja, wa = 0, wa + 1
+        if jd >= gd:
+            jd, wd = 0, wd + 1
+
+
+#: (name, vop, flags, group, lane0, n, a, d, golden): consecutive elements scattered into
+#: one word's lanes (several steps write the same word), in-place strided ops, and
+#: overlaps in different layouts (``golden`` False: checked against ``step_serial`` only:
+#: a later step reads lanes an earlier step wrote, so the read waits for the write)
+STRIDED_HAZARDS = [
+    ("scatter CVT32TO16 g8 l0", VectorOp.CVT32TO16.value, SD, 8, 0, 30, 0, 10, True),
+    ("scatter copy g8 l4", COPY, SD, 8, 4, 30, 20, 30, True),
+    ("scatter CVT32TO16 g32 l0 in place", VectorOp.CVT32TO16.value, SD, 32, 0, 40, 40, 40, True),
+    ("scatter EXP g8 l8", VectorOp.EXP.value, SD, 8, 8, 10, 50, 55, True),
+    ("gather CVT16TO32 g8 l16", VectorOp.CVT16TO32.value, SA, 8, 16, 30, 60, 70, True),
+    ("copy both in place g3 l5", 13, SA | SD, 3, 5, 20, 80, 80, True),
+    ("CVT32TO16 both in place g8 l0", VectorOp.CVT32TO16.value, SA | SD, 8, 0, 30, 90, 90, True),
+    ("scatter copy g1 l7", COPY, SD, 1, 7, 20, 100, 110, True),
+    ("copy dense a -> scatter g1 l1 over a", COPY, SD, 1, 1, 20, 140, 140, False),
+    ("EXP gather g2 -> dense d = a + 1", VectorOp.EXP.value, SA, 2, 0, 10, 170, 171, False),
+    ("CVT32TO16 dense a -> scatter g1 l2 over a", VectorOp.CVT32TO16.value, SD, 1, 2, 20, 190,
+     190, False),
+]
+
+
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_strided_hazards_withheld_grants(lanes):
+    """STRIDED_HAZARDS on random scratchpads with the engine's read and write grants
+    withheld at random (35 % of the clocks each): every word bit-exact with
+    ``execute_instruction`` (and ``step_serial``, which equals it there), or with
+    ``step_serial`` for the overlaps in different layouts (which differ from
+    ``execute_instruction``'s chunk order, so that the test sees a missing wait)."""
+    rng = np.random.default_rng(300 + lanes)
+    batches, wants = [], []
+    for name, vop, flags, g, lane0, n, a, d, use_golden in STRIDED_HAZARDS:
+        in16 = vop == VectorOp.CVT16TO32.value
+        memory = _random_memory(rng)
+        _store_operand(memory, a, _values(rng, vop, n, in16), in16, bool(flags & SA), g, lane0)
+        ins = vector(vop, a=a, b=0, d=d, length=n, flags=flags, imm=strided_imm(g, lane0))
+        serial = dict(memory)
+        step_serial(serial, ins, lanes)
+        chunked = dict(memory)
+        execute_instruction(chunked, ins, lanes)
+        if use_golden:
+            assert serial == chunked, name
+        else:
+            assert serial != chunked, f"{name}: not an overlap the chunk order sees"
+        batches.append((memory, [ins]))
+        wants.append(serial)
+    results = run_engine(tiny_config(lanes=lanes), batches, hold=(0.35, lanes))
+    for case, (words, clocks), want in zip(STRIDED_HAZARDS, results, wants):
+        bad = [addr for addr in range(SPW) if words[addr] != want[addr]]
+        assert not bad, (f"{case[0]}: {len(bad)} words differ, first {bad[0]}: "
+                         f"{words[bad[0]]:#x}, want {want[bad[0]]:#x}")
 
 
 def test_golden_strided_against_direct_formulation():

@@ -114,12 +114,10 @@ class Stream:
                            self.costs.gemm(m, k, n)))
 
     def vec(self, op: VectorOp, a=0, b=0, d=0, length=0, imm=0, flags=0):
-        strided = bool(flags & (FLAG_STRIDED_A | FLAG_STRIDED_D))
-        self.ops.append(Op(vector(op.value, a=a, b=b, d=d, length=length, imm=imm, flags=flags),
-                           "vector", self.costs.vector(length, strided)))
+        self.vec_ins(vector(op.value, a=a, b=b, d=d, length=length, imm=imm, flags=flags))
 
     def vec_ins(self, ins: Instruction):
-        self.ops.append(Op(ins, "vector", self.costs.vector(ins["length"], False)))
+        self.ops.append(Op(ins, "vector", self.costs.vector(ins)))
 
     def pim(self, op: str, channel: int, **fields):
         self.ops.append(Op(pim(op, channel, **fields), "pim", self.costs.pim(op, fields),
@@ -147,8 +145,26 @@ class Costs:
         passes = math.ceil(k / self.H) * math.ceil(n / self.W)
         return passes * (2 * self.H + self.W - 1 + m) + 2
 
-    def vector(self, n, strided):
-        return 8 * n if strided else 12 * math.ceil(max(n, 1) / self.lanes) + 4
+    #: VectorUnit micro-steps of the multi-step element-wise ops
+    STEPS = {VectorOp.EXP: 22, VectorOp.RECIP: 12, VectorOp.RSQRT: 15, VectorOp.GELU: 41}
+
+    def vector(self, ins):
+        """The pipelined engine (``rtl.npu.vector_engine``): about one clock per chunk
+        for simple ops (two with a vector b), the unit's steps per chunk otherwise; a
+        g = 1 strided operand makes every element a chunk."""
+        n, flags = ins["length"], ins["flags"]
+        try:
+            op = VectorOp(ins["vop"])
+        except ValueError:
+            op = None
+        chunks = n if flags & (FLAG_STRIDED_A | FLAG_STRIDED_D) else math.ceil(n / self.lanes)
+        chunks = max(chunks, 1)
+        if op in self.STEPS:
+            return self.STEPS[op] * chunks + 5
+        binary = op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MUL, VectorOp.MAX)
+        if op in (VectorOp.SUM, VectorOp.RMAX) or (binary and not flags & (FLAG_IMM_B | FLAG_SCALAR_B)):
+            return 2 * chunks + 8
+        return chunks + 5
 
     def pim(self, op, fields):
         bus = self.config.bus

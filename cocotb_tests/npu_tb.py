@@ -7,6 +7,7 @@ command monitors)."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
 
 import cocotb
@@ -38,6 +39,8 @@ class NpuTB:
         self.commands = [collections.Counter() for _ in range(self.channels)]
         self.recent = [collections.deque(maxlen=12) for _ in range(self.channels)]
         self.last_command: dict[int, tuple] = {}
+        # a digest of each channel's command stream (cycle and command) since reset
+        self.stream_hash = [hashlib.sha256() for _ in range(self.channels)]
         self.vector_latency = vector_latency
         self.vector_ops: list[dict] = []
         # VECTOR instructions leave the core on ``vector_ops`` (answered here, every clock)
@@ -245,6 +248,12 @@ class NpuTB:
             raise AssertionError(f"channel {c}: {error}\nlast commands:\n  {history}") from error
         self.commands[c][cmd.op] += 1
         self.last_command[c] = (cycle, cmd.op)
+        self.stream_hash[c].update(f"{cycle}:{value:x};".encode())
+
+    def command_digest(self, c: int) -> str:
+        """SHA-256 (hex, 16 digits) of channel ``c``'s commands so far: every (cycle,
+        command word) from reset on, in order. Equal digests: the same command stream."""
+        return self.stream_hash[c].hexdigest()[:16]
 
     def check_errors(self):
         for c, p in enumerate(self._ports):

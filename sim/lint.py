@@ -52,7 +52,7 @@ def _bank(config):
 
 def _pim_mac(config):
     from rtl.pim import PimMacUnit
-    return PimMacUnit(config.pim.lanes)
+    return PimMacUnit(config.pim.lanes, datapath=config.datapath)
 
 
 def _global_buffer(config):

@@ -43,6 +43,10 @@ class ChannelDatapath(wiring.Component):
 
     ``shared_bank_module``: instantiate one Verilog module for all banks (fast Verilator
     builds); set False to simulate with Amaranth's simulator.
+
+    Timing-only (``config.datapath`` False): timing-only banks and global buffer, and the
+    data bus carries only its valid bits down the RL + burst delay lines: ``rdata`` is
+    zero, ``rdata_valid``/``rdata_pim`` come on the same clocks as in the full RTL.
     """
 
     def __init__(self, config, shared_bank_module: bool = True):
@@ -121,16 +125,20 @@ class ChannelDatapath(wiring.Component):
         gw_valid = Array(bank.gwrite_valid for bank in banks)[gwrite_bank]
         gw_index = Array(bank.gwrite_index for bank in banks)[gwrite_bank]
         m.d.comb += [gbuf.write_en.eq(gw_valid), gbuf.write_index.eq(gw_index),
-                     gbuf.write_data.eq(rdata[gwrite_bank])]
+                     gbuf.write_data.eq(rdata[gwrite_bank] if cfg.datapath else 0)]
 
-        # Data bus: RD bursts and READRES results, each delayed to RL + burst.
+        # Data bus: RD bursts and READRES results, each delayed to RL + burst (timing-only:
+        # the lines carry one constant-zero bit, ``rdata`` is zero).
         read_bank, read_valid = Signal(range(g.banks)), Signal()
         m.d.sync += [read_bank.eq(flat_bank), read_valid.eq(self.cmd_valid & (op == Opcode.RD))]
-        m.submodules.read_line = read_line = DelayLine(self.burst_bits, bus.read_data - 1)
-        m.d.comb += [read_line.i_data.eq(rdata[read_bank]), read_line.i_valid.eq(read_valid)]
+        bits = self.burst_bits if cfg.datapath else 1
+        m.submodules.read_line = read_line = DelayLine(bits, bus.read_data - 1)
+        m.d.comb += [read_line.i_data.eq(rdata[read_bank] if cfg.datapath else 0),
+                     read_line.i_valid.eq(read_valid)]
         latency = Bank.result_latency(cfg)
-        m.submodules.result_line = result_line = DelayLine(self.burst_bits, bus.read_data - latency)
-        m.d.comb += [result_line.i_data.eq(Cat(*(bank.result for bank in banks))),
+        m.submodules.result_line = result_line = DelayLine(bits, bus.read_data - latency)
+        m.d.comb += [result_line.i_data.eq(Cat(*(bank.result for bank in banks))
+                                           if cfg.datapath else 0),
                      result_line.i_valid.eq(banks[0].result_valid)]
         m.d.comb += [
             self.rdata_valid.eq(read_line.o_valid | result_line.o_valid),

@@ -21,6 +21,14 @@ class DeviceConfig:
     the testbench; a command to a row beyond the stored window is flagged as an error,
     unless ``wrap_rows`` is set: then rows alias modulo the window (for timing-only runs
     such as trace replay, where data contents do not matter).
+
+    ``datapath``: True (the default) elaborates the full RTL. False elaborates a
+    *timing-only* model of the same RTL (DESIGN.md contract 5): every component keeps its
+    control, timing, counters and stream handshakes, but not the arithmetic and storage
+    that only carry data values (systolic PEs, vector lanes, PIM MAC units, bank, global
+    buffer, scratchpad and accumulator storage, the data lines of the buses). Every
+    cycle, command and counter is the same as with the full RTL for the same program;
+    every data value (memory reads, results) is zero. For the full-scale figures.
     """
     name: str = "custom"
     geometry: DramGeometry = field(default_factory=DramGeometry)
@@ -33,6 +41,7 @@ class DeviceConfig:
     mode: RowBufferMode = RowBufferMode.DUAL
     stored_rows: int = 8
     wrap_rows: bool = False
+    datapath: bool = True
 
     def __post_init__(self):
         if isinstance(self.mode, str):
@@ -42,6 +51,8 @@ class DeviceConfig:
             object.__setattr__(self, "mode", RowBufferMode(self.mode))
         self.address_map.validate(self.geometry)
         require_positive_ints(self, ("stored_rows",))
+        require(isinstance(self.datapath, bool), "DeviceConfig.datapath",
+                f"must be True or False, got {self.datapath!r}")
         require(is_power_of_two(self.stored_rows), "DeviceConfig.stored_rows",
                 f"must be a power of two, got {self.stored_rows}")
         require(self.stored_rows <= self.geometry.rows, "DeviceConfig.stored_rows",
@@ -97,7 +108,8 @@ class DeviceConfig:
         return (f"{self.name}: {g.channels} ch x {g.banks} banks ({g.ranks} ranks x "
                 f"{g.bankgroups} bank groups x {g.banks_per_group}), {g.rows} rows x "
                 f"{g.row_bytes} B, {p.lanes} PIM lanes/bank, mode {self.mode.value}, "
-                f"{self.timing.clock_hz / 1e9:g} GHz")
+                f"{self.timing.clock_hz / 1e9:g} GHz"
+                + ("" if self.datapath else ", timing-only (no datapath)"))
 
 
 def _neupims() -> DeviceConfig:

@@ -51,6 +51,10 @@ class Bank(wiring.Component):
         other buffer is still illegal (flagged), the controller must avoid it.
       ``error`` (Out, BankError): a command addressed to this bank was illegal (a pulse).
       ``backdoor_*`` (In): testbench write access to the storage.
+
+    Timing-only (``config.datapath`` False): no storage (``rdata`` and the chunks the PIM
+    unit sees are zero; the backdoor is ignored) and a timing-only PIM unit; the state
+    machines, timing counters, errors, GWRITE streaming and result timing are unchanged.
     """
 
     def __init__(self, config):
@@ -60,7 +64,7 @@ class Bank(wiring.Component):
         self.chunk_bits = config.pim.lanes * 16
         self.chunks_per_burst = g.burst_bytes // config.pim.chunk_bytes
         self.depth = config.stored_rows * g.bursts_per_row
-        self.mac = PimMacUnit(config.pim.lanes)
+        self.mac = PimMacUnit(config.pim.lanes, datapath=config.datapath)
         layout = command_layout(config)
         super().__init__({
             "position": In(range(g.banks)),
@@ -203,6 +207,30 @@ class Bank(wiring.Component):
 
     def _storage(self, m, hit):
         g = self.config.geometry
+
+        # GWRITE streams the open MEM row, one burst per clock.
+        gw_active = Signal()
+        gw_index = Signal(range(g.bursts_per_row))
+        with m.If(hit[Opcode.GWRITE]):
+            m.d.sync += [gw_active.eq(1), gw_index.eq(0)]
+        with m.Elif(gw_active):
+            m.d.sync += gw_index.eq(gw_index + 1)
+            with m.If(gw_index == g.bursts_per_row - 1):
+                m.d.sync += gw_active.eq(0)
+        m.d.sync += [self.gwrite_valid.eq(gw_active), self.gwrite_index.eq(gw_index)]
+
+        # The PIM unit sees a COMP's chunk (read by the COMP) and the strobes one clock later.
+        m.submodules.mac = mac = self.mac
+        comp_q, readres_q = Signal(), Signal()
+        m.d.sync += [comp_q.eq(self.comp), readres_q.eq(self.readres)]
+        m.d.comb += [mac.comp.eq(comp_q), mac.readres.eq(readres_q), self.result.eq(mac.result),
+                     self.result_valid.eq(mac.result_valid)]
+        if self.config.datapath:     # timing-only: no storage, ``rdata`` and chunks are zero
+            self._memory(m, hit, gw_active, gw_index, mac)
+
+    def _memory(self, m, hit, gw_active, gw_index, mac):
+        """The stored window: RD/GWRITE reads, WR and backdoor writes, the COMP chunk read."""
+        g = self.config.geometry
         row_bits = (self.config.stored_rows - 1).bit_length()
         col_bits = (g.bursts_per_row - 1).bit_length()
         m.submodules.storage = storage = Memory(shape=self.burst_bits, depth=self.depth, init=[])
@@ -215,17 +243,6 @@ class Bank(wiring.Component):
             if col_bits == 0:
                 return row[:row_bits]
             return (row[:row_bits] << col_bits) | column[:col_bits]
-
-        # GWRITE streams the open MEM row, one burst per clock.
-        gw_active = Signal()
-        gw_index = Signal(range(g.bursts_per_row))
-        with m.If(hit[Opcode.GWRITE]):
-            m.d.sync += [gw_active.eq(1), gw_index.eq(0)]
-        with m.Elif(gw_active):
-            m.d.sync += gw_index.eq(gw_index + 1)
-            with m.If(gw_index == g.bursts_per_row - 1):
-                m.d.sync += gw_active.eq(0)
-        m.d.sync += [self.gwrite_valid.eq(gw_active), self.gwrite_index.eq(gw_index)]
 
         with m.If(gw_active):
             m.d.comb += mem_read.addr.eq(address(self.mem_row, gw_index))
@@ -250,9 +267,4 @@ class Bank(wiring.Component):
             chunk = pim_read.data.word_select(chunk_select, self.chunk_bits)
         else:
             chunk = pim_read.data
-        m.submodules.mac = mac = self.mac
-        comp_q, readres_q = Signal(), Signal()
-        m.d.sync += [comp_q.eq(self.comp), readres_q.eq(self.readres)]
-        m.d.comb += [mac.a.eq(chunk), mac.b.eq(self.gbuf_chunk), mac.comp.eq(comp_q),
-                     mac.readres.eq(readres_q), self.result.eq(mac.result),
-                     self.result_valid.eq(mac.result_valid)]
+        m.d.comb += [mac.a.eq(chunk), mac.b.eq(self.gbuf_chunk)]

@@ -1,6 +1,6 @@
 """The GEMM engine: runs one GEMM instruction on the systolic array, operands and results in
 the scratchpad, partial sums across K tiles in the FP32 accumulator (NEUPIMS.md 3)."""
-from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -93,6 +93,10 @@ class GemmEngine(wiring.Component):
     ``read_b``, ``read_c`` (scratchpad read ports, exclusive: ``grant`` is assumed),
     ``write_c`` (scratchpad write port, exclusive). ``array_busy``, ``macs`` (Out): the
     array's counters.
+
+    Timing-only (``config.datapath`` False): the walkers, FIFO handshakes and counters are
+    unchanged; the weight FIFO holds no weights and the activation FIFO only each row's
+    ``last`` (the array and the accumulator are timing-only too): C is written as zeros.
     """
 
     def __init__(self, config, shared_modules: bool = False):
@@ -143,7 +147,8 @@ class GemmEngine(wiring.Component):
         k_tiles = (args.k + H - 1) >> _log2(H)
 
         # -- weight walker: B rows -> weight FIFO --
-        wfifo = m.submodules.wfifo = SyncFIFO(width=16 * W, depth=max(H, 2))
+        dp = cfg.datapath     # timing-only: the FIFOs below carry no values
+        wfifo = m.submodules.wfifo = SyncFIFO(width=16 * W if dp else 1, depth=max(H, 2))
         ww = _PassWalker(m, args, H, W, "ww")
         w_active = Signal()
         w_i = Signal(range(H))
@@ -170,11 +175,12 @@ class GemmEngine(wiring.Component):
         w_word = Array(groups)[w_sel] if len(groups) > 1 else groups[0]
         w_mask = Cat(*(w_cols[j].replicate(16) for j in range(W)))
         m.d.comb += [wfifo.w_en.eq(w_pend),
-                     wfifo.w_data.eq(Mux(w_valid_row, w_word & w_mask, 0))]
+                     wfifo.w_data.eq(Mux(w_valid_row, w_word & w_mask, 0) if dp else 0)]
 
         # -- activation walker: A rows (+ partial sums) -> activation FIFO --
         act_layout = activation_layout(cfg)
-        afifo = m.submodules.afifo = SyncFIFO(width=data.Layout.cast(act_layout).size, depth=4)
+        act_bits = data.Layout.cast(act_layout).size
+        afifo = m.submodules.afifo = SyncFIFO(width=act_bits if dp else 1, depth=4)
         aw = _PassWalker(m, args, H, W, "aw")
         a_active = Signal()
         a_m = Signal(16)
@@ -219,14 +225,15 @@ class GemmEngine(wiring.Component):
         psums = Mux(a_src_acc, acc.read_data, Mux(a_src_c, c_word & c_mask, 0))
         row = Signal(act_layout)
         m.d.comb += [row.eq(Cat(a_word & a_mask, psums, a_src_acc | a_src_c, a_last)),
-                     afifo.w_en.eq(a_pend), afifo.w_data.eq(row)]
+                     afifo.w_en.eq(a_pend), afifo.w_data.eq(row if dp else a_last)]
 
         # -- feeding the array --
         m.d.comb += [arr.weights.valid.eq(wfifo.r_rdy & preload & feeding),
                      arr.weights.payload.eq(wfifo.r_data),
                      wfifo.r_en.eq(arr.weights.ready & preload & feeding),
                      arr.activations.valid.eq(afifo.r_rdy),
-                     arr.activations.payload.eq(afifo.r_data),
+                     arr.activations.payload.eq(afifo.r_data if dp else         # last only
+                                                Cat(Const(0, act_bits - 1), afifo.r_data)),
                      afifo.r_en.eq(arr.activations.ready)]
         with m.If(arr.weights.valid & arr.weights.ready):
             m.d.sync += [first_taken.eq(1), weights_taken.eq(weights_taken + 1)]

@@ -46,6 +46,9 @@ class Scratchpad(wiring.Component):
     and a write of the same word in one clock return the old word). Writes: at the clock
     edge, lanes with their enable set. Two write ports writing one word in the same clock
     is a program error (the later port in ``write_groups`` wins).
+
+    Timing-only (``config.datapath`` False): no memory; every grant is the same, reads
+    return zero and writes are dropped.
     """
 
     def __init__(self, config, read_groups, write_groups):
@@ -64,31 +67,36 @@ class Scratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        mem = m.submodules.memory = Memory(shape=word_bits(cfg), depth=cfg.npu.scratchpad_words,
-                                           init=[])
+        mem = None
+        if cfg.datapath:     # timing-only: the ports' arbitration below, no storage
+            mem = m.submodules.memory = Memory(shape=word_bits(cfg),
+                                               depth=cfg.npu.scratchpad_words, init=[])
         for group in self.read_groups:
-            port = mem.read_port(transparent_for=())
+            port = mem.read_port(transparent_for=()) if mem is not None else None
             taken = None
             for name in group:
                 client = getattr(self, f"read_{name}")
                 grant = client.en if taken is None else client.en & ~taken
                 m.d.comb += client.grant.eq(grant)
-                m.d.comb += client.data.eq(port.data)
-                with m.If(grant):
-                    m.d.comb += port.addr.eq(client.addr)
+                if port is not None:
+                    m.d.comb += client.data.eq(port.data)
+                    with m.If(grant):
+                        m.d.comb += port.addr.eq(client.addr)
                 taken = client.en if taken is None else taken | client.en
-            m.d.comb += port.en.eq(taken)
+            if port is not None:
+                m.d.comb += port.en.eq(taken)
         for group in self.write_groups:
-            port = mem.write_port(granularity=16)
+            port = mem.write_port(granularity=16) if mem is not None else None
             taken = None
             for name in group:
                 client = getattr(self, f"write_{name}")
                 request = client.lanes.any()
                 grant = request if taken is None else request & ~taken
                 m.d.comb += client.grant.eq(grant)
-                with m.If(grant):
-                    m.d.comb += [port.addr.eq(client.addr), port.en.eq(client.lanes),
-                                 port.data.eq(client.data)]
+                if port is not None:
+                    with m.If(grant):
+                        m.d.comb += [port.addr.eq(client.addr), port.en.eq(client.lanes),
+                                     port.data.eq(client.data)]
                 taken = request if taken is None else taken | request
         return m
 
@@ -97,7 +105,8 @@ class Accumulator(wiring.Component):
     """The GEMM engine's FP32 partial sums: ``config.npu.accumulator_rows`` rows of
     ``array_cols`` FP32 (column j in bits [32 j, 32 j + 32)). One read port (``read_addr``,
     ``read_en`` -> ``read_data`` one clock later, not transparent) and one write port
-    (``write_addr``, ``write_en``, ``write_data``, at the clock edge)."""
+    (``write_addr``, ``write_en``, ``write_data``, at the clock edge). Timing-only
+    (``config.datapath`` False): no memory, ``read_data`` is zero."""
 
     def __init__(self, config):
         self.config = config
@@ -110,6 +119,8 @@ class Accumulator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
+        if not cfg.datapath:     # timing-only: nothing is stored, ``read_data`` stays 0
+            return m
         mem = m.submodules.memory = Memory(shape=32 * cfg.npu.array_cols,
                                            depth=cfg.npu.accumulator_rows, init=[])
         rd = mem.read_port(transparent_for=())

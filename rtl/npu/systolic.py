@@ -136,6 +136,10 @@ class SystolicArray(wiring.Component):
     still inlines the instances: its builds get only somewhat faster). Amaranth's
     simulator cannot run instances: leave it False there (the default).
 
+    Timing-only (``config.datapath`` False): the same valid/last pipeline, preload counter,
+    handshakes, skid control and counters (so every cycle and counter is unchanged), but no
+    weight registers, skew, PEs, de-skew or FP16 rounding: ``results`` carries zeros.
+
     Back-pressure: one global clock enable, ``en = not skid_full``, holds every register of
     the array (skew, PEs, de-skew, control). A one-row skid register catches the row that
     leaves the array in a clock where ``results.ready`` is low; while it is full the array
@@ -146,6 +150,8 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, config, counter_width: int = COUNTER_WIDTH, shared_modules: bool = False):
         self.config = config
+        # timing-only (``config.datapath`` False): no PEs, so no shared PE modules either
+        shared_modules = shared_modules and config.datapath
         self.shared_modules = shared_modules
         self.pe_prototype = ProcessingElement() if shared_modules else None
         self.to_fp16_prototype = FP32ToFP16() if shared_modules else None
@@ -206,16 +212,49 @@ class SystolicArray(wiring.Component):
         ]
         accept = Signal()
         m.d.comb += accept.eq(act.valid & act.ready)
+        out_valid, out_last = valid[L - 1], last[L - 1]
+        skid_last = Signal()
 
         with m.If(en):
             m.d.sync += [valid[0].eq(accept), last[0].eq(act.payload.last)]
             for k in range(1, L):
                 m.d.sync += [valid[k].eq(valid[k - 1]), last[k].eq(last[k - 1])]
 
+        with m.If(wts.valid & wts.ready):   # a preload: row ``preload_row`` of the tile
+            m.d.sync += preload_row.eq(Mux(preload_row == H - 1, 0, preload_row + 1))
+
+        # -- the values: weights, skew, PEs, de-skew, skid word, FP16 rounding; none in a
+        #    timing-only elaboration (``results.payload`` then carries zeros and ``last``)
+        if self.config.datapath:
+            self._datapath(m, en, preload_row, skid_valid, out_valid)
+
+        # -- skid register and the results port
+        with m.If(skid_valid):
+            with m.If(res.ready):
+                m.d.sync += skid_valid.eq(0)
+        with m.Elif(out_valid & ~res.ready):
+            m.d.sync += [skid_valid.eq(1), skid_last.eq(out_last)]
+        m.d.comb += [
+            res.valid.eq(skid_valid | out_valid),
+            res.payload.last.eq(Mux(skid_valid, skid_last, out_last)),
+        ]
+
+        # -- counters
+        busy = Signal()
+        m.d.comb += busy.eq(accept | Cat(*valid).any() | skid_valid)
+        m.d.sync += [self.busy_cycles.eq(self.busy_cycles + busy),
+                     self.macs.eq(self.macs + Mux(accept, Const(H * W), 0))]
+        return m
+
+    def _datapath(self, m, en, preload_row, skid_valid, out_valid):
+        """The values: weight registers, input skew, the PEs, output de-skew, the skid
+        register's word and the FP16 rounding onto ``results.payload`` (``fp32``, ``fp16``)."""
+        H, W = self.rows, self.cols
+        act, res, wts = self.activations, self.results, self.weights
+
         # -- weights: row ``preload_row`` of the tile per transfer
         weights = [Signal(data.ArrayLayout(unsigned(16), W), name=f"w{i}") for i in range(H)]
         with m.If(wts.valid & wts.ready):
-            m.d.sync += preload_row.eq(Mux(preload_row == H - 1, 0, preload_row + 1))
             for i in range(H):
                 with m.If(preload_row == i):
                     m.d.sync += weights[i].eq(wts.payload.values)
@@ -250,31 +289,15 @@ class SystolicArray(wiring.Component):
 
         # -- output de-skew: column j waits W - 1 - j clocks
         out_fp32 = Cat(*[_delayed(m, p_reg[H - 1][j], W - 1 - j, en, f"o{j}") for j in range(W)])
-        out_valid, out_last = valid[L - 1], last[L - 1]
 
-        # -- skid register and the results port
+        # -- the skid register's word (its control is in ``elaborate``) and the FP16 rounding
         skid_fp32 = Signal(32 * W)
-        skid_last = Signal()
-        with m.If(skid_valid):
-            with m.If(res.ready):
-                m.d.sync += skid_valid.eq(0)
-        with m.Elif(out_valid & ~res.ready):
-            m.d.sync += [skid_valid.eq(1), skid_fp32.eq(out_fp32), skid_last.eq(out_last)]
+        with m.If(~skid_valid & out_valid & ~res.ready):
+            m.d.sync += skid_fp32.eq(out_fp32)
         fp32 = Signal(32 * W)
-        m.d.comb += [
-            fp32.eq(Mux(skid_valid, skid_fp32, out_fp32)),
-            res.valid.eq(skid_valid | out_valid),
-            res.payload.last.eq(Mux(skid_valid, skid_last, out_last)),
-        ]
+        m.d.comb += fp32.eq(Mux(skid_valid, skid_fp32, out_fp32))
         for j in range(W):
             cvt = self._to_fp16(m, f"to_fp16_{j}")
             m.d.comb += [cvt.a.eq(fp32[32 * j:32 * j + 32]),
                          res.payload.fp32[j].eq(fp32[32 * j:32 * j + 32]),
                          res.payload.fp16[j].eq(cvt.h)]
-
-        # -- counters
-        busy = Signal()
-        m.d.comb += busy.eq(accept | Cat(*valid).any() | skid_valid)
-        m.d.sync += [self.busy_cycles.eq(self.busy_cycles + busy),
-                     self.macs.eq(self.macs + Mux(accept, Const(H * W), 0))]
-        return m

@@ -348,7 +348,9 @@ def unpack_output(lanes: int, value: int) -> list:
 
 
 class VectorUnit(wiring.Component):
-    """``config.npu.vector_lanes`` FP32 lanes; see the module docstring."""
+    """``config.npu.vector_lanes`` FP32 lanes; see the module docstring. With
+    ``config.datapath`` False (timing-only) only the micro-sequencer and the output
+    handshake are built: every op takes the same clocks, its result is zero."""
 
     def __init__(self, config):
         self.config = config
@@ -431,7 +433,11 @@ class VectorUnit(wiring.Component):
         with m.Elif(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
 
-        # ---- lanes (one sub-module each) -------------------------------------------
+        # ---- lanes (one sub-module each); none in a timing-only elaboration
+        #      (``config.datapath`` False: the sequencer above keeps every op's steps and
+        #      handshakes, ``o.payload`` carries zeros) --------------------------------
+        if not self.config.datapath:
+            return m
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
         regs = [[Signal(32, name=f"l{i}_r{j}") for j in range(N_REGS)] for i in range(lanes)]

@@ -11,6 +11,7 @@ class GlobalBufferRtl(wiring.Component):
 
     Ports: ``write_en``/``write_index``/``write_data``: store burst ``write_index``.
     ``read_column`` (In, a COMP chunk index) -> ``read_chunk`` (Out) one clock later.
+    Timing-only (``config.datapath`` False): no storage, ``read_chunk`` is zero.
     """
 
     def __init__(self, config):
@@ -18,7 +19,9 @@ class GlobalBufferRtl(wiring.Component):
         self.chunk_bits = config.pim.lanes * 16
         self.burst_bits = g.burst_bytes * 8
         self.chunks_per_burst = g.burst_bytes // config.pim.chunk_bytes
-        self._mem = Memory(shape=self.burst_bits, depth=g.bursts_per_row, init=[])
+        self.datapath = config.datapath
+        self._mem = (Memory(shape=self.burst_bits, depth=g.bursts_per_row, init=[])
+                     if self.datapath else None)
         super().__init__({"write_en": In(1), "write_index": In(range(g.bursts_per_row)),
                           "write_data": In(self.burst_bits),
                           "read_column": In(range(config.bus.comps_per_row)),
@@ -26,6 +29,8 @@ class GlobalBufferRtl(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        if not self.datapath:     # timing-only: nothing is stored, ``read_chunk`` stays 0
+            return m
         m.submodules.mem = self._mem
         write, read = self._mem.write_port(), self._mem.read_port()
         select = Signal(range(self.chunks_per_burst))

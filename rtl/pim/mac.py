@@ -25,10 +25,15 @@ class PimMacUnit(wiring.Component):
                      ``comp`` issued on an earlier cycle.
       ``result``     Out(16), ``result_valid`` Out(1): ``LATENCY`` clocks after ``readres``.
     Pipeline: multiply (1 register), one register per tree level, accumulate, result.
+
+    ``datapath`` False (timing-only, ``DeviceConfig.datapath``): no multipliers, adder tree
+    or accumulator; ``comp``/``readres`` run down the same pipeline, so ``result_valid``
+    comes on the same clock, with ``result`` zero.
     """
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, datapath: bool = True):
         self.lanes = lanes
+        self.datapath = datapath
         self.latency = self.latency_for(lanes)
         super().__init__({"a": In(16 * lanes), "b": In(16 * lanes), "comp": In(1),
                           "readres": In(1), "result": Out(16), "result_valid": Out(1)})
@@ -41,6 +46,11 @@ class PimMacUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         comp, readres = self.comp, self.readres
+        if not self.datapath:     # timing-only: the strobes' pipeline, no values
+            for name in ["mul"] + [f"level{level + 1}" for level in range(tree_levels(self.lanes))]:
+                comp, readres = self._delay(m, comp, readres, name)
+            m.d.sync += self.result_valid.eq(readres)
+            return m
         values = []
         for lane in range(self.lanes):
             mul = m.submodules[f"mul{lane}"] = FP16Multiplier()

@@ -12,6 +12,10 @@ counters in those results:
 - normal during PIM: the controllers' ``normal_during_pim`` (normal commands issued
   while a PIM_GEMV runs), summed over channels;
 - stages: the cycles of each stage name, summed over steps (and over repeats of a name).
+
+A timing-only result (``datapath`` False: the RTL without its datapath, see
+``sim.decode.rtl_run``) has no data checks: its ``bit_exact`` is ``None``, shown "n/a";
+its device line says "timing-only".
 """
 from __future__ import annotations
 
@@ -31,6 +35,13 @@ def _stage_cycles(steps) -> dict:
         for stage in step["stages"]:
             out[stage["name"]] = out.get(stage["name"], 0) + stage["cycles"]
     return out
+
+
+def _bit_exact(result: dict):
+    """True / False, or None when nothing was compared (a timing-only run)."""
+    if "bit_exact" in result and result["bit_exact"] is None:
+        return None
+    return bool(result.get("bit_exact", False))
 
 
 def summarize(result: dict) -> dict:
@@ -55,8 +66,8 @@ def summarize(result: dict) -> dict:
         "pim_util_per_channel": per_channel,
         "normal_during_pim": sum(s["controllers"][c]["normal_during_pim"]
                                  for s in steps for c in range(channels)),
-        "bit_exact": bool(result.get("bit_exact", False)),
-        "mismatches": result.get("mismatches", sum(s["mismatches"] for s in steps)),
+        "bit_exact": _bit_exact(result),
+        "mismatches": result.get("mismatches", sum(s["mismatches"] or 0 for s in steps)),
         "complete": result.get("complete", True),
         "stages": _stage_cycles(steps),
         "steps": [{"label": s["label"], "tokens": s["tokens"], "cycles": s["cycles"],
@@ -100,7 +111,8 @@ def format_table(results_by_mode: dict, description: dict | None = None) -> str:
     lines.append("")
     rows = []
     for mode, s in summaries.items():
-        exact = "yes" if s["bit_exact"] else f"NO ({s['mismatches']})"
+        exact = ("n/a" if s["bit_exact"] is None
+                 else "yes" if s["bit_exact"] else f"NO ({s['mismatches']})")
         if not s["complete"]:
             exact += " incomplete"
         rows.append([mode, f"{s['tokens_per_s']:,.0f}", f"{s['cycles']:,}", str(s["tokens"]),

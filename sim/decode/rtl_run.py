@@ -11,6 +11,7 @@ Works from a plain ``python -c``::
 The results (returned, and the JSON file; cycles are NPU clocks, ``counters.cycles``)::
 
     mode, config (DeviceConfig.to_dict()), config_summary, description, clock_hz,
+    datapath (False: a timing-only build, see below),
     complete (every step ran), steps_total, cycles, tokens (sums over the steps),
     bit_exact (complete and every check equal), mismatches, commands_checked,
     timing_violations (0: a violation fails the run), load_image {bursts, wall_s},
@@ -22,6 +23,8 @@ The results (returned, and the JSON file; cycles are NPU clocks, ``counters.cycl
         controllers: [{controller counter: difference} per channel]
                      (rtl.controller.interface.COUNTERS; refresh_late_max: its value),
         commands_checked, commands_by_channel: [...], timing_violations,
+        command_digests: [per channel, a digest of every (cycle, command) from reset to
+                          the step's end: equal digests, the same command stream],
         stages: [{name, index (instruction), end (clock since the step's start),
                   cycles (end - the previous mark's end, the first from 0)}],
         timeline: {period (clocks per window), start: [...], end: [...] (window bounds),
@@ -31,6 +34,12 @@ The results (returned, and the JSON file; cycles are NPU clocks, ``counters.cycl
         first_mismatches: [{address, expected, actual (hex strings), bits_differing}]
                           (at most 8),
         wall_s, cycles_per_s}]
+
+Timing-only runs: with ``run.config.datapath`` False, ``NpuTop`` is elaborated without
+its datapath (``rtl.config.DeviceConfig.datapath``; a smaller, faster build). Cycles,
+stage ends, timelines and every counter are those of the full RTL; the data are zeros,
+so the check words are read but not compared: ``bit_exact`` and ``mismatches`` are
+``None`` (null) in the run and in every step, ``first_mismatches`` is empty.
 """
 from __future__ import annotations
 
@@ -89,7 +98,8 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
 
     Raises AssertionError when the run fails (NPU, controller or channel error, timing
     violation, a step too long); the partial results are in ``out_json`` then (key
-    ``error``). Mismatching check words do not raise: ``bit_exact`` is false."""
+    ``error``). Mismatching check words do not raise: ``bit_exact`` is false (``None``
+    on a timing-only configuration: nothing is compared)."""
     from sim.harness import build, run as run_cocotb
 
     run.validate()

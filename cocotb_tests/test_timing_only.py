@@ -1,0 +1,97 @@
+"""The timing-only elaboration (``DeviceConfig.datapath`` False, DESIGN.md contract 5)
+against the full RTL: the same decode programs on ``NpuTop(decode)`` with and without its
+datapath (systolic PEs, vector lanes, PIM MAC units, bank / global buffer / scratchpad
+storage) give, step by step, the same cycles, stage ends, NPU counters, controller
+counters of every channel and command stream of every channel (cycle by cycle); the
+timing-only run reports no data check (``bit_exact`` None, "n/a" in the table)."""
+from __future__ import annotations
+
+import pytest
+
+from rtl.config import preset
+from rtl.config.dram import DramGeometry
+from sim.decode.compiler import compile_decode
+from sim.decode.golden import MODES
+from sim.decode.report import format_table
+from sim.decode.rtl_run import run_on_rtl
+from sim.decode.workload import DecodeWorkload
+
+#: two steps of a batch of 2 (the device state and the refresh phase carry over a step
+#: boundary) and one step of a batch of 4 with a wide spread of lengths
+WORKLOADS = {
+    "b2-two-steps": ((3, 9), 2),
+    "b4-spread": ((1, 30, 7, 17), 1),
+}
+#: the default suite runs the first workload (its four Verilator builds, two of them shared
+#: with test_decode_modes, and 3 x 2 runs: about 3 min on 2 cores); the second one is slow
+#: only to keep that budget (about 10 s per mode once the models are built)
+CASES = [pytest.param(name, marks=() if name == "b2-two-steps" else pytest.mark.slow)
+         for name in WORKLOADS]
+
+#: per step: what must be equal between the two elaborations
+SAME = ("cycles", "instructions", "counters", "controllers", "commands_checked",
+        "commands_by_channel", "command_digests", "timeline", "tokens")
+
+
+def compare(full: dict, timing: dict) -> None:
+    """Every step of the two results: identical timing, counters and command streams."""
+    assert full["complete"] and timing["complete"]
+    assert full["datapath"] is True and timing["datapath"] is False
+    assert full["bit_exact"] is True
+    assert timing["bit_exact"] is None and timing["mismatches"] is None
+    assert len(full["steps"]) == len(timing["steps"]) == full["steps_total"]
+    for a, b in zip(full["steps"], timing["steps"]):
+        for key in SAME:
+            assert a[key] == b[key], (a["label"], key, a[key], b[key])
+        assert [(s["name"], s["index"], s["end"]) for s in a["stages"]] == \
+               [(s["name"], s["index"], s["end"]) for s in b["stages"]], a["label"]
+        assert a["bit_exact"] is True and b["bit_exact"] is None and b["mismatches"] is None
+        assert b["checks"] == a["checks"] > 0      # read (same clocks), not compared
+    for key in ("cycles", "tokens", "commands_checked"):
+        assert full[key] == timing[key], key
+
+
+def run_both(workload: DecodeWorkload, mode: str, base, tmp_path):
+    """Compile ``workload`` for ``mode`` on ``base`` and on ``base`` without datapath (the
+    same programs), run both on the RTL; (full result, timing-only result)."""
+    runs = [compile_decode(workload, mode, base.replace(datapath=datapath))
+            for datapath in (True, False)]
+    assert runs[0].config.datapath and not runs[1].config.datapath
+    assert runs[0].config.mode == runs[1].config.mode
+    for a, b in zip(runs[0].steps, runs[1].steps):
+        assert a.program == b.program and a.marks == b.marks and a.checks == b.checks
+    assert runs[0].image.words == runs[1].image.words
+    return tuple(run_on_rtl(run, tmp_path / f"{'full' if run.config.datapath else 'timing'}.json")
+                 for run in runs)
+
+
+@pytest.mark.xdist_group("decode")       # shares the full builds with test_decode_modes
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_timing_only_matches_full_rtl(mode, name, tmp_path):
+    lens, steps = WORKLOADS[name]
+    workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
+    full, timing = run_both(workload, mode, preset("decode"), tmp_path)
+    compare(full, timing)
+    assert "timing-only" in timing["config_summary"]
+    assert "timing-only" not in full["config_summary"]
+    table = format_table({"full": full, "timing-only": timing}).splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("mode "))
+    assert table[header].rstrip().endswith("bit-exact")
+    assert table[header + 2].startswith("full ") and table[header + 2].endswith(" yes")
+    assert table[header + 3].startswith("timing-only ") and table[header + 3].endswith(" n/a")
+
+
+#: a 32-bank channel (2 ranks x 4 bank groups x 4), the decode preset's address map order
+BANKS_32 = DramGeometry(channels=2, ranks=2, bankgroups=4, banks_per_group=4, rows=1024,
+                        columns=32)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("decode32")
+@pytest.mark.parametrize("mode", MODES)
+def test_timing_only_matches_full_rtl_32_banks(mode, tmp_path):
+    workload = DecodeWorkload("tiny-gpt", (3, 9), steps=2, seed=2)
+    full, timing = run_both(workload, mode, preset("decode").replace(geometry=BANKS_32),
+                            tmp_path)
+    compare(full, timing)

@@ -8,13 +8,14 @@ from sim.decode.compiler import _weave, compile_decode, weave
 from sim.decode.golden import MODES, golden_decode, reference_decode
 from sim.decode.interpret import Interpreter
 from sim.decode.workload import DecodeError, DecodeWorkload, random_data
-from sim.models import ModelError
+from sim.models import ModelError, ModelShape
 
 #: (kv_lens, steps): batch sizes 2, 4, 6; short, spread and long-ish contexts
 WORKLOADS = {
     "b2-short": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),
     "b6-long": ((40, 63, 12, 55, 5, 70), 1),
+    "b3-past-accumulator": ((150, 20, 200), 1),
 }
 
 
@@ -111,7 +112,8 @@ def test_unknown_model():
 def test_limits_of_the_slice():
     with pytest.raises(DecodeError, match="instructions|scratchpad|does not fit"):
         compile_decode(DecodeWorkload("tiny-gpt", tuple([100] * 48)), "neupims")
-    with pytest.raises(DecodeError, match="accumulator"):
-        compile_decode(DecodeWorkload("tiny-gpt", (200,)), "npu-only")
+    long_model = ModelShape("long-gpt", 64, 2, 2, ffn=256, d_head=32, max_seq_len=1024)
+    with pytest.raises(DecodeError, match="V token chunk"):
+        compile_decode(DecodeWorkload(long_model, (300,)), "npu-only")
     with pytest.raises(DecodeError, match="unknown mode"):
         compile_decode(DecodeWorkload("tiny-gpt", (2,)), "gpu")

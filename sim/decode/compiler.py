@@ -38,8 +38,8 @@ parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of e
 step, laid out linearly (one DMA per block spreads over all channels).
 
 Limits (clear errors): one V token chunk (L <= row elements), heads <= banks / 2,
-L <= 128 per request on the NPU (the GEMM accumulator), scratchpad and instruction
-memory sizes, KV capacity of the stored rows.
+scratchpad and instruction memory sizes, KV capacity of the stored rows. (The NPU's logit
+GEMM is cut into pieces of ``accumulator_rows`` tokens.)
 """
 from __future__ import annotations
 
@@ -315,9 +315,6 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     if m.heads > B // 2:
         raise DecodeError("model.heads", f"{m.heads} heads need a staging bank each among the "
                           f"upper {B // 2} banks")
-    if mode == "npu-only" and longest > config.npu.accumulator_rows:
-        raise DecodeError("kv_lens", f"{longest} tokens: the NPU's logit GEMM holds at most "
-                          f"{config.npu.accumulator_rows} rows (NpuConfig.accumulator_rows)")
     C = g.channels
     policy = "round-robin" if mode == "npu+pim" else "greedy"
     lengths = [n + 1 for n in workload.kv_lens]

@@ -8,7 +8,7 @@ from sim.decode.workload import DecodeError
 
 def test_default_workload_comes_from_the_azure_trace():
     workload, source = draw_workload()
-    assert workload.batch == 8 and workload.model.name == "tiny-gpt"
+    assert workload.batch == 16 and workload.model.name == "tiny-gpt"
     assert source.startswith("azure-conv") and "clipped" in source and "rejected" in source
     assert all(0 <= n <= 96 for n in workload.kv_lens) and len(set(workload.kv_lens)) > 3
     again, _ = draw_workload()
@@ -25,7 +25,7 @@ def test_clipping_is_counted():
     (["--model", "gpt-9"], "unknown model 'gpt-9'"),
     (["--trace", "/nonexistent.csv"], "neither a known trace"),
     (["--batch", "100000"], "batch"),
-    (["--batch", "40"], "instructions|scratchpad|does not fit"),
+    (["--batch", "64"], "instructions|scratchpad|does not fit"),
     (["--modes", "gpu"], "unknown mode 'gpu'"),
 ])
 def test_bad_input_stops_with_a_message(argv, message, capsys):

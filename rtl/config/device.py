@@ -143,22 +143,22 @@ def _tiny() -> DeviceConfig:
 def _decode() -> DeviceConfig:
     """LLM decode steps on the RTL (``sim.decode``): the ``small`` channel (8 banks = 2
     ranks x 2 bank groups x 2, 16 PIM lanes, 512-byte rows of 8 bursts, 1024 rows) on two
-    channels, with 256 stored rows per bank (1 MiB of stored HBM per channel).
+    channels, with 512 stored rows per bank (2 MiB of stored HBM per channel).
 
     Address map (MSB first) row, column, channel, rank, bankgroup, bank, offset: the bank
     bits are the lowest above the byte offset, so burst ``column`` of all 8 banks of a
     channel is 512 contiguous bytes, followed by the same column of the other channel;
     consecutive bursts of one bank are ``channels x banks x 64`` = 1 KiB apart. The NPU:
     one 8 x 8 array, 8 vector lanes (the built-in vector engine), 8192 scratchpad words
-    (512 KiB) and 4096 instructions."""
+    (512 KiB) and 8192 instructions."""
     return DeviceConfig(name="decode",
                         geometry=DramGeometry(channels=2, ranks=2, bankgroups=2, banks_per_group=2,
                                               rows=1024, columns=32),
                         address_map=AddressMap(order=("row", "column", "channel", "rank",
                                                       "bankgroup", "bank", "offset")),
                         npu=NpuConfig(arrays=1, array_rows=8, array_cols=8, vector_lanes=8,
-                                      scratchpad_words=8192, instruction_words=4096),
-                        stored_rows=256)
+                                      scratchpad_words=8192, instruction_words=8192),
+                        stored_rows=512)
 
 
 PRESETS = {"neupims": _neupims, "channel": _channel, "small": _small, "tiny": _tiny,

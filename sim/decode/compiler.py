@@ -68,6 +68,7 @@ __all__ = ["compile_decode", "mode_config", "weave", "Plan", "ALL_UNITS"]
 ALL_UNITS = ("dma", "gemm", "vector", "pim")
 FP32_WORD, FP16_WORD = 16, 32
 PIM_QUEUE = 16
+WEIGHTS_AFTER_GEMM = 2
 
 
 def mode_config(mode: str, config=None):
@@ -808,9 +809,11 @@ def _neupims_step(b: Builder) -> list[Op]:
         out.extend(end.ops)
 
     def after_first_gemm(work: Stream, load: Stream) -> Stream:
-        """``load`` placed behind the stream's first GEMM, so the weight reads overlap the
-        other sub-batch's PIM work instead of opening the stage."""
-        at = next((i + 1 for i, op in enumerate(work.ops) if op.unit == "gemm"), 0)
+        """``load`` placed behind the stream's GEMM number ``WEIGHTS_AFTER_GEMM`` (or its
+        last), so the weight reads overlap the other sub-batch's PIM work instead of
+        opening the stage."""
+        gemms = [i + 1 for i, op in enumerate(work.ops) if op.unit == "gemm"] or [0]
+        at = gemms[min(WEIGHTS_AFTER_GEMM, len(gemms)) - 1]
         work.ops[at:at] = load.ops
         return work
 

@@ -28,7 +28,7 @@ __all__ = ["draw_workload", "run_modes", "DEFAULTS", "TRACES"]
 TRACES = ("azure-conv", "azure-code", "sharegpt", "mooncake")
 
 #: The default workload of ``make sim``.
-DEFAULTS = {"model": "tiny-gpt", "trace": "azure-conv", "batch": 8, "steps": 1,
+DEFAULTS = {"model": "tiny-gpt", "trace": "azure-conv", "batch": 16, "steps": 1,
             "length_scale": 1 / 16, "max_len": 96, "seed": 0}
 
 

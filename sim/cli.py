@@ -105,7 +105,7 @@ def cmd_sim(args):
         results = run_modes(workload, modes, out, config, log=log)
     except (DecodeError, ModelError, WorkloadError, ConfigError) as error:
         sys.exit(f"neupims sim: {error}")
-    description = {**workload.describe(), "trace": source}
+    description = workload.describe()
     report = to_json(results, description)
     (out / "sim.json").write_text(json.dumps(report, indent=2))
     plot_timeline(results, out / "timeline.png")

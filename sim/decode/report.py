@@ -126,7 +126,26 @@ def format_table(results_by_mode: dict, description: dict | None = None) -> str:
         lines += _table(["mode"] + names,
                         [[mode] + [f"{s['stages'].get(n, 0):,}" for n in names]
                          for mode, s in summaries.items()])
+    lines += _pipeline_lines(summaries)
     return "\n".join(lines)
+
+
+def _pipeline_lines(summaries: dict) -> list[str]:
+    """NEUPIMS.md 5's stage structure against the measured total of each sub-batched
+    mode: pipeline = A + B + (C + D)(N - 1) + E + F (C and D summed over their N - 1
+    layers, as measured), the rest of the step (load, LM head, HALT) and the deviation."""
+    out = []
+    for mode, s in summaries.items():
+        st = s["stages"]
+        if not all(k in st for k in ("A", "B", "E", "F")):
+            continue
+        pipeline = sum(st.get(k, 0) for k in ("A", "B", "C", "D", "E", "F"))
+        other = sum(v for k, v in st.items() if k not in ("A", "B", "C", "D", "E", "F"))
+        rest = s["cycles"] - pipeline - other
+        out.append(f"{mode}: A + B + (C + D)(N - 1) + E + F = {pipeline:,} cycles; with "
+                   f"load + head ({other:,}) and the HALTs ({rest}) = {s['cycles']:,} measured "
+                   f"(deviation {rest})")
+    return [""] + out if out else []
 
 
 def to_json(results_by_mode: dict, description: dict | None = None) -> dict:

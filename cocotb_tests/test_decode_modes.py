@@ -1,20 +1,32 @@
-"""Every mode on three small workloads, compiled and run on the RTL (NpuTop on Verilator,
+"""Every mode on seven small workloads, compiled and run on the RTL (NpuTop on Verilator,
 every DRAM command timing-checked): hidden states and logits of every step bit-exact with
-the golden decode; stage cycles add up to the step; the neupims stages are A-F."""
+the golden decode; stage cycles add up to the step; the neupims stages are A-F.
+
+Each run is also the correlation suite of the fast timing path (issue 6, DESIGN.md
+contract 5): the same programs on the timing-only elaboration (``datapath=False``) must
+give, step by step, the same cycles, stage ends, NPU and controller counters and command
+streams (``test_timing_only.compare``): 7 workloads x 3 modes = 21 points, plus the slow
+ones in ``test_timing_only.py`` (32-bank channels)."""
 from __future__ import annotations
 
 import pytest
 
-from sim.decode.compiler import compile_decode
+from rtl.config import preset
 from sim.decode.golden import MODES
-from sim.decode.rtl_run import run_on_rtl
 from sim.decode.workload import DecodeWorkload
 
-#: batch sizes 2, 4 and 6; a short pair over two steps, a wide spread, longer contexts
+from .test_timing_only import compare, run_both
+
+#: batch sizes 1 to 8; first tokens, short pairs over two steps, wide spreads, contexts
+#: past the GEMM accumulator (npu-only cuts its logit GEMM), and an Azure draw
 WORKLOADS = {
     "b2-two-steps": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),
     "b6-long": ((40, 63, 12, 55, 5, 70), 1),
+    "b1-first-token": ((0,), 2),
+    "b3-past-accumulator": ((150, 20, 200), 1),
+    "b5-equal": ((24, 24, 24, 24, 24), 1),
+    "b8-azure": ((82, 71, 95, 27, 81, 69, 79, 86), 1),
 }
 
 
@@ -24,8 +36,7 @@ WORKLOADS = {
 def test_mode_on_rtl(mode, name, tmp_path):
     lens, steps = WORKLOADS[name]
     workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
-    run = compile_decode(workload, mode)
-    result = run_on_rtl(run, tmp_path / "result.json")
+    result, timing = run_both(workload, mode, preset("decode"), tmp_path)
     assert result["complete"] and result["timing_violations"] == 0
     assert result["commands_checked"] > 0
     assert result["bit_exact"], result["steps"][0].get("first_mismatches")
@@ -39,5 +50,7 @@ def test_mode_on_rtl(mode, name, tmp_path):
             assert stages == ["load"] + ["QKV", "MHA", "Proj/FFN"] * 2 + ["head"]
         pim = sum(c["PIM_GEMV"] for c in step["controllers"])
         assert (pim == 0) == (mode == "npu-only")
+        assert all(c["REF"] >= 2 for c in step["controllers"])    # refresh runs throughout
         if mode == "npu-only":
             assert step["counters"]["dma_bytes_read"] > 0
+    compare(result, timing)

@@ -22,11 +22,9 @@ WORKLOADS = {
     "b2-two-steps": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),
 }
-#: the default suite runs the first workload (its four Verilator builds, two of them shared
-#: with test_decode_modes, and 3 x 2 runs: about 3 min on 2 cores); the second one is slow
-#: only to keep that budget (about 10 s per mode once the models are built)
-CASES = [pytest.param(name, marks=() if name == "b2-two-steps" else pytest.mark.slow)
-         for name in WORKLOADS]
+#: slow: test_decode_modes runs every one of its 21 full-RTL runs against the timing-only
+#: twin in the default suite (these two workloads are among them)
+CASES = [pytest.param(name, marks=pytest.mark.slow) for name in WORKLOADS]
 
 #: per step: what must be equal between the two elaborations
 SAME = ("cycles", "instructions", "counters", "controllers", "commands_checked",

@@ -58,7 +58,7 @@ from sim.npu_vector_programs import execute_instruction, layernorm_ops
 
 __all__ = ["DecoderShape", "DecoderWeights", "DecoderProgram", "DEFAULT_SHAPE",
            "random_weights", "decoder_program", "golden_decoder_block", "interpret",
-           "reference_float64", "layernorm_ops", "EPS"]
+           "reference_float64", "layernorm_ops", "execute_npu", "EPS"]
 
 EPS = 1e-5
 FP32_PER_WORD = 16
@@ -367,35 +367,42 @@ def _read_matrix(mem, base, rows, cols, pitch, bits):
                      for r in range(rows)], dtype=np.uint16 if bits == 16 else np.uint32)
 
 
-def interpret(config, program, hbm: dict) -> tuple[dict, dict]:
-    """Run ``program`` on a Python model: (scratchpad {word: int}, HBM {address: int})
-    afterwards. DMA copies words, GEMM uses ``sim.golden.gemm`` (C written column by
-    column, neighbours kept), VECTOR ``sim.npu_vector_programs.execute_instruction``.
-    Units run one instruction at a time in program order (the program's WAITs make the
-    RTL's overlap equivalent)."""
+def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
+    """One DMA, GEMM or VECTOR instruction on a Python scratchpad ({word: int}) and HBM
+    ({burst address: int}), in place: DMA copies words, GEMM uses ``sim.golden.gemm`` (C
+    written column by column, neighbours kept), VECTOR
+    ``sim.npu_vector_programs.execute_instruction``; other opcodes do nothing."""
     npu, burst = config.npu, config.geometry.burst_bytes
+    if ins.op is NpuOp.DMA_LOAD:
+        for i in range(ins["count"]):
+            sp[ins["sp"] + i] = hbm.get(ins["hbm"] + i * burst, 0)
+    elif ins.op is NpuOp.DMA_STORE:
+        for i in range(ins["count"]):
+            hbm[ins["hbm"] + i * burst] = sp.get(ins["sp"] + i, 0)
+    elif ins.op is NpuOp.GEMM:
+        m, k, n = ins["m"], ins["k"], ins["n"]
+        a = _read_matrix(sp, ins["a"], m, k, ins["a_pitch"], 16)
+        b = _read_matrix(sp, ins["b"], k, n, ins["b_pitch"], 16)
+        bits = 32 if ins["fp32"] else 16
+        psum = _read_matrix(sp, ins["c"], m, n, ins["c_pitch"], 32) if ins["acc"] else None
+        c32, c16 = golden_gemm(a, b, npu.array_rows, npu.array_cols, psum)
+        c = c32 if bits == 32 else c16
+        for r in range(m):
+            for j in range(n):
+                _write_elem(sp, ins["c"] + r * ins["c_pitch"], j, c[r, j], bits)
+    elif ins.op is NpuOp.VECTOR:
+        execute_instruction(sp, ins, npu.vector_lanes)
+
+
+def interpret(config, program, hbm: dict) -> tuple[dict, dict]:
+    """Run ``program`` on a Python model (:func:`execute_npu` per instruction, up to the
+    HALT): (scratchpad {word: int}, HBM {address: int}) afterwards. Units run one
+    instruction at a time in program order (the program's WAITs make the RTL's overlap
+    equivalent)."""
     sp: dict[int, int] = {}
     hbm = dict(hbm)
     for ins in program:
-        if ins.op is NpuOp.DMA_LOAD:
-            for i in range(ins["count"]):
-                sp[ins["sp"] + i] = hbm.get(ins["hbm"] + i * burst, 0)
-        elif ins.op is NpuOp.DMA_STORE:
-            for i in range(ins["count"]):
-                hbm[ins["hbm"] + i * burst] = sp.get(ins["sp"] + i, 0)
-        elif ins.op is NpuOp.GEMM:
-            m, k, n = ins["m"], ins["k"], ins["n"]
-            a = _read_matrix(sp, ins["a"], m, k, ins["a_pitch"], 16)
-            b = _read_matrix(sp, ins["b"], k, n, ins["b_pitch"], 16)
-            bits = 32 if ins["fp32"] else 16
-            psum = _read_matrix(sp, ins["c"], m, n, ins["c_pitch"], 32) if ins["acc"] else None
-            c32, c16 = golden_gemm(a, b, npu.array_rows, npu.array_cols, psum)
-            c = c32 if bits == 32 else c16
-            for r in range(m):
-                for j in range(n):
-                    _write_elem(sp, ins["c"] + r * ins["c_pitch"], j, c[r, j], bits)
-        elif ins.op is NpuOp.VECTOR:
-            execute_instruction(sp, ins, npu.vector_lanes)
-        elif ins.op is NpuOp.HALT:
+        if ins.op is NpuOp.HALT:
             break
+        execute_npu(config, sp, hbm, ins)
     return sp, hbm

@@ -9,11 +9,9 @@ import numpy as np
 
 from rtl.isa.npu import NpuOp, PIM_OPS
 
-from ..decoder_program import _read_matrix, _write_elem
-from ..golden.gemm import gemm as golden_gemm
+from ..decoder_program import execute_npu
 from ..golden.pim import gemv
 from ..npu_programs import pack_words, unpack_word
-from ..npu_vector_programs import execute_instruction
 
 __all__ = ["Interpreter"]
 
@@ -58,32 +56,13 @@ class Interpreter:
             self.sp[ins["sp"]] = pack_words(word)
 
     def run(self, program) -> None:
-        npu, burst = self.config.npu, self.config.geometry.burst_bytes
-        sp, hbm = self.sp, self.hbm
         for ins in program:
-            if ins.op is NpuOp.DMA_LOAD:
-                for i in range(ins["count"]):
-                    sp[ins["sp"] + i] = hbm.get(ins["hbm"] + i * burst, 0)
-            elif ins.op is NpuOp.DMA_STORE:
-                for i in range(ins["count"]):
-                    hbm[ins["hbm"] + i * burst] = sp.get(ins["sp"] + i, 0)
-            elif ins.op is NpuOp.GEMM:
-                m, k, n = ins["m"], ins["k"], ins["n"]
-                a = _read_matrix(sp, ins["a"], m, k, ins["a_pitch"], 16)
-                b = _read_matrix(sp, ins["b"], k, n, ins["b_pitch"], 16)
-                bits = 32 if ins["fp32"] else 16
-                psum = _read_matrix(sp, ins["c"], m, n, ins["c_pitch"], 32) if ins["acc"] else None
-                c32, c16 = golden_gemm(a, b, npu.array_rows, npu.array_cols, psum)
-                c = c32 if bits == 32 else c16
-                for r in range(m):
-                    for j in range(n):
-                        _write_elem(sp, ins["c"] + r * ins["c_pitch"], j, c[r, j], bits)
-            elif ins.op is NpuOp.VECTOR:
-                execute_instruction(sp, ins, npu.vector_lanes)
-            elif ins.op is NpuOp.PIM:
-                self._pim(ins)
-            elif ins.op is NpuOp.HALT:
+            if ins.op is NpuOp.HALT:
                 break
+            if ins.op is NpuOp.PIM:
+                self._pim(ins)
+            else:
+                execute_npu(self.config, self.sp, self.hbm, ins)
 
     def mismatches(self, checks: dict) -> list:
         return [(a, want, self.sp.get(a, 0)) for a, want in sorted(checks.items())

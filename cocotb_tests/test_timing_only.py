@@ -93,3 +93,19 @@ def test_timing_only_matches_full_rtl_32_banks(mode, tmp_path):
     full, timing = run_both(workload, mode, preset("decode").replace(geometry=BANKS_32),
                             tmp_path)
     compare(full, timing)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("decode-refresh")
+@pytest.mark.parametrize("mode", MODES)
+def test_timing_only_matches_full_rtl_refresh_heavy(mode, tmp_path):
+    """A refresh every 1,000 clocks (a quarter of tREFI): refresh holds PIM headers and
+    closes row buffers far more often; the two elaborations still agree clock for clock."""
+    import dataclasses
+    base = preset("decode")
+    base = base.replace(timing=dataclasses.replace(base.timing, tREFI=1000))
+    workload = DecodeWorkload("tiny-gpt", (12, 30, 5, 21), steps=1, seed=4)
+    full, timing = run_both(workload, mode, base, tmp_path)
+    compare(full, timing)
+    assert all(c["REF"] >= full["steps"][0]["cycles"] // 1100
+               for c in full["steps"][0]["controllers"])

@@ -443,19 +443,19 @@ def _scratchpad(plan: Plan) -> dict:
                         ("v32", f32(d)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
         s[name] = sp.take(name, words)
     if plan.mode == "npu-only":
-        chunks = math.ceil(Lmax / 32)
+        chunks = math.ceil(Lmax / layout.burst_elements)
         for i in range(2):
             s[f"kbuf{i}"] = sp.take(f"kbuf{i}", layout.k_tiles(Lmax) * layout.banks)
             s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
             s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
         s["lcol"] = sp.take("lcol", Lmax)
-        s["scol"] = sp.take("scol", chunks * 32)
+        s["scol"] = sp.take("scol", chunks * layout.burst_elements)
         s["ocol"] = sp.take("ocol", dh)
         s["q32"] = sp.take("q32", f32(dh))
     else:
         s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
         s["ares"] = sp.take("ares", Bt * heads * layout.v_tiles)
-        s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / 32))
+        s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / layout.burst_elements))
     sizes = _linear_words(w)
     layer_words = sum(sizes["layer"].values())
     for i in range(min(2, w.layers)):
@@ -601,7 +601,7 @@ class Builder:
                 s.store(_address(cfg, c, t % B, pages.k[t // B][0], h), self._qkv_word(row, 1, h), 1)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
-                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // 32),
+                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // lay.burst_elements),
                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
         s.wait("dma")
         for row in rows:
@@ -609,14 +609,14 @@ class Builder:
             t = self._token(r)
             s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 2, 0), d=sp["v32"], length=self.d)
             s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=sp["vrmw"] + row * self.heads * dh,
-                  length=self.d, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % 32))
+                  length=self.d, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
         s.wait("vector")
         for row in rows:
             r = plan.row_order[row]
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
-                    s.store(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // 32),
+                    s.store(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // lay.burst_elements),
                             sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
         return s
 
@@ -651,7 +651,8 @@ class Builder:
             return s
         B, dh, heads = lay.banks, self.dh, self.heads
         Lmax = max(self.w.kv_lens) + self.w.steps
-        kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / 32)
+        per = lay.burst_elements
+        kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / per)
         s += self.append(layer, rows)
         for row in rows:           # queries into the staging rows (bank 0, a head per burst)
             r = plan.row_order[row]
@@ -681,7 +682,7 @@ class Builder:
             r = plan.row_order[row]
             c, L = plan.channel_of[r], self._token(r) + 1
             for h in range(heads):
-                for word in range(math.ceil(L / 32)):
+                for word in range(math.ceil(L / per)):
                     s.store(_address(cfg, c, lay.score_bank + h, plan.slot_of[r], word),
                             sp["s16"] + (row * heads + h) * ch + word, 1)
         s.wait("dma")
@@ -720,7 +721,7 @@ class Builder:
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
             for kt in range(lay.k_tiles(L)):
                 s.load(_address(cfg, c, 0, pages.k[kt][0], h), sp[f"kbuf{i % 2}"] + kt * B, B)
-            for chunk in range(math.ceil(L / 32)):
+            for chunk in range(math.ceil(L / lay.burst_elements)):
                 for vt in range(lay.v_tiles):
                     s.load(_address(cfg, c, 0, pages.v[0][h][vt], chunk),
                            sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B)
@@ -748,9 +749,10 @@ class Builder:
             self._softmax(s, sp["lcol"], L, FLAG_STRIDED_A, strided_imm(1, 0), sp["scol"],
                           FLAG_STRIDED_D, strided_imm(1, 0))
             s.wait("vector")
-            for chunk in range(math.ceil(L / 32)):
-                k = min(32, L - 32 * chunk)
-                s.gemm(vbuf + chunk * dh, sp["scol"] + 32 * chunk, sp["ocol"], dh, k, 1, 1, 1, 1,
+            per = lay.burst_elements
+            for chunk in range(math.ceil(L / per)):
+                k = min(per, L - per * chunk)
+                s.gemm(vbuf + chunk * dh, sp["scol"] + per * chunk, sp["ocol"], dh, k, 1, 1, 1, 1,
                        fp32=True, acc=chunk > 0)
             if i + 1 < len(items):
                 s.wait("dma")

@@ -79,16 +79,17 @@ def _attention_pim(layout, keys, values, q, lanes) -> np.ndarray:
     return golden_attention(layout, values, s)[1]              # heads x d_head
 
 
-def _attention_npu(keys, values, q, H, W, lanes) -> np.ndarray:
+def _attention_npu(keys, values, q, H, W, lanes, per) -> np.ndarray:
+    """``per``: FP16 per burst, the token chunk of one attend GEMM."""
     heads, dh = q.shape
     out = np.zeros((heads, dh), dtype=np.uint16)
     for h in range(heads):
         logits = gemm(keys[:, h, :], q[h].reshape(dh, 1), H, W)[1][:, 0]
         s = scores(logits, dh, lanes)
         acc = None
-        for c in range(0, len(s), 32):
-            vt = np.ascontiguousarray(values[c:c + 32, h, :].T)      # dh x chunk
-            acc = gemm(vt, s[c:c + 32].reshape(-1, 1), H, W, acc)[0]
+        for c in range(0, len(s), per):
+            vt = np.ascontiguousarray(values[c:c + per, h, :].T)     # dh x chunk
+            acc = gemm(vt, s[c:c + per].reshape(-1, 1), H, W, acc)[0]
         out[h] = _cvt(acc[:, 0])
     return out
 
@@ -118,7 +119,8 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
                 values[r][layer] = np.concatenate([values[r][layer],
                                                    qkv[r, 2 * d:].reshape(1, heads, dh)])
                 if mode == "npu-only":
-                    out = _attention_npu(keys[r][layer], values[r][layer], q, H, W, lanes)
+                    out = _attention_npu(keys[r][layer], values[r][layer], q, H, W, lanes,
+                                         layout.burst_elements)
                 else:
                     out = _attention_pim(layout, keys[r][layer], values[r][layer], q, lanes)
                 attn[r] = out.reshape(-1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from rtl.config import ConfigError, PRESETS, preset
 from sim.decode.golden import MODES
 from sim.decode.job import DEFAULTS as DECODE
+from sim.lint import BLOCK_NAMES
 
 NOT_BUILT = [
     "the controller in `make sim`: this GEMV still plays a stored command program (the "
@@ -173,10 +174,22 @@ def _configs(args):
     """The configurations ``--config`` names: one preset, or every preset for ``all``."""
     names = sorted(PRESETS) if args.config == "all" else [args.config]
     changes = {"mode": args.mode} if getattr(args, "mode", None) else {}
+    if getattr(args, "timing_only", False):
+        changes["datapath"] = False
     try:
         return [preset(name, **changes) for name in names]
     except ConfigError as error:
         sys.exit(f"neupims: bad configuration: {error}")
+
+
+def _block_list(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BLOCK_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown block(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(BLOCK_NAMES)}")
+    return names
 
 
 def cmd_verilog(args):
@@ -184,7 +197,7 @@ def cmd_verilog(args):
     out = Path(args.out)
     for config in _configs(args):
         folder = out / config.name if args.config == "all" else out
-        for path in export(config, folder).values():
+        for path in export(config, folder, blocks=args.blocks).values():
             print(f"wrote {path}")
         print(f"wrote {folder / 'signals.json'}")
 
@@ -192,7 +205,7 @@ def cmd_verilog(args):
 def cmd_lint(args):
     from sim.lint import run
     began = time.perf_counter()
-    warnings = run(_configs(args), out=args.out)
+    warnings = run(_configs(args), out=args.out, blocks=args.blocks)
     print(f"{'FAILED' if warnings else 'OK'}: {warnings} warning(s) left "
           f"({time.perf_counter() - began:.1f} s)")
     if warnings:
@@ -300,6 +313,11 @@ def main(argv=None):
         p.add_argument("--config", default="channel", choices=sorted(PRESETS) + ["all"],
                        help="configuration preset, or `all` (default: %(default)s)")
         p.add_argument("--mode", choices=["dual", "blocked"], help="row-buffer mode")
+        p.add_argument("--blocks", type=_block_list, metavar="B1,B2",
+                       help="only these blocks (default: all: " + ", ".join(BLOCK_NAMES) + ")")
+        p.add_argument("--timing-only", action="store_true",
+                       help="elaborate without the datapath (no multipliers, adders, "
+                            "storage): the control, controllers and counters only")
 
     p = sub.add_parser("verilog", help="write the Verilog of the major blocks and signals.json "
                                        "(--config all: one folder per preset)")

@@ -60,7 +60,28 @@ def _global_buffer(config):
     return GlobalBufferRtl(config)
 
 
-# (block = Verilog module and file name, constructor); in export order.
+def _systolic_array(config):
+    from rtl.npu import SystolicArray
+    return SystolicArray(config, shared_modules=True)
+
+
+def _vector_engine(config):
+    from rtl.npu.vector_engine import VectorEngine
+    return VectorEngine(config)
+
+
+def _npu_core(config):
+    from rtl.npu.core import NpuCore
+    return NpuCore(config, shared_modules=True)
+
+
+def _device(config):
+    from rtl.npu.top import NpuTop
+    return NpuTop(config)
+
+
+# (block = Verilog module and file name, constructor); in export order. ``device`` is the
+# whole accelerator: the NPU core on one controller + PIM channel per memory channel.
 BLOCKS = [
     ("channel_datapath", _channel_datapath),
     ("channel_top", _channel_top),
@@ -69,7 +90,12 @@ BLOCKS = [
     ("bank", _bank),
     ("pim_mac", _pim_mac),
     ("global_buffer", _global_buffer),
+    ("systolic_array", _systolic_array),
+    ("vector_engine", _vector_engine),
+    ("npu_core", _npu_core),
+    ("device", _device),
 ]
+BLOCK_NAMES = [name for name, _ in BLOCKS]
 
 
 def _layout_fields(layout, prefix="", base=0) -> dict:
@@ -128,6 +154,10 @@ def export(config, out: Path, blocks=None) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, signals = {}, {}
+    unknown = sorted(set(blocks or ()) - set(BLOCK_NAMES))
+    if unknown:
+        raise ValueError(f"unknown block(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(BLOCK_NAMES)}")
     for block, make in BLOCKS:
         if blocks is not None and block not in blocks:
             continue
@@ -160,21 +190,22 @@ def lint_file(path: Path, top: str, waivers: Path = WAIVERS) -> list[str]:
     return problems
 
 
-def lint_config(config, out: Path | None = None) -> dict[str, list[str]]:
-    """Export ``config`` (into ``out`` or a scratch folder) and lint every block."""
+def lint_config(config, out: Path | None = None, blocks=None) -> dict[str, list[str]]:
+    """Export ``config`` (into ``out`` or a scratch folder) and lint every block (or the
+    ``blocks`` named)."""
     with tempfile.TemporaryDirectory() as scratch:
-        written = export(config, Path(out) if out else Path(scratch))
+        written = export(config, Path(out) if out else Path(scratch), blocks=blocks)
         with ThreadPoolExecutor(max_workers=len(written)) as pool:
             futures = {block: pool.submit(lint_file, path, block)
                        for block, path in written.items()}
             return {block: future.result() for block, future in futures.items()}
 
 
-def run(configs, out: Path | None = None, show=print) -> int:
+def run(configs, out: Path | None = None, show=print, blocks=None) -> int:
     """Lint each configuration; print per block; return the number of warnings left."""
     total = 0
     for config in configs:
-        results = lint_config(config, Path(out) / config.name if out else None)
+        results = lint_config(config, Path(out) / config.name if out else None, blocks)
         for block, problems in results.items():
             if problems:
                 total += len(problems)

@@ -4,9 +4,11 @@ Each preset is exported twice, once through the library (``sim.lint.export``) an
 through the command line in the same process: the two folders must be byte-identical.
 Verilator then lints every block with ``lint_waivers.vlt``; no warning may remain.
 The ``channel``/``neupims`` presets are left out to keep this file fast (they take
-``make lint CONFIG=...``); ``decode`` runs in the slow suite.
+``make lint CONFIG=...``); ``decode`` runs in the slow suite, and so do the NPU core and
+the device of ``small`` (``tiny`` exports every block in the default suite).
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,37 +20,42 @@ from rtl.config import preset  # noqa: E402
 from sim import cli  # noqa: E402
 from sim.lint import BLOCKS, export, lint_file  # noqa: E402
 
-# ``decode`` (256 stored rows, 2 channels: the same blocks, bigger banks) takes about a
-# minute here: in the slow suite.
-PRESETS = ["tiny", "small", pytest.param("decode", marks=pytest.mark.slow)]
 BLOCK_NAMES = [name for name, _ in BLOCKS]
+BIG = ("npu_core", "device")     # 30 s to elaborate on `small`, twice per preset here
+# (preset, blocks or None for all). ``decode`` (512 stored rows, 2 channels: the same
+# blocks, bigger banks) takes minutes here: in the slow suite.
+PRESETS = [("tiny", None),
+           ("small", [name for name in BLOCK_NAMES if name not in BIG]),
+           pytest.param(("small", None), marks=pytest.mark.slow, id="small-all"),
+           pytest.param(("decode", None), marks=pytest.mark.slow, id="decode")]
 
 
 @pytest.fixture(scope="module", params=PRESETS)
 def exported(request, tmp_path_factory):
-    """(preset, folder written by export(), folder written by `neupims verilog`)."""
-    name = request.param
+    """(preset, blocks, folder written by export(), folder written by `neupims verilog`)."""
+    name, blocks = request.param
     library = tmp_path_factory.mktemp(f"{name}-lib")
-    export(preset(name), library)
+    export(preset(name), library, blocks=blocks)
     command = tmp_path_factory.mktemp(f"{name}-cli")
-    cli.main(["verilog", "--config", name, "--out", str(command)])
-    return name, library, command
+    cli.main(["verilog", "--config", name, "--out", str(command)]
+             + (["--blocks", ",".join(blocks)] if blocks else []))
+    return name, blocks or BLOCK_NAMES, library, command
 
 
 def test_export_is_deterministic(exported):
-    _, first, second = exported
+    _, blocks, first, second = exported
     names = sorted(path.name for path in first.iterdir())
-    assert names == sorted([f"{block}.v" for block in BLOCK_NAMES] + ["signals.json"])
+    assert names == sorted([f"{block}.v" for block in blocks] + ["signals.json"])
     assert names == sorted(path.name for path in second.iterdir())
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_signals_json_maps_ports(exported):
-    name, _, folder = exported
+    name, blocks, _, folder = exported
     signals = json.loads((folder / "signals.json").read_text())
     assert signals["config"] == name
-    assert sorted(signals["blocks"]) == sorted(BLOCK_NAMES)
+    assert sorted(signals["blocks"]) == sorted(blocks)
     for block, info in signals["blocks"].items():
         verilog = (folder / f"{block}.v").read_text()
         start = verilog.index(f"module {block}(") + len(f"module {block}(")
@@ -66,17 +73,25 @@ def test_signals_json_maps_ports(exported):
     top = signals["blocks"]["channel_top"]["ports"]
     assert {"prog_start", "running", "cmd_log_payload", "backdoor_data"} <= set(top)
     assert signals["blocks"]["channel_top"]["implicit_ports"] == ["clk", "rst"]
+    if "device" in blocks:      # the NPU core on every channel's controller
+        device = signals["blocks"]["device"]["ports"]
+        channels = preset(name).geometry.channels
+        assert {"program_data", "start", "done", "error_code", "counters"} <= set(device)
+        assert {f"cmd.{c}" for c in range(channels)} <= set(device)
+        assert "dma_busy" in device["counters"]["fields"]
 
 
 @pytest.mark.parametrize("block", BLOCK_NAMES)
 def test_lint_clean(exported, block):
-    _, folder, _ = exported
+    _, blocks, folder, _ = exported
+    if block not in blocks:
+        pytest.skip(f"{block} is exported for this preset in the slow suite")
     assert lint_file(folder / f"{block}.v", block) == []
 
 
 def test_lint_reports_warnings(exported, tmp_path):
     """Without the waivers the generated code does warn: the lint run is not vacuous."""
-    _, folder, _ = exported
+    _, _, folder, _ = exported
     empty = tmp_path / "none.vlt"
     empty.write_text("`verilator_config\n")
     problems = lint_file(folder / "global_buffer.v", "global_buffer", waivers=empty)
@@ -90,3 +105,25 @@ def test_large_presets_export_lint_clean(name, tmp_path):
     written = export(preset(name), tmp_path)
     for block, path in written.items():
         assert lint_file(path, block) == [], f"{name}/{block}"
+
+
+def test_unknown_block_is_named(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["verilog", "--config", "tiny", "--blocks", "bank,npu"])
+    assert "unknown block(s) npu" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown block"):
+        export(preset("tiny"), Path("unused"), blocks=["nope"])
+
+
+def test_timing_only_device_exports_lint_clean(tmp_path):
+    """`--timing-only`: the device without its datapath (no vector lanes, no PIM MAC
+    adders), still lint-clean."""
+    cli.main(["verilog", "--config", "tiny", "--timing-only", "--blocks", "device,pim_mac",
+              "--out", str(tmp_path)])
+    signals = json.loads((tmp_path / "signals.json").read_text())
+    assert "timing-only" in signals["summary"]
+    modules = re.findall(r"^module ([^(\s]+)", (tmp_path / "device.v").read_text(), re.M)
+    assert r"\device.core.sequencer" in modules and r"\device.channel0.controller" in modules
+    assert not [name for name in modules if ".lane0" in name or "_add" in name]
+    for block in ("device", "pim_mac"):
+        assert lint_file(tmp_path / f"{block}.v", block) == []

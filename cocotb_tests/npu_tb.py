@@ -41,6 +41,7 @@ class NpuTB:
         self.last_command: dict[int, tuple] = {}
         # a digest of each channel's command stream (cycle and command) since reset
         self.stream_hash = [hashlib.sha256() for _ in range(self.channels)]
+        self.cores = config.npu.arrays   # NpuTop: one core per array
         self.vector_latency = vector_latency
         self.vector_ops: list[dict] = []
         # VECTOR instructions leave the core on ``vector_ops`` (answered here, every clock)
@@ -61,6 +62,9 @@ class NpuTB:
             getattr(dut, name).value = 0
         for p in self._ports:
             p["backdoor_en"].value = 0
+        if self.cores > 1:
+            dut.program_core.value = 0
+            dut.ext_core.value = 0
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0
@@ -112,10 +116,12 @@ class NpuTB:
         for p in self._ports:
             p["backdoor_en"].value = 0
 
-    async def load_program(self, program):
+    async def load_program(self, program, core: int = 0):
+        """``program`` into the instruction memory of ``core`` (0 .. arrays - 1)."""
         dut = self.dut
         if len(program) > self.config.npu.instruction_words:
             raise ValueError(f"{len(program)} instructions do not fit the instruction memory")
+        self._select("program_core", core)
         for i, ins in enumerate(program):
             dut.program_en.value = 1
             dut.program_addr.value = i
@@ -271,9 +277,17 @@ class NpuTB:
     def error(self) -> tuple[NpuError, int]:
         return NpuError(int(self.dut.error_code.value)), int(self.dut.error_pc.value)
 
-    async def read_words(self, addresses) -> list[int]:
-        """Scratchpad words through ``ext_read`` (one per clock while the port is granted)."""
+    def _select(self, port: str, core: int):
+        if not 0 <= core < self.cores:
+            raise ValueError(f"core {core}: the NPU has {self.cores} core(s)")
+        if self.cores > 1:
+            getattr(self.dut, port).value = core
+
+    async def read_words(self, addresses, core: int = 0) -> list[int]:
+        """Scratchpad words of ``core`` through ``ext_read`` (one per clock while the port
+        is granted)."""
         dut = self.dut
+        self._select("ext_core", core)
         words = []
         for address in addresses:
             while True:
@@ -291,7 +305,17 @@ class NpuTB:
         return words
 
     def counters(self) -> dict:
+        """The NPU's counters (with several cores: ``cycles`` while any runs, the rest
+        summed over the cores)."""
         return unpack(counters_layout(), int(self.dut.counters.value))
+
+    def core_counters(self, core: int) -> dict:
+        if self.cores == 1:
+            return self.counters()
+        return unpack(counters_layout(), int(getattr(self.dut, f"core_counters__{core}").value))
+
+    def error_core(self) -> int:
+        return int(self.dut.error_core.value) if self.cores > 1 else 0
 
     def controller_counters(self, c: int) -> dict:
         return unpack(ctrl_counters_layout(), int(self._ports[c]["ctrl_counters"].value))

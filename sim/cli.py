@@ -13,16 +13,6 @@ from sim.decode.golden import MODES
 from sim.decode.job import DEFAULTS as DECODE
 from sim.lint import BLOCK_NAMES
 
-NOT_BUILT = [
-    "the controller in `make sim`: this GEMV still plays a stored command program (the "
-    "controller runs in `neupims replay-trace` and `neupims bench controller`)",
-    "the NPU in `make sim`: the NPU core runs its programs (GEMM, vector ops, a decoder "
-    "block) in the tests and in `neupims bench npu`, for arrays up to 32 x 16",
-    "LLM decode replay in the three modes (npu-only, npu+pim, neupims): models, workloads, "
-    "scheduling and the KV layout exist; the compiler and the multi-channel device run do not",
-    "full-scale timing path and the paper's table",
-]
-
 
 def _config(args):
     try:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtl.config import ConfigError
 from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, gemm, halt, vector,
                          wait)
 from rtl.npu.vector import VectorOp
@@ -243,6 +244,10 @@ def decoder_program(config, weights: DecoderWeights | None = None, seed: int = 0
     lanes, H, W = npu.vector_lanes, npu.array_rows, npu.array_cols
     burst = config.geometry.burst_bytes
     assert burst == 64, "the layout assumes 64-byte words"
+    if npu.word_bytes != burst:
+        raise ConfigError("NpuConfig.word_bytes",
+                          f"the decoder block's layout needs scratchpad words of one "
+                          f"{burst}-byte burst, got {npu.word_bytes}")
 
     regions: dict[str, Region] = {}
     sp_next = 0
@@ -351,47 +356,60 @@ def decoder_program(config, weights: DecoderWeights | None = None, seed: int = 0
 # A Python interpreter of the program (independent check of layout + order)
 # ---------------------------------------------------------------------------
 
-def _read_elem(mem, base, i, bits):
-    per = 512 // bits
+def _read_elem(mem, base, i, bits, word_bits=512):
+    per = word_bits // bits
     return (mem.get(base + i // per, 0) >> (bits * (i % per))) & ((1 << bits) - 1)
 
 
-def _write_elem(mem, base, i, value, bits):
-    per, mask = 512 // bits, (1 << bits) - 1
+def _write_elem(mem, base, i, value, bits, word_bits=512):
+    per, mask = word_bits // bits, (1 << bits) - 1
     addr, shift = base + i // per, bits * (i % per)
     mem[addr] = (mem.get(addr, 0) & ~(mask << shift)) | ((int(value) & mask) << shift)
 
 
-def _read_matrix(mem, base, rows, cols, pitch, bits):
-    return np.array([[_read_elem(mem, base + r * pitch, j, bits) for j in range(cols)]
+def _read_matrix(mem, base, rows, cols, pitch, bits, word_bits=512):
+    return np.array([[_read_elem(mem, base + r * pitch, j, bits, word_bits) for j in range(cols)]
                      for r in range(rows)], dtype=np.uint16 if bits == 16 else np.uint32)
 
 
 def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
-    """One DMA, GEMM or VECTOR instruction on a Python scratchpad ({word: int}) and HBM
-    ({burst address: int}), in place: DMA copies words, GEMM uses ``sim.golden.gemm`` (C
-    written column by column, neighbours kept), VECTOR
-    ``sim.npu_vector_programs.execute_instruction``; other opcodes do nothing."""
+    """One DMA, GEMM or VECTOR instruction on a Python scratchpad ({word: int}, words of
+    ``NpuConfig.word_bytes`` = k bursts) and HBM ({burst address: int}), in place: DMA
+    copies bursts (burst i to / from slice i % k of word sp + i // k, the word's other
+    slices kept), GEMM uses ``sim.golden.gemm`` (C written column by column, neighbours
+    kept), VECTOR ``sim.npu_vector_programs.execute_instruction``; other opcodes do
+    nothing."""
     npu, burst = config.npu, config.geometry.burst_bytes
+    k, bb = npu.word_bytes // burst, burst * 8
+    wbits = npu.word_bytes * 8
     if ins.op is NpuOp.DMA_LOAD:
+        mask = (1 << bb) - 1
         for i in range(ins["count"]):
-            sp[ins["sp"] + i] = hbm.get(ins["hbm"] + i * burst, 0)
+            addr, shift = ins["sp"] + i // k, bb * (i % k)
+            value = hbm.get(ins["hbm"] + i * burst, 0)
+            if k == 1:
+                sp[addr] = value
+            else:
+                sp[addr] = (sp.get(addr, 0) & ~(mask << shift)) | (value << shift)
     elif ins.op is NpuOp.DMA_STORE:
+        mask = (1 << bb) - 1
         for i in range(ins["count"]):
-            hbm[ins["hbm"] + i * burst] = sp.get(ins["sp"] + i, 0)
+            word = sp.get(ins["sp"] + i // k, 0)
+            hbm[ins["hbm"] + i * burst] = word if k == 1 else (word >> (bb * (i % k))) & mask
     elif ins.op is NpuOp.GEMM:
-        m, k, n = ins["m"], ins["k"], ins["n"]
-        a = _read_matrix(sp, ins["a"], m, k, ins["a_pitch"], 16)
-        b = _read_matrix(sp, ins["b"], k, n, ins["b_pitch"], 16)
+        m, kk, n = ins["m"], ins["k"], ins["n"]
+        a = _read_matrix(sp, ins["a"], m, kk, ins["a_pitch"], 16, wbits)
+        b = _read_matrix(sp, ins["b"], kk, n, ins["b_pitch"], 16, wbits)
         bits = 32 if ins["fp32"] else 16
-        psum = _read_matrix(sp, ins["c"], m, n, ins["c_pitch"], 32) if ins["acc"] else None
+        psum = (_read_matrix(sp, ins["c"], m, n, ins["c_pitch"], 32, wbits) if ins["acc"]
+                else None)
         c32, c16 = golden_gemm(a, b, npu.array_rows, npu.array_cols, psum)
         c = c32 if bits == 32 else c16
         for r in range(m):
             for j in range(n):
-                _write_elem(sp, ins["c"] + r * ins["c_pitch"], j, c[r, j], bits)
+                _write_elem(sp, ins["c"] + r * ins["c_pitch"], j, c[r, j], bits, wbits)
     elif ins.op is NpuOp.VECTOR:
-        execute_instruction(sp, ins, npu.vector_lanes)
+        execute_instruction(sp, ins, npu.vector_lanes, npu.word_bytes)
 
 
 def interpret(config, program, hbm: dict) -> tuple[dict, dict]:

@@ -67,6 +67,9 @@ class DeviceConfig:
                 or self.mode is RowBufferMode.DRAM, "DramGeometry.banks",
                 f"READRES returns one FP16 per bank in one burst: {self.geometry.banks} banks "
                 f"do not fit a {self.geometry.burst_bytes}-byte burst")
+        require(self.npu.word_bytes % self.geometry.burst_bytes == 0, "NpuConfig.word_bytes",
+                f"{self.npu.word_bytes} is not a multiple of the {self.geometry.burst_bytes}-byte "
+                f"DRAM burst")
         bound = refresh_delay_bound(self)
         require(bound <= self.timing.refresh_max_late, "DramTiming.refresh_max_late",
                 f"{self.timing.refresh_max_late} is below the controller's refresh delay "
@@ -112,13 +115,23 @@ class DeviceConfig:
                 + ("" if self.datapath else ", timing-only (no datapath)"))
 
 
+#: The paper's NPU: 8 cores, each a 128 x 128 array with a 128-lane vector unit. Scratchpad
+#: words of 512 bytes (8 bursts) so that an array row of 128 FP32 results and the vector
+#: unit's 128 FP32 lanes fit one word; 8 DMA requests in flight per core and channel, so
+#: the 8 cores' tags (8 x 8) fit the controller's 64.
+PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8)
+
+
 def _neupims() -> DeviceConfig:
-    return DeviceConfig(name="neupims")
+    """The paper's device (NEUPIMS.md 3): 32 channels of 32 banks, 8 arrays of 128 x 128,
+    128-lane vector units (:data:`PAPER_NPU`)."""
+    return DeviceConfig(name="neupims", npu=PAPER_NPU)
 
 
 def _channel() -> DeviceConfig:
     """One channel of the paper's device (32 banks x 16 lanes), few stored rows."""
-    return DeviceConfig(name="channel", geometry=DramGeometry(channels=1), stored_rows=8)
+    return DeviceConfig(name="channel", geometry=DramGeometry(channels=1), npu=PAPER_NPU,
+                        stored_rows=8)
 
 
 def _small() -> DeviceConfig:

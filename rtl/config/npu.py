@@ -11,8 +11,13 @@ class NpuConfig:
     """``arrays`` x (``array_rows`` x ``array_cols``) systolic arrays with ``vector_lanes``-lane
     vector units. The NPU core's storage (``rtl.npu``):
 
-    ``scratchpad_words``: on-chip scratchpad, in words of one 64-byte burst (32 FP16);
-    a power of two. ``accumulator_rows``: FP32 partial-sum rows of the GEMM engine (one
+    ``word_bytes``: the scratchpad word in bytes (``word_bytes / 2`` FP16 or
+    ``word_bytes / 4`` FP32 values): a power of two and a multiple of the DRAM burst
+    (checked by ``DeviceConfig``); default 64, one burst of every preset's DRAM. An array
+    row of ``array_rows`` FP16 and a result row of ``array_cols`` FP32 must fit one word,
+    and so must the built-in vector engine's ``vector_lanes`` FP32 (``rtl.npu``).
+    ``scratchpad_words``: on-chip scratchpad, in words of ``word_bytes``; a power of
+    two. ``accumulator_rows``: FP32 partial-sum rows of the GEMM engine (one
     row = ``array_cols`` FP32); a GEMM whose K spans more than one array tile may have at
     most this many rows M. ``instruction_words``: the instruction memory, in instructions;
     a power of two. ``dma_in_flight``: outstanding DMA requests per memory channel (each
@@ -25,11 +30,14 @@ class NpuConfig:
     accumulator_rows: int = 128
     instruction_words: int = 256
     dma_in_flight: int = 32
+    word_bytes: int = 64
 
     def __post_init__(self):
         require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
                                      "scratchpad_words", "accumulator_rows",
-                                     "instruction_words", "dma_in_flight"))
+                                     "instruction_words", "dma_in_flight", "word_bytes"))
+        require(is_power_of_two(self.word_bytes), "NpuConfig.word_bytes",
+                f"must be a power of two, got {self.word_bytes}")
         for name in ("scratchpad_words", "instruction_words"):
             value = getattr(self, name)
             require(is_power_of_two(value) and value >= 2, f"NpuConfig.{name}",

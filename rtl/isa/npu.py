@@ -4,20 +4,24 @@ An instruction is an opcode (:class:`NpuOp`, bits [0, 4)) and the arguments of t
 opcode (a union, bits [4, 160)); field widths do not depend on the configuration (the
 core checks every value against its configuration when it dispatches the instruction).
 Units of the arguments: ``hbm`` is a byte address in the HBM (a multiple of the 64-byte
-burst), ``sp``/``a``/``b``/``c``/``d`` are scratchpad word addresses (one word = one burst
-= 32 FP16 or 16 FP32), pitches are in words, ``count`` in bursts (= words).
+burst), ``sp``/``a``/``b``/``c``/``d`` are scratchpad word addresses (one word =
+``NpuConfig.word_bytes`` = ``k`` bursts, ``k`` a power of two: by default one burst = 32
+FP16 or 16 FP32; E16 = 32 k FP16 or E32 = 16 k FP32 per word), pitches are in words,
+``count`` in bursts (= words when ``k`` = 1).
 
 =========  ==================================================================================
 opcode     arguments and meaning
 =========  ==================================================================================
 NOP        none
 DMA_LOAD   ``hbm``, ``sp``, ``count``: HBM bursts [hbm, hbm + 64 count) -> scratchpad words
-           [sp, sp + count)
-DMA_STORE  ``hbm``, ``sp``, ``count``: scratchpad words -> HBM bursts
+           [sp, sp + ceil(count / k)): burst i goes to word sp + i // k, burst slice
+           i % k (FP16 lanes [32 (i % k), +32)); the word's other lanes keep their value
+DMA_STORE  ``hbm``, ``sp``, ``count``: scratchpad words -> HBM bursts, burst i from slice
+           i % k of word sp + i // k
 GEMM       C = A . B (+ C): A [m x k] FP16 at word ``a`` (row r at a + r a_pitch, element
-           j in word j // 32, lane j % 32), B [k x n] FP16 at ``b`` (``b_pitch``), C [m x n]
-           at ``c`` (``c_pitch``): FP16 (32 per word) or, with ``fp32``, FP32 (16 per
-           word); ``acc``: start from C (FP32 only) instead of +0.0
+           j in word j // E16, lane j % E16), B [k x n] FP16 at ``b`` (``b_pitch``),
+           C [m x n] at ``c`` (``c_pitch``): FP16 (E16 per word) or, with ``fp32``, FP32
+           (E32 per word); ``acc``: start from C (FP32 only) instead of +0.0
 VECTOR     ``vop``, ``flags``, ``a``, ``b``, ``d``, ``length``, ``imm``: handed to the vector
            unit as is (``NpuCore.vector_ops``; semantics: ``rtl.npu.vector_engine``); the
            core checks the word ranges [a, a + length), [b, b + length), [d, d + length)
@@ -26,7 +30,8 @@ VECTOR     ``vop``, ``flags``, ``a``, ``b``, ``d``, ``length``, ``imm``: handed 
 PIM        ``pim_op`` (0 GWRITE, 1 HEADER, 2 GEMV: ``rtl.controller.PimOp``), ``channel``,
            ``rank``, ``bankgroup``, ``bank``, ``row``, ``column``, ``comps``, ``gemvs``,
            ``sp``: one PIM transaction to channel ``channel``; a GEMV's 64-byte result
-           (one FP16 per bank) is written to scratchpad word ``sp``
+           (one FP16 per bank) is written to burst slice 0 of scratchpad word ``sp``
+           (FP16 lanes [0, 32); lanes beyond them keep their value)
 WAIT       ``units`` (:class:`NpuUnit` bits): block until every named unit is idle
 HALT       wait until every unit is idle, then stop (``done``)
 =========  ==================================================================================

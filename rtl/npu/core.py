@@ -10,7 +10,7 @@ from ..controller.interface import (PimOp, pim_request_layout, pim_response_layo
 from ..isa.npu import INSTRUCTION_BITS, SP_BITS
 from .dma import DmaEngine, check_dma_config, round_robin
 from .gemm_engine import GemmEngine, check_array_shape
-from .scratchpad import Scratchpad, read_port_signature, word_lanes, write_port_signature
+from .scratchpad import Scratchpad, burst_lanes, read_port_signature, write_port_signature
 from .sequencer import NpuError, Sequencer, pim_args_layout, vector_op_layout
 from .vector import VectorUnit
 from .vector_engine import VectorEngine, engine_supported
@@ -30,7 +30,8 @@ def counters_layout() -> data.StructLayout:
 
 
 class PimPort(wiring.Component):
-    """PIM instructions to the channels' ``pim_requests``; GEMV results into the scratchpad.
+    """PIM instructions to the channels' ``pim_requests``; GEMV results into the scratchpad
+    (a result burst into the first burst slice of its word: lanes beyond it are kept).
 
     ``cmd`` (In stream, ``pim_args_layout``): one transaction, held in a register until
     channel ``channel`` takes it (``cmd.ready`` while the register is empty). A GEMV
@@ -94,7 +95,8 @@ class PimPort(wiring.Component):
         m.d.comb += [addr.eq(Array(f.r_data for f in fifos)[winner]),
                      rdata.eq(Array(self.pim_responses[c].payload.data for c in range(C))[winner]),
                      self.sp_write.addr.eq(addr), self.sp_write.data.eq(rdata),
-                     self.sp_write.lanes.eq(Mux(any_valid, (1 << word_lanes(cfg)) - 1, 0))]
+                     # burst slice 0 of the word (the whole word when it is one burst)
+                     self.sp_write.lanes.eq(Mux(any_valid, (1 << burst_lanes(cfg)) - 1, 0))]
         written = any_valid & self.sp_write.grant
         for c in range(C):
             take = written & (winner == c)
@@ -146,7 +148,7 @@ class NpuCore(wiring.Component):
         busy), ``dma_bytes_read`` (HBM -> scratchpad), ``dma_bytes_written``,
         ``vector_ops``, ``pim_transactions``.
 
-    ``shared_modules``: the systolic array's PEs as instances of one Verilog module
+    ``shared_modules``: the systolic array's PEs and the vector lanes' arithmetic units as instances of one Verilog module each
     (Verilator builds; Amaranth's simulator needs False).
 
     ``vector_engine``: True: VECTOR instructions run inside the core on a ``VectorEngine``
@@ -155,9 +157,14 @@ class NpuCore(wiring.Component):
     ``ext``; write: after PIM, before ``ext``); the ``vector_ops`` port then stays idle
     (never valid) and ``vector_done`` is ignored. False: VECTOR instructions leave on
     ``vector_ops`` (an external vector unit answers with ``vector_done``). None (default):
-    True when the engine supports the configuration (``vector_lanes`` divides 16: the
-    ``tiny`` and ``small`` presets), False otherwise (the paper's 128 lanes).
-    """
+    True when the engine supports the configuration (``vector_lanes`` divides the FP32
+    values of a scratchpad word: 16 for 64-byte words, 128 for the ``neupims`` preset's
+    512-byte words), False otherwise.
+
+    Scratchpad words of ``NpuConfig.word_bytes`` (k bursts): DMA bursts go to burst slices
+    of words (``DmaEngine``), a PIM GEMV result to slice 0 of its word (``PimPort``); the
+    GEMM engine and the vector engine use the whole word (``word_bytes / 2`` FP16,
+    ``word_bytes / 4`` FP32)."""
 
     def __init__(self, config, shared_modules: bool = False, vector_engine=None):
         check_array_shape(config)
@@ -175,7 +182,7 @@ class NpuCore(wiring.Component):
         vec = ["vector"] if vector_engine else []
         if vector_engine:
             self.vector_engine = VectorEngine(config)
-            self.vector_unit = VectorUnit(config)
+            self.vector_unit = VectorUnit(config, shared_modules=shared_modules)
         self.scratchpad = Scratchpad(config, read_groups=[["gemm_a"], ["gemm_b"], ["gemm_c"],
                                                           ["dma", *vec, "ext"]],
                                      write_groups=[["gemm"], ["dma"], ["pim", *vec, "ext"]])
@@ -198,7 +205,9 @@ class NpuCore(wiring.Component):
         })
 
     def verilog_modules(self):
-        return self.gemm.verilog_modules()
+        """The shared Verilog modules of the array's PEs and the vector lanes' units."""
+        vector = self.vector_unit.verilog_modules() if self.has_vector_engine else []
+        return self.gemm.verilog_modules() + vector
 
     def elaborate(self, platform):
         m = Module()

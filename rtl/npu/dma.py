@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 from ..config import ConfigError
 from ..controller.interface import read_response_layout, request_layout, write_response_layout
 from ..isa.npu import COUNT_BITS, HBM_BITS, SP_BITS
-from .scratchpad import read_port_signature, word_lanes, write_port_signature
+from .scratchpad import (burst_lanes, read_port_signature, word_bursts, word_lanes,
+                         write_port_signature)
 
 __all__ = ["DmaEngine", "dma_command_layout", "burst_fields", "round_robin", "check_dma_config"]
 
@@ -17,7 +18,8 @@ COUNTER_WIDTH = 48
 
 def dma_command_layout() -> data.StructLayout:
     """``store`` (0: HBM -> scratchpad, 1: scratchpad -> HBM), ``hbm`` (byte address, a
-    multiple of the burst), ``sp`` (first word), ``count`` (bursts)."""
+    multiple of the burst), ``sp`` (first word), ``count`` (bursts; burst ``i`` is burst
+    slice ``i % k`` of word ``sp + i // k`` for ``k`` bursts per word)."""
     return data.StructLayout({"store": 1, "hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS})
 
 
@@ -64,14 +66,18 @@ def first_set(bits):
 
 class DmaEngine(wiring.Component):
     """Moves ``count`` bursts between HBM bytes [hbm, hbm + 64 count) and scratchpad words
-    [sp, sp + count) through the controllers of ``config.geometry.channels`` channels.
+    [sp, sp + ceil(count / k)) through the controllers of ``config.geometry.channels``
+    channels, for ``k`` = :func:`word_bursts` bursts per scratchpad word (1 by default):
+    burst ``i`` of a transfer is burst slice ``i % k`` (FP16 lanes [32 (i % k), +32) for
+    64-byte bursts) of word ``sp + i // k``. A load writes only that slice (lane enables:
+    the rest of the word keeps its value); a store reads the word and sends that slice.
 
     Each burst index is decoded in RTL by slicing the address map's fields
     (:func:`burst_fields`). Every channel has its own walker over the bursts of the
     transfer that map to it (in address order: +1 inside a run of the channel's bits,
     else a jump to the channel's next run), its own ``dma_in_flight`` tags (lowest free
-    first; the tag table remembers each request's scratchpad word) and a 4-deep request
-    FIFO, so every channel can take one request per clock. Loads: each channel issues a
+    first; the tag table remembers each request's scratchpad word and burst slice) and a
+    4-deep request FIFO, so every channel can take one request per clock. Loads: each channel issues a
     read per clock; read data come back out of order and are written to the word of
     their tag, one response per clock over all channels (round-robin, back-pressure on
     the others). Stores: one scratchpad word is read per clock (``sp_read``, which may
@@ -114,18 +120,23 @@ class DmaEngine(wiring.Component):
         q, cw = fields["channel"]
         offset_bits = (g.burst_bytes - 1).bit_length()
         req_layout = request_layout(cfg)
+        k = word_bursts(cfg)                    # bursts per scratchpad word
+        kb = k.bit_length() - 1                 # slice bits: a burst's place in its word
+        bl = burst_lanes(cfg)                   # FP16 lanes of a burst slice
+        burst_bits = g.burst_bytes * 8
 
         cmd = self.cmd.payload
         store = Signal()
         b0 = Signal(bits + 2)
         end = Signal(bits + 2)
-        sp_base = Signal(SP_BITS)
+        sp_base = Signal(SP_BITS + kb, name="sp_base")   # sp in burst slices (sp k)
 
         cur = [Signal(bits + 2, name=f"cur{c}") for c in range(C)]
         active = Signal(C)
         free = [Signal(T, init=(1 << T) - 1, name=f"free{c}") for c in range(C)]
         is_load = [Signal(T, name=f"is_load{c}") for c in range(C)]
-        table = [[Signal(SP_BITS, name=f"tag{c}_{t}") for t in range(T)] for c in range(C)]
+        table = [[Signal(SP_BITS + kb, name=f"tag{c}_{t}") for t in range(T)]
+                 for c in range(C)]                   # the burst slice sp k + i
         fifos = []
         for c in range(C):
             fifo = SyncFIFO(width=data.Layout.cast(req_layout).size, depth=4)
@@ -147,7 +158,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += start.eq(cmd.hbm >> offset_bits)
         with m.If(take):
             m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
-                         sp_base.eq(cmd.sp)]
+                         sp_base.eq(cmd.sp if k == 1 else Cat(Const(0, kb), cmd.sp))]
             for c in range(C):
                 first = self._first(start, c, q, cw)
                 m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]
@@ -163,8 +174,18 @@ class DmaEngine(wiring.Component):
             m.d.comb += can[c].eq(active[c] & free[c].any() & credit)
         st_pointer = Signal(range(max(C, 2)))
         st_winner, st_any = round_robin(m, can, st_pointer, "store")
-        m.d.comb += [self.sp_read.en.eq(store & st_any),
-                     self.sp_read.addr.eq(sp_base + (Array(cur)[st_winner] - b0))]
+        st_slice = sp_base + (Array(cur)[st_winner] - b0)
+        if k == 1:
+            m.d.comb += [self.sp_read.en.eq(store & st_any),
+                         self.sp_read.addr.eq(st_slice)]
+            st_data = self.sp_read.data
+        else:
+            st_at = Signal(SP_BITS + kb, name="st_slice")
+            st_part = Signal(kb, name="st_part")     # the slice of the word read last clock
+            m.d.comb += [st_at.eq(st_slice), self.sp_read.en.eq(store & st_any),
+                         self.sp_read.addr.eq(st_at[kb:])]
+            m.d.sync += st_part.eq(st_at[:kb])
+            st_data = self.sp_read.data.word_select(st_part, burst_bits)
         issue = Signal(C)
         for c in range(C):
             m.d.comb += issue[c].eq(can[c] & Mux(store, self.sp_read.grant & (st_winner == c), 1))
@@ -196,7 +217,7 @@ class DmaEngine(wiring.Component):
             word = Signal(req_layout, name=f"word{c}")
             data_at = req_layout["data"].offset
             m.d.comb += word.eq(Cat(pend_req[c].as_value()[:data_at],
-                                    Mux(pend_store, self.sp_read.data, 0)))
+                                    Mux(pend_store, st_data, 0)))
             m.d.comb += [fifo.w_en.eq(pend[c]), fifo.w_data.eq(word),
                          self.requests[c].valid.eq(fifo.r_rdy),
                          self.requests[c].payload.eq(fifo.r_data),
@@ -208,12 +229,19 @@ class DmaEngine(wiring.Component):
         rd_winner, rd_any = round_robin(m, rd_valid, rd_pointer, "read")
         rd_tag = Signal(max(1, (T - 1).bit_length()))
         rd_data = Signal(g.burst_bytes * 8)
-        rd_addr = Signal(SP_BITS)
+        rd_addr = Signal(SP_BITS + kb)
         m.d.comb += [rd_tag.eq(Array(self.read_responses[c].payload.tag for c in range(C))[rd_winner]),
                      rd_data.eq(Array(self.read_responses[c].payload.data for c in range(C))[rd_winner]),
                      rd_addr.eq(Array(Array(table[c])[rd_tag] for c in range(C))[rd_winner])]
-        m.d.comb += [self.sp_write.addr.eq(rd_addr), self.sp_write.data.eq(rd_data),
-                     self.sp_write.lanes.eq(Mux(rd_any, (1 << word_lanes(cfg)) - 1, 0))]
+        if k == 1:
+            m.d.comb += [self.sp_write.addr.eq(rd_addr), self.sp_write.data.eq(rd_data),
+                         self.sp_write.lanes.eq(Mux(rd_any, (1 << word_lanes(cfg)) - 1, 0))]
+        else:   # the burst into its slice of the word (lane enables keep the others)
+            slice_lanes = Cat(*(Mux(rd_addr[:kb] == s, Const((1 << bl) - 1, bl), Const(0, bl))
+                                for s in range(k)))
+            m.d.comb += [self.sp_write.addr.eq(rd_addr[kb:]),
+                         self.sp_write.data.eq(Cat(*([rd_data] * k))),
+                         self.sp_write.lanes.eq(Mux(rd_any, slice_lanes, 0))]
         rd_done = rd_any & self.sp_write.grant
         with m.If(rd_done):
             m.d.sync += rd_pointer.eq(Mux(rd_winner == C - 1, 0, rd_winner + 1))

@@ -21,14 +21,16 @@ def gemm_args_layout() -> data.StructLayout:
 def check_array_shape(config) -> None:
     """The scratchpad datapath needs an array row of FP16 (H values, W weights) to sit in
     one aligned group of a word's lanes and a row of W FP32 too: H and W powers of two,
-    H <= 32 and W <= 16 FP32 lanes (for 64-byte words)."""
+    H <= ``word_bytes / 2`` FP16 lanes and W <= ``word_bytes / 4`` FP32 lanes (32 x 16 for
+    64-byte words, 256 x 128 for the ``neupims`` preset's 512-byte words)."""
     npu, lanes = config.npu, word_lanes(config)
     for name, value, most in (("array_rows", npu.array_rows, lanes),
                               ("array_cols", npu.array_cols, lanes // 2)):
         if value > most or most % value:
             raise ConfigError(f"NpuConfig.{name}",
                               f"{value} must divide {most} (the NPU core reads one array row "
-                              f"from one {config.geometry.burst_bytes}-byte scratchpad word)")
+                              f"from one {npu.word_bytes}-byte scratchpad word, "
+                              f"NpuConfig.word_bytes)")
 
 
 def _log2(value: int) -> int:

@@ -1,21 +1,32 @@
-"""The NPU's on-chip storage: the scratchpad (words of one 64-byte burst) and the GEMM
-engine's FP32 accumulator."""
+"""The NPU's on-chip storage: the scratchpad (words of ``NpuConfig.word_bytes``: one
+64-byte burst by default, or several) and the GEMM engine's FP32 accumulator."""
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["Scratchpad", "Accumulator", "read_port_signature", "write_port_signature",
-           "word_bits", "word_lanes"]
+           "word_bits", "word_lanes", "word_bursts", "burst_lanes"]
 
 
 def word_bits(config) -> int:
-    """Bits of a scratchpad word: one burst."""
-    return config.geometry.burst_bytes * 8
+    """Bits of a scratchpad word (``NpuConfig.word_bytes``)."""
+    return config.npu.word_bytes * 8
 
 
 def word_lanes(config) -> int:
     """FP16 lanes of a scratchpad word (16-bit write-enable granules)."""
+    return config.npu.word_bytes // 2
+
+
+def word_bursts(config) -> int:
+    """DRAM bursts per scratchpad word (a power of two; 1 by default): burst slice ``s``
+    of a word is its FP16 lanes [s B, (s + 1) B) for B = :func:`burst_lanes`."""
+    return config.npu.word_bytes // config.geometry.burst_bytes
+
+
+def burst_lanes(config) -> int:
+    """FP16 lanes of one DRAM burst (a burst slice of a scratchpad word)."""
     return config.geometry.burst_bytes // 2
 
 
@@ -35,8 +46,8 @@ def write_port_signature(config) -> wiring.Signature:
 
 
 class Scratchpad(wiring.Component):
-    """``config.npu.scratchpad_words`` words of one burst (element 0 of a word in its low
-    16 bits), with one physical read or write port per *group* of clients and fixed
+    """``config.npu.scratchpad_words`` words of ``word_bytes`` (element 0 of a word in its
+    low 16 bits), with one physical read or write port per *group* of clients and fixed
     priority inside a group (the first client named wins; the others see ``grant`` low
     and retry).
 

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.npu import (ARGUMENTS, INSTRUCTION_BITS, NpuOp, NpuUnit, instruction_layout)
 from .dma import dma_command_layout
 from .gemm_engine import gemm_args_layout
-from .scratchpad import word_lanes
+from .scratchpad import word_bursts, word_lanes
 from .vector import VectorOp
 
 __all__ = ["Sequencer", "NpuError", "vector_op_layout", "pim_args_layout"]
@@ -76,7 +76,8 @@ class Sequencer(wiring.Component):
 
     Checks (first failing wins, ``NpuError``): unknown opcode; DMA: HBM address not a
     multiple of the burst (HBM_ALIGN), count 0 (BAD_SHAPE), bursts beyond the capacity
-    (HBM_RANGE), words beyond the scratchpad (SCRATCHPAD_RANGE); GEMM: M, K or N zero, a
+    (HBM_RANGE), words [sp, sp + ceil(count / k)) beyond the scratchpad, for k bursts per
+    word (SCRATCHPAD_RANGE); GEMM: M, K or N zero, a
     pitch shorter than its matrix row, ``acc`` without ``fp32``, M > ``accumulator_rows``
     with K > H (BAD_SHAPE), A, B or C reaching past the scratchpad (SCRATCHPAD_RANGE);
     VECTOR: ``STRIDED_A`` / ``STRIDED_D`` flags (``rtl.npu.vector_engine``) on a binary
@@ -191,16 +192,19 @@ class Sequencer(wiring.Component):
         sh16, sh32 = _log2(lanes), _log2(lanes // 2)
         bursts = g.capacity_bytes // g.burst_bytes
         offset_bits = _log2(g.burst_bytes)
+        kb = _log2(word_bursts(cfg))           # burst slices per scratchpad word: 2 ** kb
         fault = Signal(4, name="check_fault")
         op = ins.op
         known = Signal()
         m.d.comb += known.eq(Cat(*(op == o for o in NpuOp)).any())
 
         d = ins.args.dma
+        # words [sp, sp + ceil(count / k)): the last is sp + (count - 1) // k
+        sp_bad = (d.sp + d.count > spw) if kb == 0 else (d.sp + ((d.count - 1) >> kb) >= spw)
         dma_fault = Mux(d.hbm[:offset_bits] != 0, NpuError.HBM_ALIGN.value,
                         Mux(d.count == 0, NpuError.BAD_SHAPE.value,
                             Mux((d.hbm >> offset_bits) + d.count > bursts, NpuError.HBM_RANGE.value,
-                                Mux(d.sp + d.count > spw, NpuError.SCRATCHPAD_RANGE.value,
+                                Mux(sp_bad, NpuError.SCRATCHPAD_RANGE.value,
                                     NpuError.NONE.value))))
 
         ge = ins.args.gemm

@@ -95,6 +95,7 @@ from amaranth.lib.wiring import In, Out
 from ..arith.fp import CANONICAL_NAN32, FP32Adder, FP32ToFP16
 from ..arith.fp32 import (INF32, ROUND_MAGIC, FP16ToFP32, FP32Frexp, FP32Ldexp, FP32MinMax,
                           FP32Multiplier, bits_f32, f32_bits)
+from .systolic import _instance
 
 __all__ = ["VectorOp", "VectorUnit", "in_layout", "out_layout", "pack_input", "unpack_output",
            "Unit", "Uop", "programs", "steps_for", "latency_for",
@@ -347,13 +348,31 @@ def unpack_output(lanes: int, value: int) -> list:
     return [(int(value) >> (32 * i)) & 0xFFFFFFFF for i in range(lanes)]
 
 
+#: The lanes' arithmetic units: (name, constructor, Verilog module name when shared).
+LANE_UNITS = (("mul", FP32Multiplier, "neupims_vector_fp32_mul"),
+              ("add", FP32Adder, "neupims_vector_fp32_add"),
+              ("minmax", FP32MinMax, "neupims_vector_fp32_minmax"),
+              ("frexp", FP32Frexp, "neupims_vector_fp32_frexp"),
+              ("ldexp", lambda: FP32Ldexp(N_WIDTH), "neupims_vector_fp32_ldexp"),
+              ("cvt16", FP16ToFP32, "neupims_vector_fp16_to_fp32"),
+              ("cvt32", FP32ToFP16, "neupims_vector_fp32_to_fp16"))
+
+
 class VectorUnit(wiring.Component):
     """``config.npu.vector_lanes`` FP32 lanes; see the module docstring. With
     ``config.datapath`` False (timing-only) only the micro-sequencer and the output
-    handshake are built: every op takes the same clocks, its result is zero."""
+    handshake are built: every op takes the same clocks, its result is zero.
 
-    def __init__(self, config):
+    ``shared_modules``: every lane's arithmetic units (:data:`LANE_UNITS`, all
+    combinational) as instances of one Verilog module each, listed by
+    :meth:`verilog_modules` (Verilog many times smaller for wide units; Verilator and
+    export only: Amaranth's simulator needs False)."""
+
+    def __init__(self, config, shared_modules: bool = False):
         self.config = config
+        self.shared_modules = shared_modules and config.datapath
+        self.prototypes = ({name: make() for name, make, _ in LANE_UNITS}
+                           if self.shared_modules else {})
         self.lanes = lanes = config.npu.vector_lanes
         self.levels = (lanes - 1).bit_length()
         self.in_layout = in_layout(lanes)
@@ -364,6 +383,18 @@ class VectorUnit(wiring.Component):
 
     def steps(self, op) -> int:
         return len(self.programs[VectorOp(op)])
+
+    def verilog_modules(self):
+        """Extra Verilog modules this unit instantiates: (component, module name)."""
+        return [(self.prototypes[name], module) for name, _, module in LANE_UNITS
+                if name in self.prototypes]
+
+    def _unit(self, m, name, lane):
+        make, module = {n: (mk, mod) for n, mk, mod in LANE_UNITS}[name]
+        if self.shared_modules:
+            return _instance(m, f"l{lane}_{name}", module, self.prototypes[name])
+        unit = m.submodules[f"l{lane}_{name}"] = make()
+        return unit
 
     def latency(self, op) -> int:
         return self.steps(op) + 1
@@ -489,14 +520,9 @@ class VectorUnit(wiring.Component):
         with m.Else():
             m.d.comb += b.eq(b_sel ^ (ctrl.neg_b << 31))
 
-        sub = m.submodules
-        mul = sub[f"l{i}_mul"] = FP32Multiplier()
-        add = sub[f"l{i}_add"] = FP32Adder()
-        mm = sub[f"l{i}_minmax"] = FP32MinMax()
-        frexp = sub[f"l{i}_frexp"] = FP32Frexp()
-        ldexp = sub[f"l{i}_ldexp"] = FP32Ldexp(N_WIDTH)
-        cvt16 = sub[f"l{i}_cvt16"] = FP16ToFP32()
-        cvt32 = sub[f"l{i}_cvt32"] = FP32ToFP16()
+        mul, add, mm, frexp, ldexp, cvt16, cvt32 = (
+            self._unit(m, name, i) for name in ("mul", "add", "minmax", "frexp", "ldexp",
+                                                "cvt16", "cvt32"))
         n_reg = Signal(signed(N_WIDTH), name=f"l{i}_n")
         # Operand isolation: a unit's inputs are held at zero unless the current
         # micro-instruction uses it (less switching; and much faster simulation).

@@ -5,10 +5,12 @@ Instruction semantics (``rtl.isa.npu`` VECTOR: ``vop``, ``flags``, ``a``, ``b``,
 ``length``, ``imm``)
 ---------------------------------------------------------------------------------------
 
-Data format. A word is one 64-byte burst. An FP32 vector of ``n`` elements at word
-``x`` holds element ``i`` in word ``x + i // 16``, bits ``[32 (i % 16), +32)``
-(16 binary32 per word, element 0 in the low bits). An FP16 vector holds element ``i``
-in word ``x + i // 32``, bits ``[16 (i % 32), +16)`` (the GEMM engine's FP16 layout).
+Data format. A word is ``NpuConfig.word_bytes`` (one 64-byte burst by default): E32 =
+``word_bytes / 4`` FP32 or E16 = ``word_bytes / 2`` FP16 (16 and 32 for 64-byte words; the
+numbers below are for those). An FP32 vector of ``n`` elements at word ``x`` holds
+element ``i`` in word ``x + i // 16``, bits ``[32 (i % 16), +32)`` (16 binary32 per word,
+element 0 in the low bits). An FP16 vector holds element ``i`` in word ``x + i // 32``,
+bits ``[16 (i % 32), +16)`` (the GEMM engine's FP16 layout).
 Every operand is FP32 except the source ``a`` of CVT16TO32 and the destination ``d``
 of CVT32TO16, which are FP16 vectors (so FP16 data is handled with the CVT ops).
 
@@ -163,7 +165,8 @@ def strided_imm(group: int, lane0: int) -> int:
 
 
 def engine_supported(config) -> bool:
-    """The engine needs ``vector_lanes`` to divide the FP32 elements of a word (16)."""
+    """The engine needs ``vector_lanes`` to divide the FP32 elements of a word (16 for
+    64-byte words, ``NpuConfig.word_bytes / 4`` in general)."""
     per_word = word_bits(config) // 32
     lanes = config.npu.vector_lanes
     return lanes <= per_word and per_word % lanes == 0
@@ -269,12 +272,15 @@ class VectorEngine(wiring.Component):
         ]
         group = cmd.imm[0:6]
         lane0 = cmd.imm[8:13]
+        # widths for groups of up to max(63, E16) elements (extra bits for words wider
+        # than one 64-byte burst)
+        xw = max(0, E16.bit_length() - 6)
         remaining = Signal(17)                   # elements from this step on
-        j_a, j_d = Signal(6), Signal(6)          # position in the current group
+        j_a, j_d = Signal(6 + xw), Signal(6 + xw)            # position in the current group
         w_a, w_d = Signal(16), Signal(16)        # word offset of the current group
-        g_a, g_d = Signal(7), Signal(7)          # group sizes (a dense operand: E)
-        avail_a, avail_d = Signal(7), Signal(7)  # elements left in the current groups
-        lane_a, lane_d = Signal(7), Signal(7)    # element lane of the step's first element
+        g_a, g_d = Signal(7 + xw), Signal(7 + xw)            # group sizes (a dense operand: E)
+        avail_a, avail_d = Signal(7 + xw), Signal(7 + xw)    # elements left in the groups
+        lane_a, lane_d = Signal(7 + xw), Signal(7 + xw)      # lane of the step's first element
         m.d.comb += [
             g_a.eq(Mux(st_a, group, Mux(in16, E16, E32))),
             g_d.eq(Mux(st_d, group, Mux(out16, E16, E32))),
@@ -295,7 +301,7 @@ class VectorEngine(wiring.Component):
         ]
         s_valid = Signal(L)
         m.d.comb += s_valid.eq(Cat(*(step > k for k in range(L))))
-        next_j_a, next_j_d = Signal(8), Signal(8)
+        next_j_a, next_j_d = Signal(8 + xw), Signal(8 + xw)
         m.d.comb += [next_j_a.eq(j_a + step), next_j_d.eq(j_d + step)]
         last_step = Signal()
         m.d.comb += last_step.eq(remaining <= step)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtl.config import RowBufferMode, preset
+from rtl.config import ConfigError, RowBufferMode, preset
 from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim, vector,
                          wait)
 from rtl.npu.vector import VectorOp
@@ -77,6 +77,11 @@ def mode_config(mode: str, config=None):
     if mode not in MODES:
         raise DecodeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     config = config or preset("decode")
+    if config.npu.word_bytes != config.geometry.burst_bytes:
+        raise ConfigError("NpuConfig.word_bytes",
+                          f"the decode compiler lays out scratchpad words of one "
+                          f"{config.geometry.burst_bytes}-byte burst, got "
+                          f"{config.npu.word_bytes} bytes")
     return config.replace(mode=RowBufferMode.BLOCKED if mode == "npu+pim" else RowBufferMode.DUAL)
 
 

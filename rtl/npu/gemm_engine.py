@@ -164,8 +164,10 @@ class GemmEngine(wiring.Component):
                      self.read_b.en.eq(w_issue & w_row_ok)]
         m.d.sync += w_pend.eq(w_issue)
         with m.If(w_issue):
-            m.d.sync += [w_valid_row.eq(w_row_ok), w_sel.eq((ww.n0 & (lanes - 1)) >> _log2(W)),
-                         w_cols.eq(Cat(*((ww.n0 + j) < args.n for j in range(W))))]
+            if dp:
+                m.d.sync += [w_valid_row.eq(w_row_ok),
+                             w_sel.eq((ww.n0 & (lanes - 1)) >> _log2(W)),
+                             w_cols.eq(Cat(*((ww.n0 + j) < args.n for j in range(W))))]
             m.d.sync += [w_i.eq(Mux(w_i == H - 1, 0, w_i + 1)), w_row.eq(w_row + args.b_pitch)]
             with m.If(w_i == H - 1):
                 ww.advance(m)
@@ -173,11 +175,12 @@ class GemmEngine(wiring.Component):
                     m.d.sync += w_row.eq(args.b)
                     with m.If(ww.last_n):
                         m.d.sync += w_active.eq(0)
-        groups = [self.read_b.data[16 * W * g:16 * W * (g + 1)] for g in range(lanes // W)]
-        w_word = Array(groups)[w_sel] if len(groups) > 1 else groups[0]
-        w_mask = Cat(*(w_cols[j].replicate(16) for j in range(W)))
-        m.d.comb += [wfifo.w_en.eq(w_pend),
-                     wfifo.w_data.eq(Mux(w_valid_row, w_word & w_mask, 0) if dp else 0)]
+        m.d.comb += wfifo.w_en.eq(w_pend)
+        if dp:
+            groups = [self.read_b.data[16 * W * g:16 * W * (g + 1)] for g in range(lanes // W)]
+            w_word = Array(groups)[w_sel] if len(groups) > 1 else groups[0]
+            w_mask = Cat(*(w_cols[j].replicate(16) for j in range(W)))
+            m.d.comb += wfifo.w_data.eq(Mux(w_valid_row, w_word & w_mask, 0))
 
         # -- activation walker: A rows (+ partial sums) -> activation FIFO --
         act_layout = activation_layout(cfg)
@@ -206,11 +209,13 @@ class GemmEngine(wiring.Component):
                      self.read_c.en.eq(a_issue & from_c)]
         m.d.sync += a_pend.eq(a_issue)
         with m.If(a_issue):
-            m.d.sync += [a_last.eq(a_m == args.m - 1), a_src_acc.eq(from_acc), a_src_c.eq(from_c),
-                         a_sel.eq((aw.k0 & (lanes - 1)) >> _log2(H)),
-                         c_sel.eq((aw.n0 & (lanes32 - 1)) >> _log2(W)),
-                         a_vals.eq(Cat(*((aw.k0 + i) < args.k for i in range(H)))),
-                         a_cols.eq(Cat(*((aw.n0 + j) < args.n for j in range(W))))]
+            m.d.sync += a_last.eq(a_m == args.m - 1)
+            if dp:
+                m.d.sync += [a_src_acc.eq(from_acc), a_src_c.eq(from_c),
+                             a_sel.eq((aw.k0 & (lanes - 1)) >> _log2(H)),
+                             c_sel.eq((aw.n0 & (lanes32 - 1)) >> _log2(W)),
+                             a_vals.eq(Cat(*((aw.k0 + i) < args.k for i in range(H)))),
+                             a_cols.eq(Cat(*((aw.n0 + j) < args.n for j in range(W))))]
             m.d.sync += [a_m.eq(a_m + 1), a_row.eq(a_row + args.a_pitch),
                          c_row.eq(c_row + args.c_pitch)]
             with m.If(a_m == args.m - 1):
@@ -218,16 +223,19 @@ class GemmEngine(wiring.Component):
                 aw.advance(m)
                 with m.If(aw.last_k & aw.last_n):
                     m.d.sync += a_active.eq(0)
-        a_groups = [self.read_a.data[16 * H * g:16 * H * (g + 1)] for g in range(lanes // H)]
-        a_word = Array(a_groups)[a_sel] if len(a_groups) > 1 else a_groups[0]
-        a_mask = Cat(*(a_vals[i].replicate(16) for i in range(H)))
-        c_groups = [self.read_c.data[32 * W * g:32 * W * (g + 1)] for g in range(lanes32 // W)]
-        c_word = Array(c_groups)[c_sel] if len(c_groups) > 1 else c_groups[0]
-        c_mask = Cat(*(a_cols[j].replicate(32) for j in range(W)))
-        psums = Mux(a_src_acc, acc.read_data, Mux(a_src_c, c_word & c_mask, 0))
-        row = Signal(act_layout)
-        m.d.comb += [row.eq(Cat(a_word & a_mask, psums, a_src_acc | a_src_c, a_last)),
-                     afifo.w_en.eq(a_pend), afifo.w_data.eq(row if dp else a_last)]
+        m.d.comb += [afifo.w_en.eq(a_pend), afifo.w_data.eq(a_last)]
+        if dp:
+            a_groups = [self.read_a.data[16 * H * g:16 * H * (g + 1)] for g in range(lanes // H)]
+            a_word = Array(a_groups)[a_sel] if len(a_groups) > 1 else a_groups[0]
+            a_mask = Cat(*(a_vals[i].replicate(16) for i in range(H)))
+            c_groups = [self.read_c.data[32 * W * g:32 * W * (g + 1)]
+                        for g in range(lanes32 // W)]
+            c_word = Array(c_groups)[c_sel] if len(c_groups) > 1 else c_groups[0]
+            c_mask = Cat(*(a_cols[j].replicate(32) for j in range(W)))
+            psums = Mux(a_src_acc, acc.read_data, Mux(a_src_c, c_word & c_mask, 0))
+            row = Signal(act_layout)
+            m.d.comb += [row.eq(Cat(a_word & a_mask, psums, a_src_acc | a_src_c, a_last)),
+                         afifo.w_data.eq(row)]
 
         # -- feeding the array --
         m.d.comb += [arr.weights.valid.eq(wfifo.r_rdy & preload & feeding),
@@ -257,25 +265,14 @@ class GemmEngine(wiring.Component):
         m.d.comb += res.ready.eq(1)
         got = res.valid
         final = rw.last_k
-        fp16_sel = (rw.n0 & (lanes - 1)) >> _log2(W)
-        fp32_sel = (rw.n0 & (lanes32 - 1)) >> _log2(W)
-        cols = Cat(*((rw.n0 + j) < args.n for j in range(W)))
-        lanes16 = Signal(lanes)
-        lanes32_en = Signal(lanes)
-        for g in range(lanes // W):
-            m.d.comb += lanes16[g * W:(g + 1) * W].eq(Mux(fp16_sel == g, cols, 0))
-        for g in range(lanes32 // W):
-            m.d.comb += lanes32_en[2 * g * W:2 * (g + 1) * W].eq(
-                Mux(fp32_sel == g, Cat(*(cols[j].replicate(2) for j in range(W))), 0))
-        fp16_word = Cat(*([res.payload.fp16.as_value()] * (lanes // W)))
-        fp32_word = Cat(*([res.payload.fp32.as_value()] * (lanes32 // W)))
         m.d.comb += [
             self.write_c.addr.eq(r_row + Mux(args.fp32, rw.n0 >> sh32, rw.n0 >> sh16)),
-            self.write_c.lanes.eq(Mux(got & final, Mux(args.fp32, lanes32_en, lanes16), 0)),
-            self.write_c.data.eq(Mux(args.fp32, fp32_word, fp16_word)),
             acc.write_addr.eq(r_m), acc.write_en.eq(got & ~final),
-            acc.write_data.eq(res.payload.fp32.as_value()),
         ]
+        if dp:
+            self._result_lanes(m, args, rw, got & final, res)
+        else:   # a write of some lanes (column n0 is always in C), no values
+            m.d.comb += self.write_c.lanes.eq(got & final)
         with m.If(got):
             m.d.sync += [r_m.eq(r_m + 1), r_row.eq(r_row + args.c_pitch)]
             with m.If(r_m == args.m - 1):
@@ -298,3 +295,29 @@ class GemmEngine(wiring.Component):
         with m.If(started):
             m.d.sync += passes_left.eq(n_tiles * k_tiles)
         return m
+
+    def _result_lanes(self, m, args, rw, write, res):
+        """C's lanes and data for a final pass's result row: FP16 or FP32 columns
+        [n0, n0 + W) of the word, those below N enabled."""
+        cfg = self.config
+        W = cfg.npu.array_cols
+        lanes = word_lanes(cfg)
+        lanes32 = lanes // 2
+        fp16_sel = (rw.n0 & (lanes - 1)) >> _log2(W)
+        fp32_sel = (rw.n0 & (lanes32 - 1)) >> _log2(W)
+        cols = Cat(*((rw.n0 + j) < args.n for j in range(W)))
+        lanes16 = Signal(lanes)
+        lanes32_en = Signal(lanes)
+        for g in range(lanes // W):
+            m.d.comb += lanes16[g * W:(g + 1) * W].eq(Mux(fp16_sel == g, cols, 0))
+        for g in range(lanes32 // W):
+            m.d.comb += lanes32_en[2 * g * W:2 * (g + 1) * W].eq(
+                Mux(fp32_sel == g, Cat(*(cols[j].replicate(2) for j in range(W))), 0))
+        fp16_word = Cat(*([res.payload.fp16.as_value()] * (lanes // W)))
+        fp32_word = Cat(*([res.payload.fp32.as_value()] * (lanes32 // W)))
+        acc = m.submodules.accumulator
+        m.d.comb += [
+            self.write_c.lanes.eq(Mux(write, Mux(args.fp32, lanes32_en, lanes16), 0)),
+            self.write_c.data.eq(Mux(args.fp32, fp32_word, fp16_word)),
+            acc.write_data.eq(res.payload.fp32.as_value()),
+        ]

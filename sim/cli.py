@@ -187,8 +187,8 @@ def cmd_verilog(args):
     out = Path(args.out)
     for config in _configs(args):
         folder = out / config.name if args.config == "all" else out
-        for path in export(config, folder, blocks=args.blocks).values():
-            print(f"wrote {path}")
+        print(f"{config.summary()}", flush=True)
+        export(config, folder, blocks=args.blocks, show=lambda line: print(line, flush=True))
         print(f"wrote {folder / 'signals.json'}")
 
 

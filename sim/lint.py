@@ -148,8 +148,10 @@ def port_map(component, module: str, verilog_text: str) -> dict:
     return {"module": module, "ports": ports, "implicit_ports": extra}
 
 
-def export(config, out: Path, blocks=None) -> dict[str, Path]:
-    """Write ``out/<block>.v`` and ``out/signals.json``; return {block: path of its .v}."""
+def export(config, out: Path, blocks=None, show=None) -> dict[str, Path]:
+    """Write ``out/<block>.v`` and ``out/signals.json``; return {block: path of its .v}.
+    ``show(line)``, when given, gets one line per block written (lines, seconds)."""
+    import time
     from sim.harness import to_verilog
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,15 +160,18 @@ def export(config, out: Path, blocks=None) -> dict[str, Path]:
     if unknown:
         raise ValueError(f"unknown block(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(BLOCK_NAMES)}")
-    for block, make in BLOCKS:
-        if blocks is not None and block not in blocks:
-            continue
+    chosen = [(block, make) for block, make in BLOCKS if blocks is None or block in blocks]
+    for index, (block, make) in enumerate(chosen):
+        began = time.perf_counter()
         component = make(config)
         text = to_verilog(component, block)
         path = out / f"{block}.v"
         path.write_text(text)
         written[block] = path
         signals[block] = port_map(component, block, text)
+        if show:
+            show(f"[{index + 1}/{len(chosen)}] wrote {path} ({text.count(chr(10)):,} lines, "
+                 f"{time.perf_counter() - began:.1f} s)")
     document = {"config": config.name, "summary": config.summary(), "blocks": signals}
     (out / "signals.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return written

@@ -16,10 +16,12 @@ from .arbiter import StreamArbiter
 from .core import COUNTERS, NpuCore
 from .vector_engine import engine_supported
 
-__all__ = ["NpuTop", "check_cores", "CORE_MODULE"]
+__all__ = ["NpuTop", "check_cores", "CORE_MODULE", "CHANNEL_MODULE"]
 
-#: Verilog module name of the NPU core when several cores share it (``shared_modules``).
+#: Verilog module names of the NPU core and of a channel (controller + PIM channel) when
+#: several share one (``shared_modules``).
 CORE_MODULE = "neupims_npu_core"
+CHANNEL_MODULE = "neupims_channel"
 
 
 def _silence(elaboratable):
@@ -67,8 +69,8 @@ class NpuTop(wiring.Component):
     its tag too: the controller answers with the request's tag). With one array the core
     is wired straight to the channels (no arbiter, tags unchanged). ``shared_modules``
     (default, for Verilator and export): the cores are instances of one Verilog module
-    (``CORE_MODULE``), the array's PEs and the vector lanes' units too, and the banks of
-    every channel (Amaranth's simulator needs False).
+    (``CORE_MODULE``), the channels of one (``CHANNEL_MODULE``), and so are the array's
+    PEs, the vector lanes' units and the banks (Amaranth's simulator needs False).
 
     Ports of the core (see :class:`NpuCore`): ``program_*``, ``start``, ``running``,
     ``done``, ``error``, ``error_code``, ``error_pc``, ``pc``, ``counters``, ``vector_ops``,
@@ -105,8 +107,12 @@ class NpuTop(wiring.Component):
             _silence(self.core)
         self.cores = [self.core] + [NpuCore(config, shared_modules=False)
                                     for _ in range(A - 1 if not self.shared_cores else 0)]
+        # likewise the channels: instances of one Verilog module, or one ControllerTop each
+        self.shared_channels = shared_modules and C > 1
         self.channels = [ControllerTop(config, shared_bank_module=shared_modules)
-                         for _ in range(C)]
+                         for _ in range(1 if self.shared_channels else C)]
+        if self.shared_channels:
+            _silence(self.channels[0])
         for top in self.channels[1:]:   # their bank prototypes: the first one's is emitted
             _silence(top.datapath.bank_prototype)
         core = self.core.signature.members
@@ -136,16 +142,24 @@ class NpuTop(wiring.Component):
     def verilog_modules(self):
         """The shared bank module once (every channel instantiates it) and the array's."""
         cores = [(self.core, CORE_MODULE)] if self.shared_cores else []
-        return self.channels[0].verilog_modules() + cores + self.core.verilog_modules()
+        channels = [(self.channels[0], CHANNEL_MODULE)] if self.shared_channels else []
+        return (self.channels[0].verilog_modules() + channels + cores
+                + self.core.verilog_modules())
 
     def elaborate(self, platform):
         m = Module()
-        if self.config.npu.arrays == 1:
-            self._one_core(m)
+        if self.shared_channels:
+            channels = [shared_instance(m, f"channel{c}", CHANNEL_MODULE, self.channels[0])
+                        for c in range(self.config.geometry.channels)]
         else:
-            self._cores(m)
-        for c, top in enumerate(self.channels):
-            m.submodules[f"channel{c}"] = top
+            channels = self.channels
+            for c, top in enumerate(channels):
+                m.submodules[f"channel{c}"] = top
+        if self.config.npu.arrays == 1:
+            self._one_core(m, channels)
+        else:
+            self._cores(m, channels)
+        for c, top in enumerate(channels):
             m.d.comb += [
                 self.cmd[c].eq(top.cmd), self.cmd_valid[c].eq(top.cmd_valid),
                 self.cycle[c].eq(top.cycle), self.ctrl_counters[c].eq(top.counters),
@@ -160,7 +174,7 @@ class NpuTop(wiring.Component):
             ]
         return m
 
-    def _one_core(self, m):
+    def _one_core(self, m, channels):
         core = m.submodules.core = self.core
         m.d.comb += [core.program_en.eq(self.program_en), core.program_addr.eq(self.program_addr),
                      core.program_data.eq(self.program_data), core.start.eq(self.start),
@@ -172,14 +186,14 @@ class NpuTop(wiring.Component):
         wiring.connect(m, core.vector_ops, wiring.flipped(self.vector_ops))
         wiring.connect(m, wiring.flipped(self.ext_read), core.ext_read)
         wiring.connect(m, wiring.flipped(self.ext_write), core.ext_write)
-        for c, top in enumerate(self.channels):
+        for c, top in enumerate(channels):
             wiring.connect(m, core.requests[c], top.requests)
             wiring.connect(m, top.read_responses, core.read_responses[c])
             wiring.connect(m, top.write_responses, core.write_responses[c])
             wiring.connect(m, core.pim_requests[c], top.pim_requests)
             wiring.connect(m, top.pim_responses, core.pim_responses[c])
 
-    def _cores(self, m):
+    def _cores(self, m, channels):
         A = self.config.npu.arrays
         if self.shared_cores:
             cores = [shared_instance(m, f"core{a}", CORE_MODULE, self.core) for a in range(A)]
@@ -212,7 +226,7 @@ class NpuTop(wiring.Component):
                 m.d.comb += [self.error_core.eq(a), self.error_code.eq(cores[a].error_code),
                              self.error_pc.eq(cores[a].error_pc)]
         self._sum_counters(m, cores)
-        for c, top in enumerate(self.channels):
+        for c, top in enumerate(channels):
             self._share_channel(m, c, top, cores)
 
     def _sum_counters(self, m, cores):

@@ -11,7 +11,7 @@ from pathlib import Path
 from rtl.config import ConfigError, PRESETS, preset
 from sim.decode.golden import MODES
 from sim.decode.job import DEFAULTS as DECODE
-from sim.lint import BLOCK_NAMES
+from sim.lint import BLOCK_NAMES, NPU_BLOCKS
 
 
 def _config(args):
@@ -188,14 +188,16 @@ def cmd_verilog(args):
     for config in _configs(args):
         folder = out / config.name if args.config == "all" else out
         print(f"{config.summary()}", flush=True)
-        export(config, folder, blocks=args.blocks, show=lambda line: print(line, flush=True))
+        export(config, folder, blocks=args.blocks, show=lambda line: print(line, flush=True),
+               npu_timing_only=args.npu_timing_only)
         print(f"wrote {folder / 'signals.json'}")
 
 
 def cmd_lint(args):
     from sim.lint import run
     began = time.perf_counter()
-    warnings = run(_configs(args), out=args.out, blocks=args.blocks)
+    warnings = run(_configs(args), out=args.out, blocks=args.blocks,
+                   npu_timing_only=args.npu_timing_only)
     print(f"{'FAILED' if warnings else 'OK'}: {warnings} warning(s) left "
           f"({time.perf_counter() - began:.1f} s)")
     if warnings:
@@ -308,6 +310,10 @@ def main(argv=None):
         p.add_argument("--timing-only", action="store_true",
                        help="elaborate without the datapath (no multipliers, adders, "
                             "storage): the control, controllers and counters only")
+        p.add_argument("--npu-timing-only", action="store_true",
+                       help="the NPU blocks (" + ", ".join(NPU_BLOCKS) + ") without their "
+                            "datapath, the others in full (the paper-size NPU's full Verilog "
+                            "is too large for Verilator's lint on a 24 GB machine)")
 
     p = sub.add_parser("verilog", help="write the Verilog of the major blocks and signals.json "
                                        "(--config all: one folder per preset)")

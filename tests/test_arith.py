@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amaranth.sim import Simulator  # noqa: E402
 
 from rtl.arith import FP16Multiplier, FP32Adder, FP32ToFP16  # noqa: E402
+from rtl.arith import PipelinedFP16Multiplier, PipelinedFP32Adder, PipelinedFP32ToFP16  # noqa: E402
+from rtl.arith.pipelined import ADDER_CUTS, CONVERTER_CUTS, MULTIPLIER_CUTS  # noqa: E402
 from sim.golden import fp as golden  # noqa: E402
 
 N_RANDOM = 4000
@@ -146,3 +148,98 @@ def test_fp32_to_fp16():
     a = np.concatenate([a, wide, mid, mid + 1, mid - 1]).astype(np.uint32)
     got = _simulate(FP32ToFP16(), {"a": a}, "h")
     _check(got, golden.fp32_to_fp16(a), (a,), 8)
+
+
+# --------------------------------------------------------------------------
+# Pipelined versions (rtl/arith/pipelined.py): same results, ``stages - 1`` clocks later
+# --------------------------------------------------------------------------
+
+
+def _simulate_pipelined(dut, inputs, output, stages):
+    """Drive one operand set per clock; the output of set i is read ``stages - 1``
+    clocks later (combinational from the last internal register)."""
+    names = list(inputs)
+    cols = [inputs[n].tolist() for n in names]
+    ports = [getattr(dut, n) for n in names]
+    out_port = getattr(dut, output)
+    count = len(cols[0])
+    results = []
+
+    async def bench(ctx):
+        for cycle in range(count + stages - 1):
+            if cycle < count:
+                for port, col in zip(ports, cols):
+                    ctx.set(port, col[cycle])
+            if cycle >= stages - 1:
+                results.append(ctx.get(out_port))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(results, dtype=np.uint64)
+
+
+def _adder_operands(seed, specials, randoms):
+    rng = np.random.default_rng(seed)
+    sa, sb = _pairs(golden.special_values32())
+    pick = rng.permutation(len(sa))[:specials] if specials < len(sa) else np.arange(len(sa))
+    ra, rb = golden.random32_add_pairs(rng, randoms)
+    # and exact cancellations, +-0 pairs and a carry into infinity
+    ca = np.array([0x3F800001, 0x00000000, 0x80000000, 0x7F7FFFFF, 0x00800000], np.uint32)
+    cb = np.array([0xBF800001, 0x80000000, 0x80000000, 0x7F7FFFFF, 0x807FFFFF], np.uint32)
+    return (np.concatenate([sa[pick], ra, ca]).astype(np.uint32),
+            np.concatenate([sb[pick], rb, cb]).astype(np.uint32))
+
+
+def test_pipelined_fp32_adder_combinational_all_specials():
+    """stages = 1 (no register): every pair of special values and random operands."""
+    a, b = _adder_operands(4, 10 ** 6, N_RANDOM)
+    got = _simulate(PipelinedFP32Adder(1), {"a": a, "b": b}, "s")
+    _check(got, golden.fp32_add(a, b), (a, b), 8)
+
+
+@pytest.mark.parametrize("stages", sorted(set(ADDER_CUTS) - {1}))
+def test_pipelined_fp32_adder(stages):
+    """Each stage count, one operand pair per clock, back to back, bit for bit."""
+    a, b = _adder_operands(10 + stages, 1500, 1500)
+    got = _simulate_pipelined(PipelinedFP32Adder(stages), {"a": a, "b": b}, "s", stages)
+    _check(got, golden.fp32_add(a, b), (a, b), 8)
+
+
+@pytest.mark.parametrize("stages", sorted(MULTIPLIER_CUTS))
+def test_pipelined_fp16_multiplier(stages):
+    rng = np.random.default_rng(20 + stages)
+    sa, sb = _pairs(golden.special_values16())
+    ra, rb = golden.random16(rng, 1500), golden.random16(rng, 1500)
+    a, b = np.concatenate([sa, ra]), np.concatenate([sb, rb])
+    dut = PipelinedFP16Multiplier(stages)
+    got = (_simulate(dut, {"a": a, "b": b}, "p") if stages == 1 else
+           _simulate_pipelined(dut, {"a": a, "b": b}, "p", stages))
+    _check(got, golden.fp16_mul(a, b), (a, b), 4)
+
+
+@pytest.mark.parametrize("stages", sorted(CONVERTER_CUTS))
+def test_pipelined_fp32_to_fp16(stages):
+    rng = np.random.default_rng(30 + stages)
+    a = np.concatenate([golden.special_values32(), golden.random32_cvt(rng, 2500)])
+    h = np.arange(0, 1 << 16, 61, dtype=np.uint32).astype(np.uint16)   # ties and neighbours
+    fin = np.isfinite(h.view(np.float16)) & ((h & 0x7FFF) < 0x7BFF)
+    mid = ((h[fin].view(np.float16).astype(np.float64)
+            + (h[fin] + 1).astype(np.uint16).view(np.float16).astype(np.float64)) / 2)
+    mid = mid.astype(np.float32).view(np.uint32)
+    a = np.concatenate([a, mid, mid + 1, mid - 1]).astype(np.uint32)
+    dut = PipelinedFP32ToFP16(stages)
+    got = (_simulate(dut, {"a": a}, "h") if stages == 1 else
+           _simulate_pipelined(dut, {"a": a}, "h", stages))
+    _check(got, golden.fp32_to_fp16(a), (a,), 8)
+
+
+def test_pipelined_stage_counts_are_checked():
+    with pytest.raises(ValueError, match="stages"):
+        PipelinedFP32Adder(7)
+    with pytest.raises(ValueError, match="stages"):
+        PipelinedFP16Multiplier(5)
+    with pytest.raises(ValueError, match="stages"):
+        PipelinedFP32ToFP16(3)

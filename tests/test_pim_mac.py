@@ -50,10 +50,10 @@ def golden_tree(pairs, lanes):
     return int(golden_fp.fp32_to_fp16(acc)[0])
 
 
-def run_schedule(lanes, schedule, total):
+def run_schedule(lanes, schedule, total, **stages):
     """``schedule``: {cycle: ("comp", a, b) | ("readres",)}. Returns, for every cycle,
-    (result_valid, result) as seen in that cycle."""
-    dut = PimMacUnit(lanes)
+    (result_valid, result) as seen in that cycle. ``stages``: PimMacUnit's pipeline."""
+    dut = PimMacUnit(lanes, **stages)
     trace = []
 
     async def bench(ctx):
@@ -96,9 +96,9 @@ def build(rng, lanes, groups, start=2, spacing=1, gap=1, values=moderate16):
     return schedule, expects, cycle
 
 
-def check(lanes, schedule, expects, last):
-    latency = PimMacUnit.latency_for(lanes)
-    trace = run_schedule(lanes, schedule, last + latency + 3)
+def check(lanes, schedule, expects, last, **stages):
+    latency = PimMacUnit.latency_for(lanes, **stages)
+    trace = run_schedule(lanes, schedule, last + latency + 3, **stages)
     valid_cycles = [c for c, (v, _) in enumerate(trace) if v]
     assert valid_cycles == [c + latency for c, _ in expects], \
         f"result_valid must follow each READRES by exactly {latency} clocks"
@@ -158,3 +158,87 @@ def test_special_values(lanes):
     schedule, expects, last = build(rng, lanes, [1, 1, 2, 1, 3],
                                     values=golden_fp.random16)
     check(lanes, schedule, expects, last)
+
+
+# -- the pipelined unit (PimUnit.mul_stages / add_stages / acc_stages, the ``fpga`` preset) --
+
+PIPELINES = [dict(mul_stages=3, add_stages=5, acc_stages=5, round_stages=2),     # fpga
+             dict(mul_stages=1, add_stages=3, acc_stages=2, round_stages=1),
+             dict(mul_stages=4, add_stages=6, acc_stages=6, round_stages=2)]
+
+
+def test_pipelined_latency_formula():
+    from rtl.config import PimUnit
+    for lanes in (1, 2, 4, 16):
+        for stages in PIPELINES:
+            latency = PimMacUnit.latency_for(lanes, **stages)
+            assert latency == (stages["mul_stages"] + (lanes.bit_length() - 1)
+                               * stages["add_stages"] + stages["acc_stages"]
+                               + stages["round_stages"] - 1)
+            assert latency == PimUnit(lanes=lanes, **stages).mac_latency
+
+
+@pytest.mark.parametrize("stages", PIPELINES, ids=lambda s: "-".join(map(str, s.values())))
+def test_pipelined_accumulations(stages):
+    """COMPs ``acc_stages`` apart, READRES on the clock after the last COMP, the next
+    accumulation on the clock after READRES; READRES with no COMP; special values.
+    Bit for bit against the golden model, the result exactly latency_for clocks after
+    READRES."""
+    lanes, spacing = 4, stages["acc_stages"]
+    rng = np.random.default_rng(600 + spacing)
+    schedule, expects, last = build(rng, lanes, [5, 1, 0, 3, 2], spacing=spacing, gap=1)
+    assert len({e for _, e in expects}) >= 4
+    check(lanes, schedule, expects, last, **stages)
+    schedule, expects, last = build(rng, lanes, [1, 2, 1, 3], spacing=spacing + 1, gap=5,
+                                    values=golden_fp.random16)
+    check(lanes, schedule, expects, last, **stages)
+
+
+def test_pipelined_sixteen_lanes():
+    stages = PIPELINES[0]
+    rng = np.random.default_rng(700)
+    schedule, expects, last = build(rng, 16, [4, 2], spacing=stages["acc_stages"], gap=1)
+    check(16, schedule, expects, last, **stages)
+
+
+def test_pipelined_timing_only_has_the_same_strobe_pipeline():
+    """datapath False: result_valid on the same clock as the full unit's."""
+    stages = PIPELINES[0]
+    dut = PimMacUnit(4, datapath=False, **stages)
+    seen = []
+
+    async def bench(ctx):
+        for cycle in range(30):
+            ctx.set(dut.readres, cycle == 3)
+            seen.append(ctx.get(dut.result_valid))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    assert [c for c, v in enumerate(seen) if v] == [3 + PimMacUnit.latency_for(4, **stages)]
+
+
+def test_pipeline_checked_against_dram_timing():
+    """A 5-clock accumulator needs COMPs 5 clocks apart (tiny: 2), and the result must
+    be ready RL + BL/2 after READRES: ConfigError naming the field, when the
+    configuration is made."""
+    import dataclasses
+
+    from rtl.config import ConfigError, preset
+    from rtl.config.pim import check_pim_timing
+    from rtl.dram.bank import Bank
+    fpga = preset("fpga")
+    check_pim_timing(fpga)
+    p = fpga.pim
+    assert Bank.result_latency(fpga) == 1 + PimMacUnit.latency_for(
+        4, p.add_stages, p.acc_stages, p.mul_stages, p.round_stages) == fpga.bus.read_data
+    with pytest.raises(ConfigError, match="PimUnit.acc_stages") as error:
+        fpga.replace(timing=preset("tiny").timing)
+    assert "tCCD_S" in str(error.value)
+    with pytest.raises(ConfigError, match="PimUnit.add_stages") as error:
+        fpga.replace(pim=dataclasses.replace(fpga.pim, add_stages=6))
+    assert "CL" in str(error.value)
+    with pytest.raises(ConfigError, match="PimUnit.mul_stages"):
+        dataclasses.replace(fpga.pim, mul_stages=5)

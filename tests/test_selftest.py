@@ -1,4 +1,5 @@
-"""The FPGA self-test top (rtl/board/selftest.py) on Amaranth's simulator, ``tiny`` preset.
+"""The FPGA self-test top (rtl/board/selftest.py) on Amaranth's simulator, ``tiny`` and
+``fpga`` presets.
 
 It loads the banks by backdoor, copies the program into the command player, runs a GEMV
 (three row sets, two tiles each, then a read-back of the vector row) and compares every
@@ -28,7 +29,7 @@ OUTPUTS = ("done", "passed", "failed", "busy", "matched", "mismatch", "late", "e
 def run(image, restarts=0):
     """Simulate until ``done`` (``restarts`` more times after a restart pulse each);
     return the outputs at each finish and the cycles it took."""
-    dut = SelfTest(CONFIG, heartbeat_bits=3, **image.rtl_args())
+    dut = SelfTest(image.config, heartbeat_bits=3, **image.rtl_args())
     finishes, beats = [], set()
 
     async def bench(ctx):
@@ -65,9 +66,10 @@ def test_selftest_passes():
     assert result["late"] == 0 and result["mismatch"] == 0
     assert result["matched"] == len(IMAGE.expected)
     assert (result["passed"], result["failed"]) == (1, 0)
-    # load (the ROMs side by side), settle, start, run (cycles 0 .. end), check
+    # load (the ROMs side by side), settle, start, run (cycles 0 .. end + 1: the channel's
+    # command register), drain (the checker's registered bus), check
     loads = max(len(IMAGE.backdoor), len(IMAGE.program), len(IMAGE.wdata))
-    assert result["cycles"] == loads + 1 + 1 + (IMAGE.end + 1) + 1
+    assert result["cycles"] == loads + 1 + 1 + (IMAGE.end + 2) + 1 + 1
     assert beats == {0, 1}
 
 
@@ -95,3 +97,21 @@ def test_selftest_restarts_and_passes_again():
     finishes, _ = run(IMAGE, restarts=1)
     assert [(r["passed"], r["failed"], r["matched"]) for r in finishes] == \
         [(1, 0, len(IMAGE.expected))] * 2
+
+
+# -- the ``fpga`` preset: tiny with the pipelined PIM MAC unit (5-clock adds and
+# accumulator, 3-clock multipliers), COMPs 5 clocks apart and CL 18: make synth's default
+
+FPGA_CONFIG = preset("fpga")
+
+
+def test_fpga_preset_passes_and_fails_with_a_flipped_bit():
+    image = selftest_image(FPGA_CONFIG)
+    assert image.end > IMAGE.end    # COMPs 5 clocks apart: the GEMVs take longer
+    (result,), _ = run(image)
+    assert result["error_code"] == ChannelError.NONE and result["late"] == 0
+    assert (result["passed"], result["failed"]) == (1, 0)
+    assert result["matched"] == len(image.expected)
+    (result,), _ = run(image.corrupted(1, 7))
+    assert (result["passed"], result["failed"]) == (0, 1)
+    assert result["mismatch"] == 1 and result["matched"] == len(image.expected) - 1

@@ -50,6 +50,20 @@ def test_synth_pim_mac(capsys, tmp_path):
     assert "pim_mac" in table and "DSP (MULT18X18D)" in table
 
 
+def test_fpga_preset_is_the_default_and_pipelined():
+    """make synth / make bitstream build the ``fpga`` preset; its pim_mac block is the
+    pipelined unit of its banks (not sim.lint's one-stage constructor)."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "FPGA_CONFIG ?= fpga" in makefile
+    fpga = preset("fpga")
+    mac = synth.component(fpga, "pim_mac")
+    mac._MustUse__silence = True   # built only to read attributes
+    p = fpga.pim
+    assert (mac.add_stages, mac.acc_stages, mac.mul_stages, mac.round_stages) == \
+        (p.add_stages, p.acc_stages, p.mul_stages, p.round_stages)
+    assert mac.latency == p.mac_latency > CONFIG.pim.mac_latency
+
+
 def test_synth_rejects_unknown_blocks():
     with pytest.raises(SystemExit, match="unknown block"):
         cli.main(["synth", "--config", "tiny", "--blocks", "nope", "--no-pnr"])

@@ -115,32 +115,59 @@ class SelfTest(wiring.Component):
         for port in (backdoor, program, wdata):
             m.d.comb += port.addr.eq(index)
         burst_bits, addr_bits = self.burst_bits, self._addr_bits
+        # Backdoor writes go through registers (written one clock after their ROM word
+        # arrives; the last one in START, before the first command reaches the channel).
+        # One registered data bus carries the backdoor bursts while loading and the WR data
+        # while running, to both of the channel's write-data inputs: the banks then need no
+        # multiplexer between the two (its select would fan out to every storage bit).
+        bus_data = Signal(burst_bits)
+        backdoor_en = Signal()
+        backdoor_addr = Signal.like(dp.backdoor_addr)
+        backdoor_bank = Signal.like(dp.backdoor_bank)
+        m.d.sync += [
+            backdoor_en.eq(loading & (index_q < counts["backdoor"])),
+            backdoor_addr.eq(backdoor.data[burst_bits:burst_bits + addr_bits]),
+            backdoor_bank.eq(backdoor.data[burst_bits + addr_bits:]),
+            bus_data.eq(Mux(loading, backdoor.data[:burst_bits], player.wdata)),
+        ]
         m.d.comb += [
-            dp.backdoor_en.eq(loading & (index_q < counts["backdoor"])),
-            dp.backdoor_data.eq(backdoor.data[:burst_bits]),
-            dp.backdoor_addr.eq(backdoor.data[burst_bits:burst_bits + addr_bits]),
-            dp.backdoor_bank.eq(backdoor.data[burst_bits + addr_bits:]),
+            dp.backdoor_en.eq(backdoor_en), dp.backdoor_data.eq(bus_data),
+            dp.backdoor_addr.eq(backdoor_addr), dp.backdoor_bank.eq(backdoor_bank),
             player.load_en.eq(loading & (index_q < counts["program"])),
             player.load_addr.eq(index_q),
             player.load_at.eq(program.data[:32]), player.load_cmd.eq(program.data[32:]),
             player.wload_en.eq(loading & (index_q < counts["wdata"])),
             player.wload_addr.eq(index_q), player.wload_data.eq(wdata.data),
             player.length.eq(counts["program"]),
-            dp.cmd.eq(player.cmd), dp.cmd_valid.eq(player.cmd_valid), dp.wdata.eq(player.wdata),
         ]
+        # The player's commands reach the channel through a register (a clock of their own
+        # for the ROM compare, ahead of the channel's command decoding): the channel runs
+        # one clock behind the player's cycle count, which the checker takes off.
+        cmd, cmd_valid = Signal(command_layout(self.config)), Signal()
+        m.d.sync += [cmd.eq(player.cmd), cmd_valid.eq(player.cmd_valid)]
+        m.d.comb += [dp.cmd.eq(cmd), dp.cmd_valid.eq(cmd_valid), dp.wdata.eq(bus_data)]
 
         # Checking: ``now`` counts from the player's cycle 0; the expected ROM shows the next
-        # burst due (fetched one clock ahead, as the player fetches its program).
-        now = Signal(range(self.end + 1))
+        # burst due (fetched one clock ahead, as the player fetches its program). The data
+        # bus is registered first (``seen``), so the wide compare has a clock of its own;
+        # ``seen_at`` is the burst's cycle in the player's count (``now`` two clocks back:
+        # the command register and ``seen``). RUN goes on to end + 1 and DRAIN checks the
+        # last burst, so every burst up to cycle ``end`` is checked.
+        now = Signal(range(self.end + 2))
+        now_q = Signal.like(now)
         pointer = Signal(range(counts["expected"] + 1))
         want = Signal(self.burst_bits + 1 + self._cycle_bits)
         m.d.comb += want.eq(expected.data)
-        arrived = dp.rdata_valid
-        matches = ((pointer < counts["expected"]) & (want[burst_bits + 1:] == now)
-                   & (want[:burst_bits + 1] == Cat(dp.rdata, dp.rdata_pim)))
+        seen = Signal(burst_bits + 1)
+        seen_at = Signal.like(now)
+        arrived = Signal()
+        m.d.sync += [seen.eq(Cat(dp.rdata, dp.rdata_pim)), now_q.eq(now), seen_at.eq(now_q),
+                     arrived.eq(dp.rdata_valid)]
+        matches = ((pointer < counts["expected"]) & (want[burst_bits + 1:] == seen_at)
+                   & (want[:burst_bits + 1] == seen))
         m.d.comb += expected.addr.eq(Mux(arrived, pointer + 1, pointer))
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("LOAD"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [index.eq(index + 1), loading.eq(1)]
@@ -157,14 +184,11 @@ class SelfTest(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += now.eq(now + 1)
-                with m.If(arrived):
-                    m.d.sync += pointer.eq(pointer + 1)
-                    with m.If(matches):
-                        m.d.sync += self.matched.eq(self.matched + 1)
-                    with m.Else():
-                        m.d.sync += self.mismatch.eq(1)
-                with m.If(now == self.end):
-                    m.next = "CHECK"
+                with m.If(now == self.end + 1):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "CHECK"
             with m.State("CHECK"):
                 good = (~self.mismatch & (self.matched == counts["expected"]) & ~dp.error
                         & ~player.late & ~player.running)
@@ -175,6 +199,12 @@ class SelfTest(wiring.Component):
                     m.d.sync += [index.eq(0), self.done.eq(0), self.passed.eq(0),
                                  self.failed.eq(0)]
                     m.next = "LOAD"
+        with m.If(arrived & (fsm.ongoing("RUN") | fsm.ongoing("DRAIN"))):
+            m.d.sync += pointer.eq(pointer + 1)
+            with m.If(matches):
+                m.d.sync += self.matched.eq(self.matched + 1)
+            with m.Else():
+                m.d.sync += self.mismatch.eq(1)
         return m
 
 
@@ -208,9 +238,9 @@ class SelfTestBoard(Elaboratable):
     the last LED a heartbeat. ``button_fire`` 0 (where the board has one) restarts it.
 
     ``clock_mhz``: the self-test's clock, made by an ECP5 PLL from the board's clock (the
-    PIM MAC's single-cycle FP32 adders limit fmax to about the ULX3S's 25 MHz, so the
-    default halves it for margin); ``None`` runs on the board clock directly. Reset is
-    held until the PLL locks.
+    ``tiny`` preset's single-cycle FP32 adders limit fmax to about 20 MHz, the ``fpga``
+    preset reaches about 60 MHz; the default 12.5 MHz suits both); ``None`` runs on the
+    board clock directly. Reset is held until the PLL locks.
     """
 
     LEDS = {"done": 0, "passed": 1, "failed": 2, "busy": 3}

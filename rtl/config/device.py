@@ -9,7 +9,7 @@ from .controller import ControllerConfig, refresh_delay_bound
 from .dram import AddressMap, BusTiming, DramGeometry, DramTiming
 from .errors import ConfigError, require, require_positive_ints, is_power_of_two
 from .npu import NpuConfig
-from .pim import GlobalBuffer, PimUnit, RowBufferMode
+from .pim import GlobalBuffer, PimUnit, RowBufferMode, check_pim_timing
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class DeviceConfig:
         require(self.npu.word_bytes % self.geometry.burst_bytes == 0, "NpuConfig.word_bytes",
                 f"{self.npu.word_bytes} is not a multiple of the {self.geometry.burst_bytes}-byte "
                 f"DRAM burst")
+        check_pim_timing(self)      # the PIM MAC pipeline against COMP spacing and RL
         bound = refresh_delay_bound(self)
         require(bound <= self.timing.refresh_max_late, "DramTiming.refresh_max_late",
                 f"{self.timing.refresh_max_late} is below the controller's refresh delay "
@@ -174,8 +175,24 @@ def _decode() -> DeviceConfig:
                         stored_rows=512)
 
 
+def _fpga() -> DeviceConfig:
+    """The ``tiny`` preset with a pipelined PIM MAC unit, for the FPGA self-test (``make
+    synth``, ``make bitstream``; aimed at 100 MHz, 60.8 MHz measured, see README "FPGA
+    synthesis"): 3-clock multipliers (operands registered first), 5-clock tree adds and
+    accumulator, 2-clock FP16 rounding of the result (``PimUnit.*_stages``). A 5-clock
+    accumulation needs COMPs 5 clocks apart, so
+    tCCD_S = tCCD_L = 5 (tiny: 1 and 2, COMPs every BL/2 = 2 clocks); the 20 clocks a
+    READRES result takes through the bank fit RL + BL/2 with CL = 18 (tiny: 14). Every
+    other parameter is tiny's."""
+    tiny = _tiny()
+    return tiny.replace(name="fpga",
+                        pim=dataclasses.replace(tiny.pim, mul_stages=3, add_stages=5,
+                                                acc_stages=5, round_stages=2),
+                        timing=dataclasses.replace(tiny.timing, tCCD_S=5, tCCD_L=5, CL=18))
+
+
 PRESETS = {"neupims": _neupims, "channel": _channel, "small": _small, "tiny": _tiny,
-           "decode": _decode}
+           "decode": _decode, "fpga": _fpga}
 
 
 def preset(name: str, **changes) -> DeviceConfig:

@@ -6,7 +6,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter
-from ..config import RowBufferMode
+from ..config import ConfigError, RowBufferMode
+from ..config.pim import check_pim_timing
 from ..isa import Opcode, command_layout
 from ..pim import PimMacUnit
 
@@ -64,7 +65,12 @@ class Bank(wiring.Component):
         self.chunk_bits = config.pim.lanes * 16
         self.chunks_per_burst = g.burst_bytes // config.pim.chunk_bytes
         self.depth = config.stored_rows * g.bursts_per_row
-        self.mac = PimMacUnit(config.pim.lanes, datapath=config.datapath)
+        try:
+            check_pim_timing(config)  # the MAC pipeline against COMP spacing and RL
+        except ConfigError:
+            self._MustUse__silence = True     # never elaborated: no "unused" warning
+            raise
+        self.mac = PimMacUnit.for_config(config)
         layout = command_layout(config)
         super().__init__({
             "position": In(range(g.banks)),
@@ -84,7 +90,9 @@ class Bank(wiring.Component):
     @staticmethod
     def result_latency(config) -> int:
         """Clocks from a READRES strobe to ``result_valid`` (storage read + MAC pipeline)."""
-        return 1 + PimMacUnit.latency_for(config.pim.lanes)
+        p = config.pim
+        return 1 + PimMacUnit.latency_for(p.lanes, p.add_stages, p.acc_stages, p.mul_stages,
+                                          p.round_stages)
 
     def elaborate(self, platform):
         m = Module()

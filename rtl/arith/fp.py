@@ -255,6 +255,30 @@ class FP32Adder(wiring.Component):
         return m
 
 
+def fp16_alignment(m, a):
+    """The front end of an FP32 -> FP16 rounding of ``a``: (sign, exponent, fraction,
+    normal, t). binary16's biased exponent would be e - 112. Normal results (e >= 113)
+    keep 10 fraction bits (shift 13); subnormal results (e <= 112) are in units of 2^-24:
+    shift right by 126 - e (clamped to 31). ``t`` is the shifted 24+26-bit window: top 24
+    bits the integer part, low 26 the bits shifted out (guard = bit 25, sticky = OR of
+    bits 0..24)."""
+    s, e, f = a[31], a[23:31], a[0:23]
+    mant = Signal(24)
+    m.d.comb += mant.eq(Cat(f, e != 0))
+    normal = Signal()
+    m.d.comb += normal.eq(e >= 113)
+    sh = Signal(5)
+    with m.If(normal):
+        m.d.comb += sh.eq(13)
+    with m.Elif(e < 95):
+        m.d.comb += sh.eq(31)
+    with m.Else():
+        m.d.comb += sh.eq((126 - e)[:5])
+    t = Signal(50)
+    m.d.comb += t.eq((Cat(Const(0, 26), mant) >> sh)[:50])
+    return s, e, f, normal, t
+
+
 class FP32ToFP16(wiring.Component):
     """IEEE binary32 -> binary16 conversion, round-to-nearest-even.
 
@@ -279,28 +303,7 @@ class FP32ToFP16(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a = self.a
-        s, e, f = a[31], a[23:31], a[0:23]
-
-        mant = Signal(24)
-        m.d.comb += mant.eq(Cat(f, e != 0))
-
-        # binary16 biased exponent would be e - 112. Normal results (e >= 113)
-        # keep 10 fraction bits (shift 13); subnormal results (e <= 112) are
-        # expressed in units of 2^-24: shift right by 126 - e (clamped to 31).
-        normal = Signal()
-        m.d.comb += normal.eq(e >= 113)
-        sh = Signal(5)
-        with m.If(normal):
-            m.d.comb += sh.eq(13)
-        with m.Elif(e < 95):
-            m.d.comb += sh.eq(31)
-        with m.Else():
-            m.d.comb += sh.eq((126 - e)[:5])
-        # Shift a 24+26-bit window: top 24 bits = integer part, low 26 bits =
-        # the bits shifted out (guard = bit 25, sticky = OR of bits 0..24).
-        t = Signal(50)
-        m.d.comb += t.eq((Cat(Const(0, 26), mant) >> sh)[:50])
+        s, e, f, normal, t = fp16_alignment(m, self.a)
         q = t[26:36]
         guard = t[25]
         rest = t[0:25] != 0

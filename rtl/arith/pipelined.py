@@ -28,7 +28,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .fp import CANONICAL_NAN16, CANONICAL_NAN32, leading_zeros
+from .fp import CANONICAL_NAN16, CANONICAL_NAN32, fp16_alignment, leading_zeros
 
 __all__ = ["PipelinedFP32Adder", "PipelinedFP16Multiplier", "PipelinedFP32ToFP16", "ADDER_CUTS",
            "MULTIPLIER_CUTS", "CONVERTER_CUTS"]
@@ -276,23 +276,7 @@ class PipelinedFP32ToFP16(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        a = self.a
-        s, e, f = a[31], a[23:31], a[0:23]
-        mant = Signal(24)
-        m.d.comb += mant.eq(Cat(f, e != 0))
-        # As FP32ToFP16: normal results (e >= 113) shift by 13, subnormal ones by 126 - e
-        # (clamped to 31); the top bits are the integer part, the low 26 the bits lost.
-        normal = Signal()
-        m.d.comb += normal.eq(e >= 113)
-        sh = Signal(5)
-        with m.If(normal):
-            m.d.comb += sh.eq(13)
-        with m.Elif(e < 95):
-            m.d.comb += sh.eq(31)
-        with m.Else():
-            m.d.comb += sh.eq((126 - e)[:5])
-        t = Signal(50)
-        m.d.comb += t.eq((Cat(Const(0, 26), mant) >> sh)[:50])
+        s, e, f, normal, t = fp16_alignment(m, self.a)   # as FP32ToFP16
         v = _cut(m, self.cuts, "shift", t=t[:36], sign=s, nan=(e == 255) & (f != 0),
                  overflow=e >= 143, exp5=Mux(normal, (e - 112)[:5], 0))
 

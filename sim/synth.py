@@ -82,9 +82,6 @@ def component(config, block: str):
     if block == TOP:
         from sim.selftest import selftest_top
         return selftest_top(config)
-    if block == "pim_mac":    # with the config's pipeline stages (sim.lint builds 1-stage)
-        from rtl.pim import PimMacUnit
-        return PimMacUnit.for_config(config)
     from sim.lint import BLOCKS as EXPORTED
     return dict(EXPORTED)[block](config)
 

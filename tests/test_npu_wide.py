@@ -8,7 +8,6 @@ engine, a PIM GEMV result in burst slice 0 of its word, the timing-only core in 
 clocks; the ``neupims`` preset's core (128 x 128 array, 128-lane vector engine, 512-byte
 words) elaborates; a bad ``word_bytes`` names the field."""
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -219,7 +218,7 @@ def test_vector_programs_wide_lanes(slow):
 def test_neupims_core_elaborates():
     """The ``neupims`` preset (512-byte words): the core's checks pass for its 128 x 128
     array and 128-lane vector engine, and the timing-only core elaborates (every
-    ``elaborate``; the Verilog conversion is the slow test below)."""
+    ``elaborate``; its Verilog is exported and linted in ``tests/test_export.py``, slow)."""
     config = preset("neupims")
     assert config.npu.word_bytes == 512 and word_lanes(config) == 256
     assert word_bursts(config) == 8 and burst_lanes(config) == 32
@@ -228,18 +227,6 @@ def test_neupims_core_elaborates():
     core = NpuCore(config.replace(datapath=False))
     assert core.has_vector_engine
     Fragment.get(core, None)
-
-
-@pytest.mark.slow
-def test_neupims_core_converts_timing_only():
-    """The timing-only ``neupims`` NpuCore to RTLIL (1-2 minutes)."""
-    from amaranth.back import rtlil
-    t = time.time()
-    text = rtlil.convert(NpuCore(preset("neupims", datapath=False), shared_modules=True),
-                         name="npu_core")
-    print(f"neupims timing-only NpuCore: {len(text):,} characters of RTLIL in "
-          f"{time.time() - t:.0f} s")
-    assert "npu_core" in text
 
 
 def test_bad_word_bytes_name_the_field():

@@ -52,7 +52,7 @@ def test_synth_pim_mac(capsys, tmp_path):
 
 def test_fpga_preset_is_the_default_and_pipelined():
     """make synth / make bitstream build the ``fpga`` preset; its pim_mac block is the
-    pipelined unit of its banks (not sim.lint's one-stage constructor)."""
+    pipelined unit of its banks."""
     makefile = (ROOT / "Makefile").read_text()
     assert "FPGA_CONFIG ?= fpga" in makefile
     fpga = preset("fpga")

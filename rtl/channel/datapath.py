@@ -1,10 +1,10 @@
 """One PIM channel: its banks (with PIM units), the global buffer, PIM_GEMV expansion and
 the data bus. Commands come from outside (a controller, or a testbench's player)."""
-from amaranth.hdl import Array, Cat, ClockSignal, Instance, Module, Mux, ResetSignal, Signal, Value
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..common import DelayLine
+from ..common import DelayLine, shared_instance
 from ..config import RowBufferMode
 from ..dram import Bank, BankError
 from ..dram.bank import bank_status_layout
@@ -78,12 +78,7 @@ class ChannelDatapath(wiring.Component):
             if not self.shared_bank_module:
                 bank = m.submodules[f"bank{index}"] = Bank(self.config)
             else:
-                bank = self.bank_prototype.signature.create(path=(f"bank{index}",))
-                ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
-                for name, member in self.bank_prototype.signature.members.items():
-                    direction = "i" if member.flow is In else "o"
-                    ports[f"{direction}_{name}"] = Value.cast(getattr(bank, name))
-                m.submodules[f"bank{index}"] = Instance(BANK_MODULE, **ports)
+                bank = shared_instance(m, f"bank{index}", BANK_MODULE, self.bank_prototype)
             m.d.comb += bank.position.eq(index)
             banks.append(bank)
         return banks

@@ -180,10 +180,9 @@ def _fpga() -> DeviceConfig:
     synth``, ``make bitstream``; aimed at 100 MHz, 60.8 MHz measured, see README "FPGA
     synthesis"): 3-clock multipliers (operands registered first), 5-clock tree adds and
     accumulator, 2-clock FP16 rounding of the result (``PimUnit.*_stages``). A 5-clock
-    accumulation needs COMPs 5 clocks apart, so
-    tCCD_S = tCCD_L = 5 (tiny: 1 and 2, COMPs every BL/2 = 2 clocks); the 20 clocks a
-    READRES result takes through the bank fit RL + BL/2 with CL = 18 (tiny: 14). Every
-    other parameter is tiny's."""
+    accumulation needs COMPs 5 clocks apart, so tCCD_S = tCCD_L = 5 (tiny: 1 and 2, COMPs
+    every BL/2 = 2 clocks); a READRES result's way through the bank (``mac_latency`` + 1)
+    fits RL + BL/2 with CL = 18 (tiny: 14). Every other parameter is tiny's."""
     tiny = _tiny()
     return tiny.replace(name="fpga",
                         pim=dataclasses.replace(tiny.pim, mul_stages=3, add_stages=5,

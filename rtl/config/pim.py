@@ -26,8 +26,9 @@ class PimUnit:
     but ``fpga``): ``mul_stages`` (1..4) clocks per FP16 multiply, ``add_stages`` (1..6) per
     adder-tree level, ``acc_stages`` (1..6) per accumulation, ``round_stages`` (1..2) for
     the FP16 rounding of the READRES result. The accumulation is a loop-carried add, so
-    COMPs must come at least ``acc_stages`` clocks apart (:func:`check_pim_timing`). READRES results take ``mac_latency`` clocks through the
-    unit; the data bus still carries them RL + BL/2 after READRES.
+    COMPs must come at least ``acc_stages`` clocks apart; READRES results take
+    ``mac_latency`` clocks through the unit and the data bus still carries them RL + BL/2
+    after READRES (both checked by :func:`check_pim_timing` when a DeviceConfig is made).
     """
     lanes: int = 16
     input_format: str = "fp16"

@@ -1,11 +1,12 @@
 """The NPU's weight-stationary systolic array (NEUPIMS.md 3): FP16 x FP16 products
 accumulated in FP32, round-to-nearest-even, bit for bit as :mod:`sim.golden.gemm`."""
 
-from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..arith import FP16Multiplier, FP32Adder, FP32ToFP16
+from ..common import shared_instance
 
 __all__ = ["SystolicArray", "ProcessingElement", "weight_layout", "activation_layout",
            "result_layout", "COUNTER_WIDTH", "PE_MODULE", "TO_FP16_MODULE"]
@@ -63,17 +64,6 @@ class ProcessingElement(wiring.Component):
         m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.w),
                      add.a.eq(self.psum_in), add.b.eq(mul.p), self.psum_out.eq(add.s)]
         return m
-
-
-def _instance(m, name, module, prototype):
-    """An ``Instance`` of ``module`` (the Verilog of ``prototype``, a combinational
-    component), with an interface like ``prototype``'s to connect to."""
-    iface = prototype.signature.create(path=(name,))
-    ports = {}
-    for port, member in prototype.signature.members.items():
-        ports[f"{'i' if member.flow is In else 'o'}_{port}"] = Value.cast(getattr(iface, port))
-    m.submodules[name] = Instance(module, **ports)
-    return iface
 
 
 def _delayed(m, value, cycles, enable, name):
@@ -174,13 +164,14 @@ class SystolicArray(wiring.Component):
 
     def _pe(self, m, name):
         if self.shared_modules:
-            return _instance(m, name, PE_MODULE, self.pe_prototype)
+            return shared_instance(m, name, PE_MODULE, self.pe_prototype, clocked=False)
         pe = m.submodules[name] = ProcessingElement()
         return pe
 
     def _to_fp16(self, m, name):
         if self.shared_modules:
-            return _instance(m, name, TO_FP16_MODULE, self.to_fp16_prototype)
+            return shared_instance(m, name, TO_FP16_MODULE, self.to_fp16_prototype,
+                                   clocked=False)
         cvt = m.submodules[name] = FP32ToFP16()
         return cvt
 

@@ -95,7 +95,7 @@ from amaranth.lib.wiring import In, Out
 from ..arith.fp import CANONICAL_NAN32, FP32Adder, FP32ToFP16
 from ..arith.fp32 import (INF32, ROUND_MAGIC, FP16ToFP32, FP32Frexp, FP32Ldexp, FP32MinMax,
                           FP32Multiplier, bits_f32, f32_bits)
-from .systolic import _instance
+from ..common import shared_instance
 
 __all__ = ["VectorOp", "VectorUnit", "in_layout", "out_layout", "pack_input", "unpack_output",
            "Unit", "Uop", "programs", "steps_for", "latency_for",
@@ -392,7 +392,8 @@ class VectorUnit(wiring.Component):
     def _unit(self, m, name, lane):
         make, module = {n: (mk, mod) for n, mk, mod in LANE_UNITS}[name]
         if self.shared_modules:
-            return _instance(m, f"l{lane}_{name}", module, self.prototypes[name])
+            return shared_instance(m, f"l{lane}_{name}", module, self.prototypes[name],
+                                   clocked=False)
         unit = m.submodules[f"l{lane}_{name}"] = make()
         return unit
 

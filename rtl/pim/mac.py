@@ -5,6 +5,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..arith import (FP16Multiplier, FP32Adder, FP32ToFP16, PipelinedFP16Multiplier,
                      PipelinedFP32Adder, PipelinedFP32ToFP16)
+from ..config.pim import PimUnit
 
 
 def tree_levels(lanes: int) -> int:
@@ -65,7 +66,8 @@ class PimMacUnit(wiring.Component):
                     mul_stages: int = 1, round_stages: int = 1) -> int:
         """Clocks from ``readres`` to ``result_valid``: products, tree levels, acc, result
         (``PimUnit.mac_latency``)."""
-        return mul_stages + tree_levels(lanes) * add_stages + acc_stages + round_stages - 1
+        return PimUnit(lanes=lanes, add_stages=add_stages, acc_stages=acc_stages,
+                       mul_stages=mul_stages, round_stages=round_stages).mac_latency
 
     def elaborate(self, platform):
         m = Module()

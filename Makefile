@@ -8,7 +8,7 @@ JOBS   ?= 2
 CONFIG ?= neupims
 FPGA_CONFIG ?= fpga
 
-.PHONY: setup sim test test-fast test-slow bench bench-controller bench-npu replay-trace verilog lint synth bitstream clean
+.PHONY: setup sim reproduce test test-fast test-slow bench bench-controller bench-npu replay-trace verilog lint synth bitstream clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 sim: $(STAMP)
 	$(BIN)/neupims sim
+
+reproduce: $(STAMP)
+	$(BIN)/neupims reproduce $(if $(QUICK),--quick)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q

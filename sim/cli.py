@@ -234,6 +234,39 @@ def cmd_bitstream(args):
           f"fmax {report['fmax_mhz']} MHz for a {report['clock_mhz']:g} MHz self-test clock")
 
 
+def cmd_reproduce(args):
+    from sim.reproduce import GRIDS, ReproduceError, run_grid, format_report, write_outputs
+    import dataclasses
+    grid = GRIDS["quick" if args.quick else "full"]
+    changes = {}
+    if args.models:
+        changes["models"] = tuple(args.models.split(","))
+    if args.batches:
+        try:
+            changes["batches"] = tuple(int(b) for b in args.batches.split(","))
+        except ValueError:
+            sys.exit(f"neupims reproduce: batches: {args.batches!r} is not a comma list of integers")
+    if args.datasets:
+        changes["datasets"] = tuple(args.datasets.split(","))
+    if args.length_scale is not None:
+        changes["length_scale"] = {d: args.length_scale for d in changes.get("datasets", grid.datasets)}
+    grid = dataclasses.replace(grid, **changes)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if args.json else \
+        (lambda *a, **k: print(*a, flush=True, **k))
+    out = Path(args.out)
+    try:
+        report = run_grid(grid, out, jobs=args.jobs, log=log, precheck=True)
+    except ReproduceError as error:
+        sys.exit(f"neupims reproduce: {error}")
+    files = write_outputs(report, out)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print()
+        print(format_report(report))
+        print(f"\nwritten: {', '.join(str(f) for f in files)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="neupims", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +299,20 @@ def main(argv=None):
     p.add_argument("--out", default="build/sim", help="folder for sim.json and timeline.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("reproduce", help="the paper's comparison (three modes over models x "
+                                         "batches x datasets) on the RTL: table, JSON, plots")
+    p.add_argument("--quick", action="store_true", help="a small grid (minutes)")
+    p.add_argument("--models", help="comma list (default: the grid's)")
+    p.add_argument("--batches", help="comma list of batch sizes (default: the grid's)")
+    p.add_argument("--datasets", help="comma list of sharegpt-like, alpaca-like, azure-conv")
+    p.add_argument("--length-scale", type=float, help="multiply every dataset's lengths by "
+                                                      "this (default: 1, azure-conv 1/8)")
+    p.add_argument("--jobs", type=int, help="points run at once (default: the CPU count)")
+    p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
+                                                      "on stderr)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("gemv", help="a GEMV program on one channel of the RTL (the stored "
                                     "command player; the first milestone's job)")

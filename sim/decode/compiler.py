@@ -69,6 +69,11 @@ ALL_UNITS = ("dma", "gemm", "vector", "pim")
 FP32_WORD, FP16_WORD = 16, 32
 PIM_QUEUE = 16
 WEIGHTS_AFTER_GEMM = 2
+MAX_VECTOR_LENGTH = (1 << 16) - 1          # the VECTOR length field (rtl.isa.npu.DIM_BITS)
+VECTOR_PIECE = 1 << 15                     # whole FP16 and FP32 words
+ELEMENTWISE = {VectorOp.ADD, VectorOp.SUB, VectorOp.MUL, VectorOp.MAX, VectorOp.EXP,
+               VectorOp.RECIP, VectorOp.RSQRT, VectorOp.GELU, VectorOp.CVT16TO32,
+               VectorOp.CVT32TO16}
 
 
 def mode_config(mode: str, config=None):
@@ -120,7 +125,17 @@ class Stream:
                            self.costs.gemm(m, k, n)))
 
     def vec(self, op: VectorOp, a=0, b=0, d=0, length=0, imm=0, flags=0):
-        self.vec_ins(vector(op.value, a=a, b=b, d=d, length=length, imm=imm, flags=flags))
+        """One VECTOR; a dense element-wise op longer than the ``length`` field (16 bits)
+        is cut into pieces of ``VECTOR_PIECE`` elements (whole words of either width)."""
+        pieces = [(0, length)]
+        if length > MAX_VECTOR_LENGTH and op in ELEMENTWISE and not flags & ~FLAG_IMM_B:
+            pieces = [(i, min(VECTOR_PIECE, length - i))
+                      for i in range(0, length, VECTOR_PIECE)]
+        width_a = FP16_WORD if op is VectorOp.CVT16TO32 else FP32_WORD
+        width_d = FP16_WORD if op is VectorOp.CVT32TO16 else FP32_WORD
+        for i, n in pieces:
+            self.vec_ins(vector(op.value, a=a + i // width_a, b=b + i // FP32_WORD,
+                                d=d + i // width_d, length=n, imm=imm, flags=flags))
 
     def vec_ins(self, ins: Instruction):
         self.ops.append(Op(ins, "vector", self.costs.vector(ins)))

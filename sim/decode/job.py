@@ -18,14 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..models import get_model
-from ..workloads import WorkloadError, load_workload, snapshot
+from ..workloads import WorkloadError, generate_requests, load_workload, snapshot
 from .compiler import compile_decode
 from .golden import MODES
 from .workload import DecodeError, DecodeWorkload
 
-__all__ = ["draw_workload", "run_modes", "DEFAULTS", "TRACES"]
+__all__ = ["draw_workload", "run_modes", "DEFAULTS", "TRACES", "PROFILES"]
 
 TRACES = ("azure-conv", "azure-code", "sharegpt", "mooncake")
+#: Generated lengths (``sim.workloads.generate_requests``) from the paper's per-turn means
+#: (NEUPIMS.md 6): name -> ``sim.workloads.PAPER_PROFILES`` key.
+PROFILES = {"sharegpt-like": "sharegpt", "alpaca-like": "alpaca"}
 
 #: The default workload of ``make sim``.
 DEFAULTS = {"model": "tiny-gpt", "trace": "azure-conv", "batch": 16, "steps": 1,
@@ -38,7 +41,8 @@ def draw_workload(model: str = DEFAULTS["model"], trace: str = DEFAULTS["trace"]
                   max_len: int = DEFAULTS["max_len"], seed: int = DEFAULTS["seed"],
                   root=None) -> tuple[DecodeWorkload, str]:
     """A :class:`DecodeWorkload` of ``batch`` requests of ``trace`` (a name in
-    :data:`TRACES` or a path to an Azure-format CSV) and a line describing the limits."""
+    :data:`TRACES`, a generated profile of :data:`PROFILES`, or a path to an Azure-format
+    CSV) and a line describing the limits."""
     shape = get_model(model)
     if batch < 1:
         raise DecodeError("batch", f"must be >= 1, got {batch}")
@@ -49,11 +53,13 @@ def draw_workload(model: str = DEFAULTS["model"], trace: str = DEFAULTS["trace"]
         raise DecodeError("max_len", f"{max_len} leaves no room for {steps} steps")
     if trace in TRACES:
         requests = load_workload(trace, root)
+    elif trace in PROFILES:
+        requests = generate_requests(PROFILES[trace], max(4 * batch, 2000), seed=seed)
     else:
         from ..workloads import load_azure
         if not Path(trace).is_file():
             raise DecodeError("trace", f"{trace!r} is neither a known trace "
-                              f"({', '.join(TRACES)}) nor a readable file")
+                              f"({', '.join(TRACES + tuple(PROFILES))}) nor a readable file")
         requests = load_azure(trace)
     scaled = [replace(r, prompt_tokens=max(1, round(r.prompt_tokens * length_scale)),
                       output_tokens=max(1, round(r.output_tokens * length_scale)))

@@ -1,0 +1,518 @@
+"""``neupims reproduce``: the paper's comparison (NEUPIMS.md 6: NeuPIMs against NPU-only
+and a naive NPU+PIM) over a grid of models, batch sizes and length datasets, every point
+compiled for the three modes and run on the RTL.
+
+What runs today, and what does not. The paper's table needs GPT-3 7B-175B on the
+``neupims`` preset (32 channels, 8 x 128 x 128 arrays, 512-byte scratchpad words); the
+decode compiler still lays out 64-byte words with ``d_head`` 32 on one core, so those
+points are *not run*, and the report says so for each model with the compiler's own
+reason (:func:`paper_scale_status`). What runs is the **slice** (:func:`slice_config`):
+
+- the ``decode`` preset's channels (2 channels of 8 banks, 16 PIM lanes, 512-byte rows)
+  with 8,192 rows per bank so a batch of hundreds of requests fits its KV cache;
+- a 16 x 16 systolic array and a 16-lane vector unit (the widest a 64-byte word holds:
+  one array row of FP16, one result row of FP32), 65,536 instructions and scratchpad
+  words so a step of up to 256 requests is one program;
+- elaborated *timing-only* (``DeviceConfig.datapath = False``): the same RTL without its
+  datapath and storage, whose cycles, counters and command streams equal the full RTL's
+  (the correlation suite: ``cocotb_tests/test_decode_modes.py``,
+  ``cocotb_tests/test_timing_only.py``, including this slice's array and lane width at a
+  size the full RTL can hold). Every DRAM command still goes through the timing checker.
+
+Models are the test shapes sized for the slice (``sim.models``: ``tiny-gpt``, d_model 64,
+2 heads; ``small-gpt``, d_model 128, 4 heads; d_head 32). Lengths: the datasets' prompt
+and output lengths times ``length_scale`` (default 1/4), each request caught at a uniform
+random point of its decode, clipped to ``max_len`` (default 256: one V chunk of a 512-byte
+row); every clip is counted in the point's ``source``.
+
+Every figure comes from the RTL's counters (``sim.decode.report.summarize``): tokens/s
+(tokens of the step over its cycles at the configured clock), NPU utilization (the array's
+busy clocks over the cycles), PIM utilization (the controllers' ``pim_busy_cycles`` over
+the cycles, mean over channels), stage cycles (stage ends seen on the sequencer's ``pc``).
+
+Points run in parallel (one process per point, ``jobs`` at a time); the two Verilator
+models (dual and blocked row buffers) are built once and cached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtl.config import ConfigError, DeviceConfig, preset
+
+from .decode.golden import MODES
+
+__all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config",
+           "paper_scale_status", "run_grid", "ratios", "format_report", "to_json",
+           "plot_throughput", "plot_utilization"]
+
+#: Length datasets (``sim.decode.job.draw_workload``): ShareGPT-like and Alpaca-like
+#: lengths drawn from the paper's per-turn means, and the Azure conversation trace.
+DATASETS = ("sharegpt-like", "alpaca-like", "azure-conv")
+#: Lengths x this before clipping: the paper's means as they are; the Azure trace's
+#: contexts (about 1,150 prompt tokens) x 1/8 so most fit the slice's 256.
+LENGTH_SCALE = {"sharegpt-like": 1.0, "alpaca-like": 1.0, "azure-conv": 0.125}
+
+#: The paper's figures (NEUPIMS.md 6): average throughput ratios and the utilization of
+#: GPT3-30B at batch 256.
+PAPER = {"neupims/npu-only": 2.4, "neupims/npu+pim": 1.6,
+         "utilization": {"model": "gpt3-30b", "batch": 256, "npu": 0.649, "pim": 0.264}}
+
+PAPER_MODELS = ("gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b")
+PAPER_BATCHES = (64, 128, 256, 384, 512)
+
+
+class ReproduceError(ValueError):
+    """A bad grid or option; the message names the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Models x batches x datasets, each point run in every mode of ``modes``.
+    ``reference``: (model, batch, dataset) whose utilization is set against the paper's
+    GPT3-30B at batch 256."""
+    models: tuple
+    batches: tuple
+    datasets: tuple = DATASETS
+    modes: tuple = MODES
+    length_scale: dict = dataclasses.field(default_factory=lambda: dict(LENGTH_SCALE))
+    max_len: int = 256
+    seed: int = 0
+    reference: tuple = ("small-gpt", 8, "sharegpt-like")
+
+    def validate(self) -> None:
+        from .models import MODELS
+        for m in self.models:
+            if m not in MODELS:
+                raise ReproduceError("models", f"unknown model {m!r}; known: {', '.join(MODELS)}")
+        for b in self.batches:
+            if not isinstance(b, int) or b < 1:
+                raise ReproduceError("batches", f"batch sizes are positive integers, got {b!r}")
+        for d in self.datasets:
+            if d not in DATASETS:
+                raise ReproduceError("datasets", f"unknown dataset {d!r}; choose from "
+                                     f"{', '.join(DATASETS)}")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ReproduceError("modes", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        for d in self.datasets:
+            scale = self.length_scale.get(d)
+            if scale is None or not 0 < scale <= 1:
+                raise ReproduceError("length_scale", f"{d}: must be in (0, 1], got {scale}")
+        if self.max_len < 2:
+            raise ReproduceError("max_len", f"must be >= 2, got {self.max_len}")
+        if not (self.models and self.batches and self.datasets and self.modes):
+            raise ReproduceError("grid", "needs at least one model, batch, dataset and mode")
+
+    def points(self) -> list[tuple]:
+        """(model, batch, dataset) in table order."""
+        return [(m, b, d) for m in self.models for d in self.datasets for b in self.batches]
+
+    def reference_point(self) -> tuple | None:
+        """The grid's point closest to ``reference``: the reference model (else the last
+        model), its dataset (else the first), the largest batch <= the reference's (else
+        the smallest)."""
+        model, batch, dataset = self.reference
+        model = model if model in self.models else self.models[-1]
+        dataset = dataset if dataset in self.datasets else self.datasets[0]
+        below = [b for b in self.batches if b <= batch]
+        return model, max(below) if below else min(self.batches), dataset
+
+
+GRIDS = {
+    "full": Grid(models=("tiny-gpt", "small-gpt"), batches=(2, 4, 8, 12, 16)),
+    "quick": Grid(models=("tiny-gpt",), batches=(4, 8, 16),
+                  datasets=("sharegpt-like", "alpaca-like"),
+                  reference=("tiny-gpt", 8, "sharegpt-like")),
+}
+
+
+def macs_per_byte(config: DeviceConfig) -> float:
+    """The NPU's MACs per cycle over the HBM's peak bytes per cycle: the batch at which a
+    weight-streaming GEMM turns from bandwidth- to compute-bound is proportional to it."""
+    g = config.geometry
+    return config.npu.macs_per_cycle / (g.channels * g.burst_bytes / (g.burst_length // 2))
+
+
+def batch_factor(config: DeviceConfig) -> float:
+    """Paper batch per slice batch at the same GEMM compute-to-bandwidth balance."""
+    return macs_per_byte(preset("neupims")) / macs_per_byte(config)
+
+
+def slice_config() -> DeviceConfig:
+    """The largest configuration the decode compiler and the RTL run today (see the module
+    docstring), timing-only."""
+    base = preset("decode")
+    return base.replace(
+        name="reproduce-slice", stored_rows=8192, datapath=False,
+        geometry=dataclasses.replace(base.geometry, rows=8192),
+        npu=dataclasses.replace(base.npu, array_rows=16, array_cols=16, vector_lanes=16,
+                                instruction_words=65536, scratchpad_words=65536))
+
+
+def paper_scale_status() -> list[dict]:
+    """Why each of the paper's models is not run on the ``neupims`` preset: the error the
+    decode compiler raises for it (checked, not assumed)."""
+    from .decode.compiler import mode_config
+    from .decode.workload import DecodeError
+    from .models import get_model
+    out = []
+    for name in PAPER_MODELS:
+        shape = get_model(name)
+        reasons = []
+        try:
+            mode_config("neupims", preset("neupims"))
+        except (ConfigError, DecodeError) as error:
+            reasons.append(str(error))
+        if shape.d_head != 32:
+            reasons.append(f"d_head {shape.d_head}: the decode compiler holds one head per "
+                           f"64-byte word (d_head 32)")
+        out.append({"model": name, "config": "neupims", "batches": list(PAPER_BATCHES),
+                    "run": not reasons, "reason": "; ".join(reasons) or None})
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+def _point_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:
+    return out / "points" / f"{model}-b{batch}-{dataset}-{mode.replace('+', '_')}.json"
+
+
+def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out: str,
+               config_json: str) -> dict:
+    """One point in one mode (a worker process): draw, compile, run on the RTL."""
+    from .decode.compiler import compile_decode
+    from .decode.job import draw_workload
+    from .decode.report import summarize
+    from .decode.rtl_run import run_on_rtl
+    config = DeviceConfig.from_json(config_json)
+    began = time.perf_counter()
+    workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
+                                     grid.max_len, grid.seed)
+    run = compile_decode(workload, mode, config)
+    compiled = time.perf_counter() - began
+    result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
+                        progress_every=10 ** 9, show=lambda line: None)
+    s = summarize(result)
+    return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
+            "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
+            "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
+            "normal_during_pim": s["normal_during_pim"],
+            "timing_violations": s["timing_violations"],
+            "commands_checked": s["commands_checked"], "complete": s["complete"],
+            "instructions": sum(len(step.program) for step in run.steps),
+            "kv_lens": list(workload.kv_lens), "source": source,
+            "compile_s": round(compiled, 1), "wall_s": round(time.perf_counter() - began, 1),
+            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
+
+
+def _check_points(grid: Grid, config: DeviceConfig) -> list[dict]:
+    """Compile every point before running any (a point that cannot run stops the grid
+    with its reason; nothing is dropped)."""
+    from .decode.compiler import compile_decode
+    from .decode.job import draw_workload
+    from .decode.workload import DecodeError
+    from .models import ModelError
+    from .workloads import WorkloadError
+    for model, batch, dataset in grid.points():
+        try:
+            workload, _ = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
+                                        grid.max_len, grid.seed)
+            for mode in grid.modes:
+                compile_decode(workload, mode, config)
+        except (DecodeError, ModelError, WorkloadError, ConfigError, ValueError) as error:
+            raise ReproduceError("grid", f"point {model} batch {batch} {dataset}: {error}") \
+                from None
+    return []
+
+
+def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
+             jobs: int | None = None, log=print, precheck: bool = False) -> dict:
+    """Run every point of ``grid`` in every mode on the RTL; the report dict (see
+    :func:`to_json`). ``jobs``: worker processes (default: the CPU count). ``log``:
+    receives one line per finished point (with the count, the simulated cycles and the
+    rate). ``precheck``: compile every point first (fail before any run)."""
+    grid.validate()
+    config = config or slice_config()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if precheck:
+        _check_points(grid, config)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    tasks = [(m, b, d, mode) for m, b, d in grid.points() for mode in grid.modes]
+    # the longest points first, so the pool does not end on one long point
+    tasks.sort(key=lambda t: -t[1] * (2 if t[3] == "npu-only" else 1))
+    log(f"neupims reproduce: {len(grid.points())} points x {len(grid.modes)} modes = "
+        f"{len(tasks)} RTL runs on {config.summary()}, {jobs} at a time")
+    began = time.perf_counter()
+    points, cycles = [], 0
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_run_point, *task, grid, str(out), config.to_json()): task
+                   for task in tasks}
+        for future in as_completed(futures):
+            model, batch, dataset, mode = futures[future]
+            try:
+                point = future.result()
+            except Exception as error:
+                for f in futures:
+                    f.cancel()
+                raise RuntimeError(f"point {model} batch {batch} {dataset} {mode} failed: "
+                                   f"{error}") from error
+            points.append(point)
+            cycles += point["cycles"]
+            elapsed = time.perf_counter() - began
+            log(f"  [{len(points)}/{len(tasks)}] {model} b{batch} {dataset} {mode}: "
+                f"{point['cycles']:,} cycles, {point['tokens_per_s']:,.0f} tokens/s "
+                f"({point['wall_s']:.0f} s; {cycles:,} cycles simulated in {elapsed:.0f} s, "
+                f"{cycles / max(elapsed, 1e-9):,.0f} cycles/s over all workers)")
+    order = {t: i for i, t in enumerate((m, b, d, mode) for m, b, d in grid.points()
+                                        for mode in grid.modes)}
+    points.sort(key=lambda p: order[(p["model"], p["batch"], p["dataset"], p["mode"])])
+    return to_json(grid, config, points, wall_s=time.perf_counter() - began, jobs=jobs)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _by_key(points) -> dict:
+    return {(p["model"], p["batch"], p["dataset"], p["mode"]): p for p in points}
+
+
+def ratios(points: list[dict]) -> list[dict]:
+    """Per (model, batch, dataset) with all three modes: neupims tokens/s over npu-only's
+    and over npu+pim's."""
+    table = _by_key(points)
+    out = []
+    seen = []
+    for p in points:
+        key = (p["model"], p["batch"], p["dataset"])
+        if key in seen:
+            continue
+        seen.append(key)
+        modes = {mode: table.get(key + (mode,)) for mode in MODES}
+        if any(v is None for v in modes.values()):
+            continue
+        neu = modes["neupims"]["tokens_per_s"]
+        out.append({"model": key[0], "batch": key[1], "dataset": key[2],
+                    "neupims/npu-only": neu / modes["npu-only"]["tokens_per_s"],
+                    "neupims/npu+pim": neu / modes["npu+pim"]["tokens_per_s"]})
+    return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _geomean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float = 0.0,
+            jobs: int = 1) -> dict:
+    """``{"config": ..., "points": [...], "ratios": [...], "summary": {...}, "paper": ...,
+    "not_run": [...]}``; ``points[]``: model, batch, dataset, mode, tokens_per_s, stages,
+    npu_util, pim_util, cycles, ... (one per point and mode)."""
+    r = ratios(points)
+    reference = grid.reference_point()
+    table = _by_key(points)
+    utilization = {mode: {"npu_util": table[reference + (mode,)]["npu_util"],
+                          "pim_util": table[reference + (mode,)]["pim_util"]}
+                   for mode in grid.modes if reference + (mode,) in table}
+    summary = {}
+    for key in ("neupims/npu-only", "neupims/npu+pim"):
+        summary[key] = {"mean": _mean(x[key] for x in r), "geomean": _geomean(x[key] for x in r),
+                        "min": min((x[key] for x in r), default=float("nan")),
+                        "max": max((x[key] for x in r), default=float("nan")),
+                        "paper": PAPER[key]}
+    return {
+        "config": {"device": config.summary(), "device_config": config.to_dict(),
+                   "clock_hz": config.timing.clock_hz,
+                   "grid": dataclasses.asdict(grid), "jobs": jobs, "wall_s": round(wall_s, 1),
+                   "macs_per_byte": macs_per_byte(config),
+                   "paper_macs_per_byte": macs_per_byte(preset("neupims")),
+                   "batch_factor": batch_factor(config),
+                   "timing_only": not config.datapath},
+        "points": points,
+        "ratios": r,
+        "summary": {"ratios": summary,
+                    "utilization": {"point": dict(zip(("model", "batch", "dataset"), reference)),
+                                    "modes": utilization,
+                                    "paper": PAPER["utilization"]}},
+        "not_run": paper_scale_status(),
+    }
+
+
+def _table(header, rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w)  # noqa: E731
+                              for i, (v, w) in enumerate(zip(r, widths)))
+    return [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def format_report(report: dict) -> str:
+    """The configuration, the throughput table with ratios, the ratio summary against the
+    paper, the utilization at the reference point against the paper, the stage cycles,
+    and what was not run."""
+    cfg, grid = report["config"], report["config"]["grid"]
+    lines = ["NeuPIMs reproduction on the RTL (every DRAM command timing-checked)",
+             f"  device        {cfg['device']}",
+             f"  clock         {cfg['clock_hz'] / 1e9:g} GHz",
+             f"  models        {', '.join(grid['models'])}",
+             f"  batches       {', '.join(map(str, grid['batches']))}",
+             f"  datasets      " + ", ".join(f"{d} (lengths x {grid['length_scale'][d]:g})"
+                                            for d in grid["datasets"])
+             + f", clipped to {grid['max_len']} tokens, seed {grid['seed']}",
+             f"  balance       {cfg['macs_per_byte']:g} NPU MACs per byte of HBM bandwidth "
+             f"(paper: {cfg['paper_macs_per_byte']:g}): slice batch b ~ paper batch "
+             f"{cfg['batch_factor']:g} b in the GEMMs' compute-to-bandwidth balance",
+             f"  runs          {len(report['points'])} in {cfg['wall_s']:.0f} s, "
+             f"{cfg['jobs']} at a time", ""]
+    table = _by_key(report["points"])
+    rmap = {(x["model"], x["batch"], x["dataset"]): x for x in report["ratios"]}
+    rows = []
+    for key in dict.fromkeys((p["model"], p["batch"], p["dataset"]) for p in report["points"]):
+        row = [key[0], str(key[1]), f"{key[1] * cfg['batch_factor']:g}", key[2]]
+        for mode in MODES:
+            p = table.get(key + (mode,))
+            row.append(f"{p['tokens_per_s']:,.0f}" if p else "-")
+        x = rmap.get(key)
+        row += [f"{x['neupims/npu-only']:.2f}x" if x else "-",
+                f"{x['neupims/npu+pim']:.2f}x" if x else "-"]
+        p = table.get(key + ("neupims",))
+        row += [_pct(p["npu_util"]) if p else "-", _pct(p["pim_util"]) if p else "-"]
+        rows.append(row)
+    lines += ["Throughput (tokens/s at the configured clock)"]
+    lines += _table(["model", "batch", "~paper batch", "dataset"] + [f"{m}" for m in MODES]
+                    + ["neupims/npu-only", "neupims/npu+pim", "NPU util*", "PIM util*"], rows)
+    lines += ["  * neupims mode", ""]
+    s = report["summary"]["ratios"]
+    lines += ["Ratios over the grid (ours) and the paper's average (GPT-3 7B-175B, batch "
+              "64-512, on the paper's device)"]
+    lines += _table(["ratio", "mean", "geomean", "min", "max", "paper"],
+                    [[k, f"{v['mean']:.2f}x", f"{v['geomean']:.2f}x", f"{v['min']:.2f}x",
+                      f"{v['max']:.2f}x", f"{v['paper']:.1f}x"] for k, v in s.items()])
+    u = report["summary"]["utilization"]
+    pt, paper = u["point"], u["paper"]
+    lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
+                  f"{paper['model']} batch {paper['batch']}, neupims: NPU "
+                  f"{_pct(paper['npu'])}, PIM {_pct(paper['pim'])})"]
+    lines += _table(["mode", "NPU util", "PIM util"],
+                    [[mode, _pct(v["npu_util"]), _pct(v["pim_util"])]
+                     for mode, v in u["modes"].items()])
+    names = list(dict.fromkeys(n for p in report["points"] for n in p["stages"]))
+    lines += ["", "Stage cycles (per point and mode)"]
+    lines += _table(["model", "batch", "dataset", "mode", "cycles"] + names,
+                    [[p["model"], str(p["batch"]), p["dataset"], p["mode"], f"{p['cycles']:,}"]
+                     + [f"{p['stages'][n]:,}" if n in p["stages"] else "" for n in names]
+                     for p in report["points"]])
+    lines += ["", "Not run (the paper's configuration)"]
+    for x in report["not_run"]:
+        state = "run" if x["run"] else f"not run: {x['reason']}"
+        lines.append(f"  {x['model']} on {x['config']}, batches "
+                     f"{', '.join(map(str, x['batches']))}: {state}")
+    return "\n".join(lines)
+
+
+_PALETTE = {"npu-only": "tab:gray", "npu+pim": "tab:purple", "neupims": "tab:red"}
+
+
+def plot_throughput(report: dict, path) -> None:
+    """Tokens/s against batch size, one panel per model and dataset, a line per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = report["config"]["grid"]
+    models, datasets = grid["models"], grid["datasets"]
+    table = _by_key(report["points"])
+    fig, axes = plt.subplots(len(models), len(datasets), squeeze=False,
+                             figsize=(4.2 * len(datasets), 3.2 * len(models)))
+    for i, model in enumerate(models):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i, j]
+            for mode in grid["modes"]:
+                xs = [b for b in grid["batches"] if (model, b, dataset, mode) in table]
+                ys = [table[(model, b, dataset, mode)]["tokens_per_s"] for b in xs]
+                ax.plot(xs, ys, marker="o", color=_PALETTE.get(mode), label=mode)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(grid["batches"], [str(b) for b in grid["batches"]])
+            ax.set_title(f"{model}, {dataset}", fontsize=9)
+            ax.set_xlabel("batch")
+            ax.set_ylabel("tokens/s")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Throughput on {report['config']['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_utilization(report: dict, path) -> None:
+    """NPU and PIM utilization against batch size per mode (first dataset, each model),
+    and the reference point's bars next to the paper's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = report["config"]["grid"]
+    table = _by_key(report["points"])
+    dataset = report["summary"]["utilization"]["point"]["dataset"]
+    models = grid["models"]
+    fig, axes = plt.subplots(1, len(models) + 1, squeeze=False,
+                             figsize=(4.2 * (len(models) + 1), 3.4))
+    for ax, model in zip(axes[0], models):
+        for mode in grid["modes"]:
+            xs = [b for b in grid["batches"] if (model, b, dataset, mode) in table]
+            for key, style in (("npu_util", "-"), ("pim_util", "--")):
+                ax.plot(xs, [100 * table[(model, b, dataset, mode)][key] for b in xs], style,
+                        marker="o", color=_PALETTE.get(mode),
+                        label=f"{mode} {key[:3].upper()}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(grid["batches"], [str(b) for b in grid["batches"]])
+        ax.set_title(f"{model}, {dataset}: NPU (solid), PIM (dashed)", fontsize=9)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("utilization (%)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    u = report["summary"]["utilization"]
+    ax = axes[0, -1]
+    labels = list(u["modes"]) + [f"paper ({u['paper']['model']})"]
+    npu = [100 * v["npu_util"] for v in u["modes"].values()] + [100 * u["paper"]["npu"]]
+    pim = [100 * v["pim_util"] for v in u["modes"].values()] + [100 * u["paper"]["pim"]]
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], npu, 0.4, label="NPU", color="tab:blue")
+    ax.bar([x + 0.2 for x in xs], pim, 0.4, label="PIM", color="tab:red")
+    ax.set_xticks(list(xs), labels, fontsize=7, rotation=15)
+    pt = u["point"]
+    ax.set_title(f"{pt['model']} b{pt['batch']} vs the paper's neupims", fontsize=9)
+    ax.set_ylabel("utilization (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "reproduce.json", out / "reproduce.txt", out / "throughput.png",
+             out / "utilization.png"]
+    files[0].write_text(json.dumps(report, indent=1))
+    files[1].write_text(format_report(report) + "\n")
+    plot_throughput(report, files[2])
+    plot_utilization(report, files[3])
+    return files

@@ -1,0 +1,114 @@
+"""``neupims reproduce``'s grid checks and report (the RTL runs are in
+``cocotb_tests/test_reproduce.py``), and the decode compiler's split of long VECTORs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from rtl.config import preset
+from rtl.npu.vector import VectorOp
+from rtl.npu.vector_engine import FLAG_SCALAR_B
+from sim.cli import main
+from sim.decode.compiler import Costs, Stream
+from sim.decode.golden import MODES
+from sim.reproduce import (GRIDS, PAPER, Grid, ReproduceError, batch_factor, format_report,
+                           paper_scale_status, ratios, slice_config, to_json, write_outputs)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"models": ("gpt9",)}, "models"), ({"batches": (0,)}, "batches"),
+    ({"datasets": ("books",)}, "datasets"), ({"modes": ("gpu",)}, "modes"),
+    ({"length_scale": {"sharegpt-like": 0.0, "alpaca-like": 1.0}}, "length_scale"),
+    ({"max_len": 1}, "max_len"),
+    ({"batches": ()}, "grid")])
+def test_bad_grid_names_the_field(change, field):
+    with pytest.raises(ReproduceError) as error:
+        dataclasses.replace(GRIDS["quick"], **change).validate()
+    assert error.value.field == field and str(error.value).startswith(field)
+
+
+def test_cli_rejects_a_bad_dataset(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "--datasets", "books", "--out", "/nonexistent/never-written"])
+    assert "datasets" in str(stop.value) and "books" in str(stop.value)
+
+
+def test_reference_point_falls_back_inside_the_grid():
+    grid = Grid(models=("tiny-gpt",), batches=(16, 64), datasets=("alpaca-like",),
+                reference=("small-gpt", 256, "sharegpt-like"))
+    assert grid.reference_point() == ("tiny-gpt", 64, "alpaca-like")
+    assert dataclasses.replace(grid, batches=(300, 512)).reference_point()[1] == 300
+
+
+def test_slice_is_the_decode_channels_timing_only():
+    config, decode = slice_config(), preset("decode")
+    assert not config.datapath
+    assert config.geometry.channels == decode.geometry.channels
+    assert config.geometry.banks == decode.geometry.banks
+    assert config.timing == decode.timing and config.pim == decode.pim
+    assert config.npu.word_bytes == config.geometry.burst_bytes == 64
+    assert batch_factor(config) == 32          # 4 MACs per byte here, the paper 128
+
+
+def test_paper_scale_reports_why_not_run():
+    status = paper_scale_status()
+    assert [s["model"] for s in status] == ["gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b"]
+    for s in status:
+        assert not s["run"] and "NpuConfig.word_bytes" in s["reason"]
+        assert "d_head 128" in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
+
+
+def _points(grid):
+    """Synthetic points (the report's arithmetic, not the design's figures)."""
+    out = []
+    for i, (model, batch, dataset) in enumerate(grid.points()):
+        for j, mode in enumerate(MODES):
+            cycles = 1000 * (i + 1) * (3 - j)
+            out.append({"model": model, "batch": batch, "dataset": dataset, "mode": mode,
+                        "tokens_per_s": batch * 1e9 / cycles, "cycles": cycles,
+                        "tokens": batch, "stages": {"load": 10, "QKV": cycles - 10},
+                        "npu_util": 0.1 * (j + 1), "pim_util": 0.05 * j})
+    return out
+
+
+def test_ratios_and_report(tmp_path):
+    grid = GRIDS["quick"]
+    points = _points(grid)
+    r = ratios(points)
+    assert len(r) == len(grid.points())
+    for x in r:                # npu-only 3 x, npu+pim 2 x the cycles of neupims
+        assert x["neupims/npu-only"] == pytest.approx(3.0)
+        assert x["neupims/npu+pim"] == pytest.approx(2.0)
+    report = to_json(grid, slice_config(), points, wall_s=1.0, jobs=2)
+    assert report["summary"]["ratios"]["neupims/npu-only"]["mean"] == pytest.approx(3.0)
+    assert report["summary"]["ratios"]["neupims/npu+pim"]["paper"] == PAPER["neupims/npu+pim"]
+    u = report["summary"]["utilization"]
+    assert u["point"] == {"model": "tiny-gpt", "batch": 8, "dataset": "sharegpt-like"}
+    assert u["modes"]["neupims"]["npu_util"] == pytest.approx(0.3)
+    for p in report["points"]:
+        assert {"model", "batch", "dataset", "mode", "tokens_per_s", "stages", "npu_util",
+                "pim_util"} <= set(p)
+    text = format_report(report)
+    assert "3.00x" in text and "2.00x" in text and "2.4x" in text and "1.6x" in text
+    assert "64.9 %" in text and "26.4 %" in text
+    assert text.count("not run:") == 4
+    files = write_outputs(report, tmp_path)
+    assert json.loads(files[0].read_text())["points"] == points
+    for png in files[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_long_elementwise_vector_is_split_into_whole_words():
+    s = Stream(Costs(preset("decode")))
+    s.vec(VectorOp.CVT32TO16, a=100, d=5000, length=70_000)
+    pieces = [op.ins for op in s.ops]
+    assert [p["length"] for p in pieces] == [32768, 32768, 70_000 - 65536]
+    assert [p["a"] for p in pieces] == [100, 100 + 2048, 100 + 4096]        # FP32 words
+    assert [p["d"] for p in pieces] == [5000, 5000 + 1024, 5000 + 2048]     # FP16 words
+    s = Stream(Costs(preset("decode")))
+    s.vec(VectorOp.ADD, a=0, b=7, d=9, length=65535)
+    assert len(s.ops) == 1
+    with pytest.raises(ValueError):     # a scalar operand cannot be cut: the field overflows
+        s.vec(VectorOp.MUL, a=0, b=7, d=9, length=70_000, flags=FLAG_SCALAR_B)

@@ -205,9 +205,14 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
                         progress_every=10 ** 9, show=lambda line: None)
     s = summarize(result)
+    busy = {k: sum(step["counters"][k] for step in result["steps"])
+            for k in ("vector_busy", "dma_busy", "gemm_busy")}
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
             "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
             "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
+            "vector_util": busy["vector_busy"] / s["cycles"],
+            "dma_util": busy["dma_busy"] / s["cycles"],
+            "gemm_util": busy["gemm_busy"] / s["cycles"],
             "normal_during_pim": s["normal_during_pim"],
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
@@ -327,8 +332,9 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
     r = ratios(points)
     reference = grid.reference_point()
     table = _by_key(points)
-    utilization = {mode: {"npu_util": table[reference + (mode,)]["npu_util"],
-                          "pim_util": table[reference + (mode,)]["pim_util"]}
+    keys = ("npu_util", "pim_util", "vector_util", "dma_util", "gemm_util")
+    utilization = {mode: {k: table[reference + (mode,)][k] for k in keys
+                          if k in table[reference + (mode,)]}
                    for mode in grid.modes if reference + (mode,) in table}
     summary = {}
     for key in ("neupims/npu-only", "neupims/npu+pim"):
@@ -412,9 +418,14 @@ def format_report(report: dict) -> str:
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
                   f"{paper['model']} batch {paper['batch']}, neupims: NPU "
                   f"{_pct(paper['npu'])}, PIM {_pct(paper['pim'])})"]
-    lines += _table(["mode", "NPU util", "PIM util"],
+    lines += _table(["mode", "NPU util", "PIM util", "vector busy", "DMA busy", "GEMM busy"],
                     [[mode, _pct(v["npu_util"]), _pct(v["pim_util"])]
+                     + [_pct(v[k]) if k in v else "-" for k in ("vector_util", "dma_util",
+                                                                "gemm_util")]
                      for mode, v in u["modes"].items()])
+    lines += ["  (NPU util: the systolic array's busy clocks; GEMM busy: the GEMM engine's, "
+              "array and its operand moves; PIM util: controllers' PIM-busy clocks, mean "
+              "over channels)"]
     names = list(dict.fromkeys(n for p in report["points"] for n in p["stages"]))
     lines += ["", "Stage cycles (per point and mode)"]
     lines += _table(["model", "batch", "dataset", "mode", "cycles"] + names,

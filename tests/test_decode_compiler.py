@@ -18,6 +18,16 @@ WORKLOADS = {
     "b3-past-accumulator": ((150, 20, 200), 1),
 }
 
+#: tiny-gpt with room for several V token chunks (256 tokens each on the ``decode`` preset)
+LONG_GPT = ModelShape("long-gpt", 64, 2, 2, ffn=256, d_head=32, max_seq_len=1024)
+
+
+def _matches_golden(run):
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        it.run(step.instructions())
+        assert step.checks and it.mismatches(step.checks) == []
+
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", WORKLOADS)
@@ -29,6 +39,25 @@ def test_program_matches_golden(mode, name):
         assert step.program[-1].op is NpuOp.HALT
         it.run(step.instructions())
         assert step.checks and it.mismatches(step.checks) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_contexts_longer_than_a_v_chunk(mode):
+    """Requests of three, one and two V chunks in one batch."""
+    run = compile_decode(DecodeWorkload(LONG_GPT, (300, 40, 520), seed=3), mode)
+    assert run.plan.layout.v_chunks(521) == 3
+    _matches_golden(run)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_v_chunk_boundary(mode):
+    """L = 256 (one full chunk) in step 0, 257 in step 1: the new token's V opens chunk 1."""
+    run = compile_decode(DecodeWorkload(LONG_GPT, (255, 10), steps=2, seed=2), mode)
+    _matches_golden(run)
+    if mode != "npu-only":
+        gwrites = [sum(ins.op is NpuOp.PIM and ins["pim_op"] == 0 for ins in step.program)
+                   for step in run.steps]
+        assert gwrites[1] - gwrites[0] == LONG_GPT.layers * LONG_GPT.heads   # chunk 1's scores
 
 
 def test_a_wrong_program_is_caught():
@@ -112,8 +141,12 @@ def test_unknown_model():
 def test_limits_of_the_slice():
     with pytest.raises(DecodeError, match="instructions|scratchpad|does not fit"):
         compile_decode(DecodeWorkload("tiny-gpt", tuple([100] * 48)), "neupims")
-    long_model = ModelShape("long-gpt", 64, 2, 2, ffn=256, d_head=32, max_seq_len=1024)
-    with pytest.raises(DecodeError, match="V token chunk"):
-        compile_decode(DecodeWorkload(long_model, (300,)), "npu-only")
+    longer = ModelShape("longer-gpt", 64, 2, 2, ffn=256, d_head=32, max_seq_len=4096)
+    with pytest.raises(DecodeError, match="KV cache does not fit") as error:
+        compile_decode(DecodeWorkload(longer, (2000,)), "npu+pim")
+    assert error.value.field == "batch"
+    with pytest.raises(DecodeError, match="scratchpad") as error:
+        compile_decode(DecodeWorkload(longer, (1000,)), "npu-only")
+    assert error.value.field == "scratchpad"
     with pytest.raises(DecodeError, match="unknown mode"):
         compile_decode(DecodeWorkload("tiny-gpt", (2,)), "gpu")

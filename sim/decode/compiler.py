@@ -8,9 +8,9 @@ Modes (the same compiler code; they differ only where stated):
   spread over all channels and their loads are issued back to back, two requests ahead
   of the compute, so every channel streams at once); the systolic array computes
   ``K . q^T`` (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token
-  chunks chained in FP32), the vector unit the softmax. Greedy channel assignment, no
-  PIM; the channels run in ``dual`` mode (no PIM command is ever issued, so it is the
-  plain DRAM).
+  chunks, one V burst each, chained in FP32 over all V token chunks), the vector unit the
+  softmax. Greedy channel assignment, no PIM; the channels run in ``dual`` mode (no PIM
+  command is ever issued, so it is the plain DRAM).
 - ``npu+pim``: attention on the PIM, ``blocked`` row buffers (Newton-like), round-robin
   channel assignment, no sub-batching: per layer QKV (all) -> MHA (all) -> Proj/FFN (all).
 - ``neupims``: attention on the PIM with ``dual`` row buffers, greedy min-load channel
@@ -26,10 +26,14 @@ into lane ``t mod 32`` (strided VECTOR), stored. The query is stored into the
 request's staging row (bank 0, one head per burst), GWRITE, then per K tile a HEADER and
 one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
 logits are gathered (strided VECTOR, 8 per word) and softmaxed; each head's FP16 scores
-go to the staging row of bank ``B/2 + head``, GWRITE, then per V tile a HEADER and a GEMV
-whose partial outputs are gathered, added to +0.0 in FP32 (the NPU's chunk sum of
-``sim.kv_layout``) and rounded into the attention output. Staging rows: request slot i
-of a channel uses row i; the PIM queue is waited for before a staging row is rewritten.
+go, V token chunk by chunk (``row_elements`` tokens each), to staging rows of bank
+``B/2 + head``; per chunk a GWRITE, then per V tile a HEADER and a GEMV over the chunk's
+tokens into the page ``v[chunk][head][tile]``. The chunks' partial outputs are gathered
+and summed in FP32 from +0.0 in chunk order (the NPU's chunk sum of ``sim.kv_layout``),
+then rounded into the attention output. Staging rows: with S request slots in a channel
+(its most requests), slot i uses row i for its query and row ``chunk x S + i`` for the
+scores of a V chunk (so chunk 0 is row i); the PIM queue is waited for before a staging
+row is rewritten.
 
 Data layout: rows of the activation matrices are the requests in ``row_order`` (for
 ``neupims`` sub-batch 1 first). HBM: the KV pages (``sim.kv_layout``) in rows below
@@ -37,9 +41,10 @@ Data layout: rows of the activation matrices are the requests in ``row_order`` (
 parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
 step, laid out linearly (one DMA per block spreads over all channels).
 
-Limits (clear errors): one V token chunk (L <= row elements), heads <= banks / 2,
-scratchpad and instruction memory sizes, KV capacity of the stored rows. (The NPU's logit
-GEMM is cut into pieces of ``accumulator_rows`` tokens.)
+Limits (clear errors): heads <= banks / 2, scratchpad and instruction memory sizes
+(attention buffers grow with the longest L), KV capacity of the stored rows (the pages and
+the staging rows, one per slot and V chunk of the longest L). (The NPU's logit GEMM is cut
+into pieces of ``accumulator_rows`` tokens.)
 """
 from __future__ import annotations
 
@@ -301,12 +306,18 @@ class Plan:
     row_order: list                  # scratchpad row -> request
     sub_batches: list                # [rows of sub-batch 1, rows of sub-batch 2] (neupims)
     kv: list                         # ChannelKV per channel
+    slots: int = 1                   # staging slots per channel (its most requests)
     sp: dict = field(default_factory=dict)
     hbm: dict = field(default_factory=dict)
 
     @property
     def layout(self) -> KVLayout:
         return self.kv[0].layout
+
+    def staging_row(self, request: int, chunk: int = 0) -> int:
+        """The staging row of ``request`` for V token chunk ``chunk`` (chunk-major, so
+        chunk 0 is the request's slot)."""
+        return chunk * self.slots + self.slot_of[request]
 
 
 def _address(config, channel, bank, row, column) -> int:
@@ -328,11 +339,7 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     m, g = workload.model, config.geometry
     _check_map(config)
     layout = KVLayout(config, m)
-    B, E = layout.banks, layout.row_elements
-    longest = max(workload.kv_lens) + workload.steps
-    if longest > E:
-        raise DecodeError("kv_lens", f"{longest} tokens exceed one V token chunk ({E} tokens "
-                          f"per row): more chunks are not compiled yet")
+    B = layout.banks
     if m.heads > B // 2:
         raise DecodeError("model.heads", f"{m.heads} heads need a staging bank each among the "
                           f"upper {B // 2} banks")
@@ -353,21 +360,29 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     for members in assignment.channels:
         for slot, r in enumerate(members):
             slot_of[r] = slot
-    staging = max(len(ms) for ms in assignment.channels)
+    slots = max(len(ms) for ms in assignment.channels)
+    staging = slots * _score_chunks(workload, layout)
     weight_row = _weight_row(workload, config)
     kv = []
     for c in range(C):
         channel = ChannelKV(layout, c, rows=weight_row, layers=m.layers)
-        if staging > 1:
-            channel.allocator.allocate(staging - 1, "staging rows")
-        for r in assignment.channels[c]:
-            try:
+        try:
+            if staging > 1:
+                channel.allocator.allocate(staging - 1, "staging rows")
+            for r in assignment.channels[c]:
                 channel.add(r, workload.kv_lens[r] + workload.steps)
-            except CapacityError as error:
-                raise DecodeError("batch", f"request {r} does not fit: {error} (rows below "
-                                  f"{weight_row} of {config.stored_rows} stored)") from None
+        except CapacityError as error:
+            raise DecodeError("batch", f"the KV cache does not fit: {error} ({staging} "
+                              f"staging rows; rows below {weight_row} of "
+                              f"{config.stored_rows} stored)") from None
         kv.append(channel)
-    return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv)
+    return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv,
+                slots=slots)
+
+
+def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
+    """V token chunks of the longest request: each has its own score staging rows."""
+    return layout.v_chunks(max(workload.kv_lens) + workload.steps)
 
 
 def _linear_words(workload: DecodeWorkload) -> dict:
@@ -473,9 +488,12 @@ def _scratchpad(plan: Plan) -> dict:
         s["ocol"] = sp.take("ocol", dh)
         s["q32"] = sp.take("q32", f32(dh))
     else:
+        chunks = _score_chunks(w, layout)
         s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
-        s["ares"] = sp.take("ares", Bt * heads * layout.v_tiles)
+        s["ares"] = sp.take("ares", Bt * heads * chunks * layout.v_tiles)
         s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / layout.burst_elements))
+        if chunks > 1:
+            s["c32"] = sp.take("c32", f32(dh))      # a chunk's partial output in FP32
     sizes = _linear_words(w)
     layer_words = sum(sizes["layer"].values())
     for i in range(min(2, w.layers)):
@@ -500,6 +518,7 @@ class Builder:
         self.costs = Costs(self.config)
         self.sp = plan.sp
         self.layout = plan.layout
+        self.chunks = _score_chunks(self.w, self.layout)
         sizes = _linear_words(self.w)["layer"]
         self.offsets, at = {}, 0
         for name in ("ln", "w_qkv", "w_o", "w_1", "w_2"):
@@ -609,6 +628,14 @@ class Builder:
     def _qkv_word(self, row: int, part: int, head: int) -> int:
         return self.sp["qkv"] + row * 3 * self.d // FP16_WORD + part * self.d // FP16_WORD + head
 
+    def _v_burst(self, channel: int, pages, head: int, v_tile: int, burst: int) -> int:
+        """HBM address of V burst ``burst`` (32 tokens, counted over all chunks) of one
+        dimension tile of ``head``: chunk ``burst // bursts per row``, bank 0 (the tile's
+        B banks follow)."""
+        per_row = self.layout.row_elements // self.layout.burst_elements
+        return _address(self.config, channel, 0, pages.v[burst // per_row][head][v_tile],
+                        burst % per_row)
+
     def append(self, layer: int, rows: list) -> Stream:
         """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
         s, sp, lay, cfg = self.stream(), self.sp, self.layout, self.config
@@ -621,7 +648,7 @@ class Builder:
                 s.store(_address(cfg, c, t % B, pages.k[t // B][0], h), self._qkv_word(row, 1, h), 1)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
-                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // lay.burst_elements),
+                    s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
         s.wait("dma")
         for row in rows:
@@ -636,7 +663,7 @@ class Builder:
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
-                    s.store(_address(cfg, c, 0, pages.v[0][h][vt], (t % lay.row_elements) // lay.burst_elements),
+                    s.store(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
                             sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
         return s
 
@@ -669,7 +696,7 @@ class Builder:
         s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
         if not rows:
             return s
-        B, dh, heads = lay.banks, self.dh, self.heads
+        B, heads = lay.banks, self.heads
         Lmax = max(self.w.kv_lens) + self.w.steps
         per = lay.burst_elements
         kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / per)
@@ -703,28 +730,51 @@ class Builder:
             c, L = plan.channel_of[r], self._token(r) + 1
             for h in range(heads):
                 for word in range(math.ceil(L / per)):
-                    s.store(_address(cfg, c, lay.score_bank + h, plan.slot_of[r], word),
-                            sp["s16"] + (row * heads + h) * ch + word, 1)
+                    chunk, column = divmod(word, lay.row_elements // per)
+                    s.store(_address(cfg, c, lay.score_bank + h, plan.staging_row(r, chunk),
+                                     column), sp["s16"] + (row * heads + h) * ch + word, 1)
         s.wait("dma")
         for row in order:
-            r = plan.row_order[row]
-            c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
-            comps = math.ceil(L / lay.lanes)
-            for h in range(heads):
-                s.pim("gwrite", c, row=plan.slot_of[r], **lay.bank_coords(lay.score_bank + h))
-                for vt in range(lay.v_tiles):
-                    s.pim("header", c, row=pages.v[0][h][vt], gemvs=1, comps=comps)
-                    s.pim("gemv", c, column=0, comps=comps,
-                          sp=sp["ares"] + (row * heads + h) * lay.v_tiles + vt)
+            self._attend_pim(s, layer, row)
         s.wait("pim")
         for row in rows:
             for h in range(heads):
-                s.vec(VectorOp.CVT16TO32, a=sp["ares"] + (row * heads + h) * lay.v_tiles,
-                      d=sp["o32"], length=dh, flags=FLAG_STRIDED_A, imm=strided_imm(B, 0))
-                s.vec(VectorOp.ADD, a=sp["o32"], d=sp["o32"], length=dh, imm=0, flags=FLAG_IMM_B)
-                s.vec(VectorOp.CVT32TO16, a=sp["o32"],
-                      d=sp["attn"] + row * self.d // FP16_WORD + h, length=dh)
+                self._chunk_sum(s, row, h)
         return s
+
+    def _ares(self, row: int, head: int, chunk: int) -> int:
+        """First scratchpad word of the partial outputs of V chunk ``chunk`` (a word per
+        V tile, a dimension per bank)."""
+        index = (row * self.heads + head) * self.chunks + chunk
+        return self.sp["ares"] + index * self.layout.v_tiles
+
+    def _attend_pim(self, s: Stream, layer: int, row: int) -> None:
+        """Per head and V chunk: GWRITE of the chunk's scores, then per V tile a HEADER
+        and a GEMV over the chunk's tokens."""
+        lay, plan = self.layout, self.plan
+        r = plan.row_order[row]
+        c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
+        for h in range(self.heads):
+            for chunk in range(lay.v_chunks(L)):
+                comps = math.ceil(min(lay.row_elements, L - chunk * lay.row_elements) / lay.lanes)
+                s.pim("gwrite", c, row=plan.staging_row(r, chunk),
+                      **lay.bank_coords(lay.score_bank + h))
+                for vt in range(lay.v_tiles):
+                    s.pim("header", c, row=pages.v[chunk][h][vt], gemvs=1, comps=comps)
+                    s.pim("gemv", c, column=0, comps=comps, sp=self._ares(row, h, chunk) + vt)
+
+    def _chunk_sum(self, s: Stream, row: int, head: int) -> None:
+        """The NPU's chunk sum (``sim.kv_layout.npu_chunk_sum``): +0.0 + fp32(partial 0),
+        then + fp32(partial c) in chunk order, rounded into the attention output."""
+        sp, B, dh = self.sp, self.layout.banks, self.dh
+        gather = {"length": dh, "flags": FLAG_STRIDED_A, "imm": strided_imm(B, 0)}
+        s.vec(VectorOp.CVT16TO32, a=self._ares(row, head, 0), d=sp["o32"], **gather)
+        s.vec(VectorOp.ADD, a=sp["o32"], d=sp["o32"], length=dh, imm=0, flags=FLAG_IMM_B)
+        for chunk in range(1, self.layout.v_chunks(self._token(self.plan.row_order[row]) + 1)):
+            s.vec(VectorOp.CVT16TO32, a=self._ares(row, head, chunk), d=sp["c32"], **gather)
+            s.vec(VectorOp.ADD, a=sp["o32"], b=sp["c32"], d=sp["o32"], length=dh)
+        s.vec(VectorOp.CVT32TO16, a=sp["o32"], d=sp["attn"] + row * self.d // FP16_WORD + head,
+              length=dh)
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
         s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
@@ -743,7 +793,7 @@ class Builder:
                 s.load(_address(cfg, c, 0, pages.k[kt][0], h), sp[f"kbuf{i % 2}"] + kt * B, B)
             for chunk in range(math.ceil(L / lay.burst_elements)):
                 for vt in range(lay.v_tiles):
-                    s.load(_address(cfg, c, 0, pages.v[0][h][vt], chunk),
+                    s.load(self._v_burst(c, pages, h, vt, chunk),
                            sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B)
 
         def query(i):

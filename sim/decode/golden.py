@@ -12,7 +12,9 @@ per step, per layer (rows = requests)::
       logits (FP16): PIM modes: K^T q on the PIM (golden_logits);
                      npu-only: the systolic array, K [L x 32] . q^T [32 x 1]
       p = softmax(fp32(logits) * 1/sqrt(d_head)) (vector unit), s = fp16(p)
-      out (FP16):    PIM modes: golden_attention (one token chunk: +0.0 + fp32(partial));
+      out (FP16):    PIM modes: golden_attention (a GEMV per V token chunk of
+                     row_elements tokens; acc = +0.0, acc += fp32(partial) in chunk
+                     order in FP32, rounded to FP16);
                      npu-only: V^T [32 x L] . s^T [L x 1] on the array, K split in
                      32-token chunks chained in FP32 (``acc``), rounded to FP16
     o = attn . W_o (FP32); r1 = x + o; h2 = LayerNorm2(r1); f1 = fp16(h2) . W_1 (FP32)

@@ -3,10 +3,12 @@
 - A small grid on the slice (timing-only): every point complete, every DRAM command
   checked with zero violations, stages adding up to the step, the ratios and utilization
   of the report derived from the points' own counters.
-- The correlation of the slice's NPU shape (a 16 x 16 array, 16 vector lanes; the
-  default correlation suite uses the ``decode`` preset's 8 x 8 array and 8 lanes): the
-  full RTL and the timing-only build give identical cycles, stage ends, counters and
-  command streams on a small workload in every mode.
+- The correlation of the slice itself (32-bank channels with 1 KiB rows, a 16 x 16 array,
+  16 vector lanes; the default correlation suite runs the ``decode`` preset), with the
+  memories the full RTL can hold (512 stored rows, 32,768 scratchpad words, 8,192
+  instructions; sizes that do not enter any timing): the full RTL and the timing-only
+  build give identical cycles, stage ends, counters and command streams on a small
+  workload of a slice model in every mode, with a context over two V chunks.
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import dataclasses
 
 import pytest
 
-from rtl.config import preset
 from sim.decode.golden import MODES
 from sim.decode.workload import DecodeWorkload
+from sim.models import get_model
 from sim.reproduce import Grid, format_report, run_grid, slice_config
 
 from .test_timing_only import compare, run_both
@@ -25,8 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_small_grid_on_the_slice(tmp_path):
-    grid = Grid(models=("tiny-gpt",), batches=(4, 8), datasets=("alpaca-like",),
-                reference=("tiny-gpt", 8, "alpaca-like"))
+    grid = Grid(models=("gpt3-7b-s32",), batches=(2, 4), datasets=("alpaca-like",),
+                reference=("gpt3-7b-s32", 4, "alpaca-like"))
     lines = []
     report = run_grid(grid, tmp_path, jobs=2, log=lines.append, precheck=True)
     assert len(lines) == 1 + 6 and "6/6" in "".join(lines)
@@ -47,14 +49,16 @@ def test_small_grid_on_the_slice(tmp_path):
         assert r["neupims/npu+pim"] == pytest.approx(
             by[(r["batch"], "neupims")]["tokens_per_s"] / by[(r["batch"], "npu+pim")]["tokens_per_s"])
     text = format_report(report)
-    assert "tiny-gpt" in text and "not run:" in text
+    assert "gpt3-7b-s32" in text and "not run:" in text
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_slice_npu_shape_timing_only_matches_full_rtl(mode, tmp_path):
-    base = preset("decode")
-    base = base.replace(npu=dataclasses.replace(base.npu, array_rows=16, array_cols=16,
-                                                vector_lanes=16))
-    workload = DecodeWorkload("tiny-gpt", (5, 33, 17, 60), steps=1, seed=4)
+def test_slice_timing_only_matches_full_rtl(mode, tmp_path):
+    base = slice_config()
+    base = base.replace(datapath=True, stored_rows=512,
+                        geometry=dataclasses.replace(base.geometry, rows=1024),
+                        npu=dataclasses.replace(base.npu, scratchpad_words=32768,
+                                                instruction_words=8192))
+    workload = DecodeWorkload(get_model("gpt3-7b-s32"), (5, 530, 17), steps=1, seed=4)
     full, timing = run_both(workload, mode, base, tmp_path)
     compare(full, timing)

@@ -229,6 +229,20 @@ def _test(name, d_model, heads, ffn, kv_heads=None, activation="gelu", max_seq_l
                       source="test model sized for an RTL slice (d_head 32)")
 
 
+#: Width scale of the GPT-3 shapes run on the RTL slice (``sim.reproduce``).
+SLICE_SCALE = 32
+
+
+def _gpt3_slice(name, d_model, heads):
+    """GPT-3 ``name`` at 1/32 of its width (d_model / 32 in heads of 32, FFN 4 d) over 2
+    layers: with batches / 32 it keeps the paper's ratio of KV to weight traffic per layer
+    (L B / 6 d) at the same context lengths (``sim.reproduce``)."""
+    d = d_model // SLICE_SCALE
+    return ModelShape(f"{name}-s{SLICE_SCALE}", d, d // 32, 2, ffn=4 * d, d_head=32,
+                      source=f"{name} ({heads} heads, d_model {d_model}) at 1/{SLICE_SCALE} "
+                             f"width for the RTL slice")
+
+
 MODELS: dict[str, ModelShape] = {m.name: m for m in (
     _gpt3("gpt3-7b", 4096, 32, 32, tp=4),
     _gpt3("gpt3-13b", 5120, 40, 40, tp=4),
@@ -239,6 +253,10 @@ MODELS: dict[str, ModelShape] = {m.name: m for m in (
     _llama("llama2-70b", 8192, 64, 8, 80, 28672, 4096, tp=8, pp=2),
     _llama("llama3-8b", 4096, 32, 8, 32, 14336, 8192, tp=4),
     _llama("llama3-70b", 8192, 64, 8, 80, 28672, 8192, tp=8, pp=2),
+    _gpt3_slice("gpt3-7b", 4096, 32),
+    _gpt3_slice("gpt3-13b", 5120, 40),
+    _gpt3_slice("gpt3-30b", 7168, 56),
+    _gpt3_slice("gpt3-175b", 12288, 96),
     _test("tiny-gpt", 64, 2, 256),
     _test("small-gpt", 128, 4, 512, max_seq_len=512),
     _test("tiny-gqa", 128, 4, 256, kv_heads=2, activation="swiglu"),

@@ -6,24 +6,34 @@ What runs today, and what does not. The paper's table needs GPT-3 7B-175B on the
 ``neupims`` preset (32 channels, 8 x 128 x 128 arrays, 512-byte scratchpad words); the
 decode compiler still lays out 64-byte words with ``d_head`` 32 on one core, so those
 points are *not run*, and the report says so for each model with the compiler's own
-reason (:func:`paper_scale_status`). What runs is the **slice** (:func:`slice_config`):
+reason (:func:`paper_scale_status`). What runs is a **slice** built to keep the paper's
+ratios (:func:`slice_config`):
 
-- the ``decode`` preset's channels (2 channels of 8 banks, 16 PIM lanes, 512-byte rows)
-  with 8,192 rows per bank so a batch of hundreds of requests fits its KV cache;
-- a 16 x 16 systolic array and a 16-lane vector unit (the widest a 64-byte word holds:
-  one array row of FP16, one result row of FP32), 65,536 instructions and scratchpad
-  words so a step of up to 256 requests is one program;
+- two channels of the paper's geometry: 32 banks (2 ranks x 4 bank groups x 4), 1 KiB
+  rows, 16 PIM lanes per bank, so the PIM's internal bandwidth is 16x the channel's bus as
+  in the paper; 8,192 rows per bank so hundreds of long contexts fit the KV cache;
+- a 16 x 16 systolic array and a 16-lane vector unit (the widest a 64-byte word holds),
+  65,536 instructions and 2^18 scratchpad words so a step of a batch is one program;
 - elaborated *timing-only* (``DeviceConfig.datapath = False``): the same RTL without its
   datapath and storage, whose cycles, counters and command streams equal the full RTL's
   (the correlation suite: ``cocotb_tests/test_decode_modes.py``,
-  ``cocotb_tests/test_timing_only.py``, including this slice's array and lane width at a
-  size the full RTL can hold). Every DRAM command still goes through the timing checker.
+  ``cocotb_tests/test_timing_only.py``, and this slice's geometry and NPU in
+  ``cocotb_tests/test_reproduce.py``). Every DRAM command still goes through the timing
+  checker.
 
-Models are the test shapes sized for the slice (``sim.models``: ``tiny-gpt``, d_model 64,
-2 heads; ``small-gpt``, d_model 128, 4 heads; d_head 32). Lengths: the datasets' prompt
-and output lengths times ``length_scale`` (default 1/4), each request caught at a uniform
-random point of its decode, clipped to ``max_len`` (default 256: one V chunk of a 512-byte
-row); every clip is counted in the point's ``source``.
+Scaling. The slice has 4 NPU MACs per byte of HBM bandwidth, the paper 128
+(:func:`macs_per_byte`): a weight-streaming GEMM is as compute- or bandwidth-bound at slice
+batch b as the paper's at batch 32 b (:func:`batch_factor`), so the grid's batches 2-16
+stand for the paper's 64-512. The models are GPT-3 7B-175B at 1/32 of their width
+(``sim.models``: ``gpt3-7b-s32`` ... d_model / 32 in heads of 32, FFN 4 d, 2 layers):
+with batch / 32 and width / 32 the ratio of KV-cache to weight traffic per layer,
+L B / 6 d, is the paper's at the same context lengths, so the lengths are not scaled:
+ShareGPT-like and Alpaca-like requests drawn from the paper's per-turn means, and the
+Azure conversation trace, each caught at a uniform random point of its decode and clipped
+to ``max_len`` (2,048; every clip is counted in the point's ``source``). What the slice
+cannot keep: the vector unit has 16 lanes (the paper's NPU 8 x 128), and it does the
+softmax and the gathers around the PIM GEMVs, so the NPU side of attention weighs more
+here than in the paper.
 
 Every figure comes from the RTL's counters (``sim.decode.report.summarize``): tokens/s
 (tokens of the step over its cycles at the configured clock), NPU utilization (the array's
@@ -58,7 +68,7 @@ __all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config
 DATASETS = ("sharegpt-like", "alpaca-like", "azure-conv")
 #: Lengths x this before clipping: the paper's means as they are; the Azure trace's
 #: contexts (about 1,150 prompt tokens) x 1/8 so most fit the slice's 256.
-LENGTH_SCALE = {"sharegpt-like": 1.0, "alpaca-like": 1.0, "azure-conv": 0.125}
+LENGTH_SCALE = {"sharegpt-like": 1.0, "alpaca-like": 1.0, "azure-conv": 1.0}
 
 #: The paper's figures (NEUPIMS.md 6): average throughput ratios and the utilization of
 #: GPT3-30B at batch 256.
@@ -87,9 +97,9 @@ class Grid:
     datasets: tuple = DATASETS
     modes: tuple = MODES
     length_scale: dict = dataclasses.field(default_factory=lambda: dict(LENGTH_SCALE))
-    max_len: int = 256
+    max_len: int = 2048
     seed: int = 0
-    reference: tuple = ("small-gpt", 8, "sharegpt-like")
+    reference: tuple = ("gpt3-30b-s32", 8, "sharegpt-like")
 
     def validate(self) -> None:
         from .models import MODELS
@@ -130,11 +140,13 @@ class Grid:
         return model, max(below) if below else min(self.batches), dataset
 
 
+SLICE_MODELS = ("gpt3-7b-s32", "gpt3-13b-s32", "gpt3-30b-s32", "gpt3-175b-s32")
+
 GRIDS = {
-    "full": Grid(models=("tiny-gpt", "small-gpt"), batches=(2, 4, 8, 12, 16)),
-    "quick": Grid(models=("tiny-gpt",), batches=(4, 8, 16),
+    "full": Grid(models=SLICE_MODELS, batches=(2, 4, 8, 12, 16)),
+    "quick": Grid(models=("gpt3-7b-s32",), batches=(4, 8, 16),
                   datasets=("sharegpt-like", "alpaca-like"),
-                  reference=("tiny-gpt", 8, "sharegpt-like")),
+                  reference=("gpt3-7b-s32", 8, "sharegpt-like")),
 }
 
 
@@ -151,14 +163,16 @@ def batch_factor(config: DeviceConfig) -> float:
 
 
 def slice_config() -> DeviceConfig:
-    """The largest configuration the decode compiler and the RTL run today (see the module
-    docstring), timing-only."""
+    """The slice (see the module docstring): two channels of the paper's geometry (32 banks
+    = 2 ranks x 4 bank groups x 4, 1 KiB rows, 16 PIM lanes; the ``decode`` preset's
+    timing), 8,192 rows per bank, a 16 x 16 array, 16 vector lanes, timing-only."""
     base = preset("decode")
     return base.replace(
         name="reproduce-slice", stored_rows=8192, datapath=False,
-        geometry=dataclasses.replace(base.geometry, rows=8192),
+        geometry=dataclasses.replace(base.geometry, bankgroups=4, banks_per_group=4,
+                                     rows=8192, columns=64),
         npu=dataclasses.replace(base.npu, array_rows=16, array_cols=16, vector_lanes=16,
-                                instruction_words=65536, scratchpad_words=65536))
+                                instruction_words=65536, scratchpad_words=1 << 18))
 
 
 def paper_scale_status() -> list[dict]:
@@ -206,10 +220,11 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
                         progress_every=10 ** 9, show=lambda line: None)
     s = summarize(result)
     busy = {k: sum(step["counters"][k] for step in result["steps"])
-            for k in ("vector_busy", "dma_busy", "gemm_busy")}
+            for k in ("vector_busy", "dma_busy", "gemm_busy", "macs")}
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
             "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
             "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
+            "mac_util": busy["macs"] / (s["cycles"] * config.npu.macs_per_cycle),
             "vector_util": busy["vector_busy"] / s["cycles"],
             "dma_util": busy["dma_busy"] / s["cycles"],
             "gemm_util": busy["gemm_busy"] / s["cycles"],
@@ -332,7 +347,7 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
     r = ratios(points)
     reference = grid.reference_point()
     table = _by_key(points)
-    keys = ("npu_util", "pim_util", "vector_util", "dma_util", "gemm_util")
+    keys = ("npu_util", "mac_util", "pim_util", "vector_util", "dma_util", "gemm_util")
     utilization = {mode: {k: table[reference + (mode,)][k] for k in keys
                           if k in table[reference + (mode,)]}
                    for mode in grid.modes if reference + (mode,) in table}
@@ -418,14 +433,18 @@ def format_report(report: dict) -> str:
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
                   f"{paper['model']} batch {paper['batch']}, neupims: NPU "
                   f"{_pct(paper['npu'])}, PIM {_pct(paper['pim'])})"]
-    lines += _table(["mode", "NPU util", "PIM util", "vector busy", "DMA busy", "GEMM busy"],
-                    [[mode, _pct(v["npu_util"]), _pct(v["pim_util"])]
+    lines += _table(["mode", "NPU util", "MAC util", "PIM util", "vector busy", "DMA busy",
+                     "GEMM busy"],
+                    [[mode, _pct(v["npu_util"])]
+                     + [_pct(v[k]) if k in v else "-" for k in ("mac_util",)]
+                     + [_pct(v["pim_util"])]
                      + [_pct(v[k]) if k in v else "-" for k in ("vector_util", "dma_util",
                                                                 "gemm_util")]
                      for mode, v in u["modes"].items()])
-    lines += ["  (NPU util: the systolic array's busy clocks; GEMM busy: the GEMM engine's, "
-              "array and its operand moves; PIM util: controllers' PIM-busy clocks, mean "
-              "over channels)"]
+    lines += ["  NPU util: clocks the systolic array is busy (weight preload, fill, stream, "
+              "drain); MAC util: rows streamed x H x W over the array's peak; GEMM busy: clocks a GEMM "
+              "is in flight (array and operand moves); PIM util: the controllers' PIM-busy "
+              "clocks, mean over channels; all over the step's cycles"]
     names = list(dict.fromkeys(n for p in report["points"] for n in p["stages"]))
     lines += ["", "Stage cycles (per point and mode)"]
     lines += _table(["model", "batch", "dataset", "mode", "cycles"] + names,

@@ -13,7 +13,8 @@ from rtl.npu.vector_engine import FLAG_SCALAR_B
 from sim.cli import main
 from sim.decode.compiler import Costs, Stream
 from sim.decode.golden import MODES
-from sim.reproduce import (GRIDS, PAPER, Grid, ReproduceError, batch_factor, format_report,
+from sim.models import get_model
+from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, batch_factor, format_report,
                            paper_scale_status, ratios, slice_config, to_json, write_outputs)
 
 
@@ -37,19 +38,28 @@ def test_cli_rejects_a_bad_dataset(capsys):
 
 def test_reference_point_falls_back_inside_the_grid():
     grid = Grid(models=("tiny-gpt",), batches=(16, 64), datasets=("alpaca-like",),
-                reference=("small-gpt", 256, "sharegpt-like"))
+                reference=("gpt3-30b-s32", 256, "sharegpt-like"))
     assert grid.reference_point() == ("tiny-gpt", 64, "alpaca-like")
     assert dataclasses.replace(grid, batches=(300, 512)).reference_point()[1] == 300
 
 
-def test_slice_is_the_decode_channels_timing_only():
-    config, decode = slice_config(), preset("decode")
-    assert not config.datapath
-    assert config.geometry.channels == decode.geometry.channels
-    assert config.geometry.banks == decode.geometry.banks
-    assert config.timing == decode.timing and config.pim == decode.pim
+def test_slice_has_the_paper_channel_geometry_timing_only():
+    config, paper, decode = slice_config(), preset("neupims"), preset("decode")
+    assert not config.datapath and config.geometry.channels == 2
+    for field in ("ranks", "bankgroups", "banks_per_group", "row_bytes", "burst_bytes"):
+        assert getattr(config.geometry, field) == getattr(paper.geometry, field), field
+    assert config.pim.lanes == paper.pim.lanes
+    assert config.timing == decode.timing
     assert config.npu.word_bytes == config.geometry.burst_bytes == 64
     assert batch_factor(config) == 32          # 4 MACs per byte here, the paper 128
+
+
+def test_slice_models_keep_the_papers_traffic_ratio():
+    """d / 32 with batch / 32: L B / (6 d) unchanged."""
+    for name in SLICE_MODELS:
+        shape, paper = get_model(name), get_model(name.removesuffix("-s32"))
+        assert shape.d_model * 32 == paper.d_model and shape.ffn == 4 * shape.d_model
+        assert shape.d_head == 32 and shape.heads <= slice_config().geometry.banks // 2
 
 
 def test_paper_scale_reports_why_not_run():
@@ -85,7 +95,7 @@ def test_ratios_and_report(tmp_path):
     assert report["summary"]["ratios"]["neupims/npu-only"]["mean"] == pytest.approx(3.0)
     assert report["summary"]["ratios"]["neupims/npu+pim"]["paper"] == PAPER["neupims/npu+pim"]
     u = report["summary"]["utilization"]
-    assert u["point"] == {"model": "tiny-gpt", "batch": 8, "dataset": "sharegpt-like"}
+    assert u["point"] == {"model": "gpt3-7b-s32", "batch": 8, "dataset": "sharegpt-like"}
     assert u["modes"]["neupims"]["npu_util"] == pytest.approx(0.3)
     for p in report["points"]:
         assert {"model", "batch", "dataset", "mode", "tokens_per_s", "stages", "npu_util",

@@ -462,11 +462,25 @@ def format_report(report: dict) -> str:
 _PALETTE = {"npu-only": "tab:gray", "npu+pim": "tab:purple", "neupims": "tab:red"}
 
 
-def plot_throughput(report: dict, path) -> None:
-    """Tokens/s against batch size, one panel per model and dataset, a line per mode."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _batch_axis(ax, batches, title: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("batch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def plot_throughput(report: dict, path) -> None:
+    """Tokens/s against batch size, one panel per model and dataset, a line per mode."""
+    plt = _pyplot()
     grid = report["config"]["grid"]
     models, datasets = grid["models"], grid["datasets"]
     table = _by_key(report["points"])
@@ -479,12 +493,7 @@ def plot_throughput(report: dict, path) -> None:
                 xs = [b for b in grid["batches"] if (model, b, dataset, mode) in table]
                 ys = [table[(model, b, dataset, mode)]["tokens_per_s"] for b in xs]
                 ax.plot(xs, ys, marker="o", color=_PALETTE.get(mode), label=mode)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(grid["batches"], [str(b) for b in grid["batches"]])
-            ax.set_title(f"{model}, {dataset}", fontsize=9)
-            ax.set_xlabel("batch")
-            ax.set_ylabel("tokens/s")
-            ax.grid(alpha=0.3)
+            _batch_axis(ax, grid["batches"], f"{model}, {dataset}", "tokens/s")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Throughput on {report['config']['device']}", fontsize=9)
     fig.tight_layout()
@@ -495,9 +504,7 @@ def plot_throughput(report: dict, path) -> None:
 def plot_utilization(report: dict, path) -> None:
     """NPU and PIM utilization against batch size per mode (first dataset, each model),
     and the reference point's bars next to the paper's."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     grid = report["config"]["grid"]
     table = _by_key(report["points"])
     dataset = report["summary"]["utilization"]["point"]["dataset"]
@@ -511,12 +518,8 @@ def plot_utilization(report: dict, path) -> None:
                 ax.plot(xs, [100 * table[(model, b, dataset, mode)][key] for b in xs], style,
                         marker="o", color=_PALETTE.get(mode),
                         label=f"{mode} {key[:3].upper()}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(grid["batches"], [str(b) for b in grid["batches"]])
-        ax.set_title(f"{model}, {dataset}: NPU (solid), PIM (dashed)", fontsize=9)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("utilization (%)")
-        ax.grid(alpha=0.3)
+        _batch_axis(ax, grid["batches"], f"{model}, {dataset}: NPU (solid), PIM (dashed)",
+                    "utilization (%)")
     axes[0, 0].legend(fontsize=7)
     u = report["summary"]["utilization"]
     ax = axes[0, -1]

@@ -256,7 +256,7 @@ def cmd_reproduce(args):
     out = Path(args.out)
     try:
         report = run_grid(grid, out, jobs=args.jobs, log=log, precheck=True)
-    except ReproduceError as error:
+    except (ReproduceError, RuntimeError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
     if args.json:

@@ -237,7 +237,7 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
 
 
-def _check_points(grid: Grid, config: DeviceConfig) -> list[dict]:
+def _check_points(grid: Grid, config: DeviceConfig) -> None:
     """Compile every point before running any (a point that cannot run stops the grid
     with its reason; nothing is dropped)."""
     from .decode.compiler import compile_decode
@@ -254,7 +254,6 @@ def _check_points(grid: Grid, config: DeviceConfig) -> list[dict]:
         except (DecodeError, ModelError, WorkloadError, ConfigError, ValueError) as error:
             raise ReproduceError("grid", f"point {model} batch {batch} {dataset}: {error}") \
                 from None
-    return []
 
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,

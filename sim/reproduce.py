@@ -179,19 +179,16 @@ def paper_scale_status() -> list[dict]:
     """Why each of the paper's models is not run on the ``neupims`` preset: the error the
     decode compiler raises for it (checked, not assumed)."""
     from .decode.compiler import mode_config
-    from .decode.workload import DecodeError
-    from .models import get_model
+    from .decode.workload import DecodeError, DecodeWorkload
     out = []
     for name in PAPER_MODELS:
-        shape = get_model(name)
         reasons = []
-        try:
-            mode_config("neupims", preset("neupims"))
-        except (ConfigError, DecodeError) as error:
-            reasons.append(str(error))
-        if shape.d_head != 32:
-            reasons.append(f"d_head {shape.d_head}: the decode compiler holds one head per "
-                           f"64-byte word (d_head 32)")
+        for check in (lambda: mode_config("neupims", preset("neupims")),
+                      lambda: DecodeWorkload(name, (1,))):
+            try:
+                check()
+            except (ConfigError, DecodeError) as error:
+                reasons.append(str(error))
         out.append({"model": name, "config": "neupims", "batches": list(PAPER_BATCHES),
                     "run": not reasons, "reason": "; ".join(reasons) or None})
     return out

@@ -67,7 +67,7 @@ def test_paper_scale_reports_why_not_run():
     assert [s["model"] for s in status] == ["gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b"]
     for s in status:
         assert not s["run"] and "NpuConfig.word_bytes" in s["reason"]
-        assert "d_head 128" in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
+        assert "model.d_head" in s["reason"] and "got 128" in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
 
 
 def _points(grid):

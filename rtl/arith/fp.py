@@ -18,10 +18,18 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["FP16Multiplier", "FP32Adder", "FP32ToFP16", "leading_zeros"]
+__all__ = ["FP16Multiplier", "FP32Adder", "FP32ToFP16", "ieee_fields", "leading_zeros"]
 
 CANONICAL_NAN32 = 0x7FC00000
 CANONICAL_NAN16 = 0x7E00
+
+
+def ieee_fields(x, exponent_bits: int) -> tuple:
+    """(sign, exponent, fraction, is zero, is infinity, is NaN) of the IEEE value ``x``
+    (binary16: 5 exponent bits, binary32: 8)."""
+    top, msb = (1 << exponent_bits) - 1, len(x) - 1
+    s, e, f = x[msb], x[msb - exponent_bits:msb], x[0:msb - exponent_bits]
+    return s, e, f, (e == 0) & (f == 0), (e == top) & (f == 0), (e == top) & (f != 0)
 
 
 def _lzc_pow2(x, n):
@@ -158,13 +166,8 @@ class FP32Adder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a, b = self.a, self.b
-        sa, ea, fa = a[31], a[23:31], a[0:23]
-        sb, eb, fb = b[31], b[23:31], b[0:23]
-
-        a_inf = (ea == 255) & (fa == 0)
-        b_inf = (eb == 255) & (fb == 0)
-        a_nan = (ea == 255) & (fa != 0)
-        b_nan = (eb == 255) & (fb != 0)
+        sa, ea, fa, _, a_inf, a_nan = ieee_fields(a, 8)
+        sb, eb, fb, _, b_inf, b_nan = ieee_fields(b, 8)
 
         # Order by magnitude: x is the operand with the larger |value|.
         swap = Signal()

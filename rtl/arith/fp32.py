@@ -34,7 +34,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .fp import CANONICAL_NAN32, leading_zeros
+from .fp import CANONICAL_NAN32, ieee_fields, leading_zeros
 
 __all__ = ["FP32Multiplier", "FP16ToFP32", "FP32MinMax", "FP32Ldexp", "FP32Frexp",
            "round_pack", "f32_bits", "bits_f32", "ROUND_MAGIC", "INF32"]
@@ -130,16 +130,10 @@ class FP32Multiplier(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        sa, ea, fa = _fields(self.a)
-        sb, eb, fb = _fields(self.b)
+        sa, ea, fa, a_zero, a_inf, a_nan = ieee_fields(self.a, 8)
+        sb, eb, fb, b_zero, b_inf, b_nan = ieee_fields(self.b, 8)
         sign = Signal()
         m.d.comb += sign.eq(sa ^ sb)
-        a_zero = (ea == 0) & (fa == 0)
-        b_zero = (eb == 0) & (fb == 0)
-        a_inf = (ea == 255) & (fa == 0)
-        b_inf = (eb == 255) & (fb == 0)
-        a_nan = (ea == 255) & (fa != 0)
-        b_nan = (eb == 255) & (fb != 0)
 
         ma = Signal(24)
         mb = Signal(24)

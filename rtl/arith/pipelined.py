@@ -28,7 +28,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .fp import CANONICAL_NAN16, CANONICAL_NAN32, fp16_alignment, leading_zeros
+from .fp import (CANONICAL_NAN16, CANONICAL_NAN32, fp16_alignment, ieee_fields,
+                 leading_zeros)
 
 __all__ = ["PipelinedFP32Adder", "PipelinedFP16Multiplier", "PipelinedFP32ToFP16", "ADDER_CUTS",
            "MULTIPLIER_CUTS", "CONVERTER_CUTS"]
@@ -94,12 +95,8 @@ class PipelinedFP32Adder(wiring.Component):
         m = Module()
         cuts = self.cuts
         a, b = self.a, self.b
-        sa, ea, fa = a[31], a[23:31], a[0:23]
-        sb, eb, fb = b[31], b[23:31], b[0:23]
-        a_inf = (ea == 255) & (fa == 0)
-        b_inf = (eb == 255) & (fb == 0)
-        a_nan = (ea == 255) & (fa != 0)
-        b_nan = (eb == 255) & (fb != 0)
+        sa, ea, fa, _, a_inf, a_nan = ieee_fields(a, 8)
+        sb, eb, fb, _, b_inf, b_nan = ieee_fields(b, 8)
         sub = Signal()
         m.d.comb += sub.eq(sa ^ sb)
 
@@ -203,14 +200,8 @@ class PipelinedFP16Multiplier(wiring.Component):
         m = Module()
         v = _cut(m, self.cuts, "input", a=self.a, b=self.b)
         a, b = v.a, v.b
-        sa, ea, fa = a[15], a[10:15], a[0:10]
-        sb, eb, fb = b[15], b[10:15], b[0:10]
-        a_zero = (ea == 0) & (fa == 0)
-        b_zero = (eb == 0) & (fb == 0)
-        a_inf = (ea == 31) & (fa == 0)
-        b_inf = (eb == 31) & (fb == 0)
-        a_nan = (ea == 31) & (fa != 0)
-        b_nan = (eb == 31) & (fb != 0)
+        sa, ea, fa, a_zero, a_inf, a_nan = ieee_fields(a, 5)
+        sb, eb, fb, b_zero, b_inf, b_nan = ieee_fields(b, 5)
         ma, mb = Signal(11), Signal(11)
         m.d.comb += [ma.eq(Cat(fa, ea != 0)), mb.eq(Cat(fb, eb != 0))]
         Ea, Eb = Signal(5), Signal(5)

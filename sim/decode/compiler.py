@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtl.config import ConfigError, RowBufferMode, preset
-from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim, vector,
-                         wait)
+from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
+                         vector, wait)
 from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
@@ -74,7 +74,7 @@ ALL_UNITS = ("dma", "gemm", "vector", "pim")
 FP32_WORD, FP16_WORD = 16, 32
 PIM_QUEUE = 16
 WEIGHTS_AFTER_GEMM = 2
-MAX_VECTOR_LENGTH = (1 << 16) - 1          # the VECTOR length field (rtl.isa.npu.DIM_BITS)
+MAX_VECTOR_LENGTH = (1 << DIM_BITS) - 1    # the VECTOR length field
 VECTOR_PIECE = 1 << 15                     # whole FP16 and FP32 words
 ELEMENTWISE = {VectorOp.ADD, VectorOp.SUB, VectorOp.MUL, VectorOp.MAX, VectorOp.EXP,
                VectorOp.RECIP, VectorOp.RSQRT, VectorOp.GELU, VectorOp.CVT16TO32,

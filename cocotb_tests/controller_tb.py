@@ -42,6 +42,16 @@ def unpack(layout, value: int) -> dict:
     return {name: (value >> field.offset) & ((1 << field.width) - 1) for name, field in layout}
 
 
+def field_table(layout) -> tuple:
+    """(name, offset, mask) per field of ``layout``, for :func:`unpack_table` (monitors that
+    unpack a value many times)."""
+    return tuple((name, field.offset, (1 << field.width) - 1) for name, field in layout)
+
+
+def unpack_table(table, value: int) -> dict:
+    return {name: (value >> offset) & mask for name, offset, mask in table}
+
+
 @dataclass
 class Request:
     write: bool

@@ -3,42 +3,71 @@ channel): clock and reset, HBM contents through every channel's backdoor, progra
 loading, runs to ``done`` with every command of every channel fed to its own DRAM
 timing checker, a stand-in vector unit on ``vector_ops``, scratchpad reads through
 ``ext_read``, and the counters (NPU and controllers, the latter compared with the
-command monitors)."""
+commands logged). Commands reach the checkers through the DUT's command log
+(``sim.harness.with_command_log``), read at every sample point and at the end: Python is not
+woken every clock."""
 from __future__ import annotations
 
 import collections
 import hashlib
 import time
+from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, ValueChange
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer, ValueChange
+
+from sim.harness import COMMAND_LOG
 
 from rtl.channel import ChannelError
 from rtl.controller import ControllerError
 from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
 from rtl.controller.interface import counters_layout as ctrl_counters_layout
-from rtl.isa import Opcode, decode_command
+from rtl.isa import Opcode, command_decoder
 from rtl.isa.npu import Instruction, encode
 from rtl.npu.core import COUNTER_WIDTH, counters_layout
 from rtl.npu.sequencer import NpuError, vector_op_layout
 from rtl.npu.vector_engine import engine_supported
 
-from .controller_tb import unpack
+from .controller_tb import field_table, unpack, unpack_table
 from .timing_checker import TimingChecker, format_command
+
+
+#: The clock period of the simulation (1 GHz: cycles are nanoseconds).
+CLOCK_NS = 1
+
+_LOG = None
+
+
+def _command_log():
+    """The simulation's command log, opened once per process (every NpuTB of a run reads
+    it from where it starts)."""
+    global _LOG
+    if _LOG is None:
+        path = Path.cwd() / COMMAND_LOG
+        if not path.exists():
+            raise AssertionError(
+                f"no command log {path}: build NpuTop with sim.harness.npu_top_verilog (its "
+                f"commands are timing-checked from that file)")
+        _LOG = open(path, "rb")
+    return _LOG
 
 
 class NpuTB:
     """Owns one NpuTop: every run goes through :meth:`run`, which checks each command."""
 
-    def __init__(self, dut, config, vector_latency: int = 8):
+    def __init__(self, dut, config, vector_latency: int = 8, check_config=None):
+        """``check_config``: the configuration the timing checkers hold the commands to
+        (default ``config``, the DUT's; a stricter one shows that a violation fails)."""
         self.dut = dut
         self.config = config
         self.channels = config.geometry.channels
-        self.checkers = [TimingChecker(config) for _ in range(self.channels)]
+        self.checkers = [TimingChecker(check_config or config) for _ in range(self.channels)]
+        self._decode = command_decoder(config)
+        self._npu_fields = field_table(counters_layout())
+        self._ctrl_fields = field_table(ctrl_counters_layout())
         self.commands = [collections.Counter() for _ in range(self.channels)]
         self.recent = [collections.deque(maxlen=12) for _ in range(self.channels)]
-        self.last_command: dict[int, tuple] = {}
         # a digest of each channel's command stream (cycle and command) since reset
         self.stream_hash = [hashlib.sha256() for _ in range(self.channels)]
         self.cores = config.npu.arrays   # NpuTop: one core per array
@@ -56,7 +85,7 @@ class NpuTB:
 
     async def start(self):
         dut = self.dut
-        Clock(dut.clk, 1, "ns").start()
+        Clock(dut.clk, CLOCK_NS, "ns", impl="gpi").start()   # toggled in C, not in Python
         for name in ("program_en", "start", "vector_done", "vector_ops__ready", "ext_read__en",
                      "ext_write__lanes"):
             getattr(dut, name).value = 0
@@ -70,24 +99,30 @@ class NpuTB:
         dut.rst.value = 0
         await RisingEdge(dut.clk)
         self.failure = None
-        self._monitor_task = cocotb.start_soon(self._monitor())
+        self._open_command_log()
 
-    async def _monitor(self):
-        """Every clock from reset on (loading, runs, reads): each channel's command goes to
-        its timing checker; the RTL error flags are polled."""
-        dut, ports = self.dut, self._ports
-        clock = 0
+    def _open_command_log(self):
+        """Follow the DUT's command log (``sim.harness.with_command_log``) from its present
+        end: every command issued from now on is checked, none is skipped."""
+        self._log = _command_log()
+        self._log_at = self._log.seek(0, 2)
+        self._log_rest = b""
+
+    def drain_commands(self):
+        """Check the commands the DUT has logged since the last call (each channel's in
+        cycle order, with its own timing checker) and poll the channels' sticky error
+        flags; a violation or an error raises AssertionError."""
+        self._raise_failure()
+        self._log.seek(self._log_at)
+        data = self._log_rest + self._log.read()
+        self._log_at = self._log.tell()
+        cut = data.rfind(b"\n") + 1
+        self._log_rest = data[cut:]
         try:
-            while True:
-                await RisingEdge(dut.clk)
-                await ReadOnly()
-                clock += 1
-                for c in range(self.channels):
-                    p = ports[c]
-                    if p["cmd_valid"].value:
-                        self._command(c, int(p["cmd"].value), int(p["cycle"].value))
-                if clock % 64 == 0:
-                    self.check_errors()
+            for line in data[:cut].splitlines():
+                c, cycle, value = line.split()
+                self._command(int(c), int(value, 16), int(cycle, 16))
+            self.check_errors()
         except AssertionError as error:
             self.failure = error
             raise
@@ -156,13 +191,12 @@ class NpuTB:
             if dut.done.value:
                 break
             if cycles % 256 == 0:
-                self._raise_failure()
+                self.drain_commands()
             if cycles > max_cycles:
                 raise AssertionError(f"the program ran past {max_cycles} clocks")
         await RisingEdge(dut.clk)
         dut.vector_done.value = 0
-        self._raise_failure()
-        self.check_errors()
+        self.drain_commands()
         self.cycles += cycles
         self.wall += time.perf_counter() - began
         return cycles
@@ -209,7 +243,8 @@ class NpuTB:
                     if clocks < next_at and not done:
                         continue
                 else:
-                    await First(RisingEdge(dut.done), ClockCycles(dut.clk, next_at - clocks))
+                    # a Timer wakes Python once (ClockCycles would wake it every clock)
+                    await First(RisingEdge(dut.done), Timer((next_at - clocks) * CLOCK_NS, "ns"))
                     await ReadOnly()
                     done = bool(dut.done.value)
                 clocks = (self.npu_cycles() - base) & mask
@@ -219,7 +254,7 @@ class NpuTB:
                 next_at = (clocks // period + 1) * period
                 if done:
                     break
-                self._raise_failure()
+                self.drain_commands()
                 if clocks > max_cycles:
                     raise AssertionError(f"the program ran past {max_cycles} clocks "
                                          f"(pc {int(dut.pc.value)})")
@@ -228,8 +263,7 @@ class NpuTB:
                 watcher.cancel()
         await RisingEdge(dut.clk)
         dut.vector_done.value = 0
-        self._raise_failure()
-        self.check_errors()
+        self.drain_commands()
         self.cycles += clocks
         self.wall += time.perf_counter() - began
         return clocks
@@ -245,7 +279,7 @@ class NpuTB:
         return int(self.dut.counters.value) & ((1 << COUNTER_WIDTH) - 1)
 
     def _command(self, c: int, value: int, cycle: int):
-        cmd = decode_command(self.config, value, cycle)
+        cmd = self._decode(value, cycle)
         self.recent[c].append(cmd)
         try:
             self.checkers[c].check(cmd)
@@ -253,7 +287,6 @@ class NpuTB:
             history = "\n  ".join(format_command(x) for x in self.recent[c])
             raise AssertionError(f"channel {c}: {error}\nlast commands:\n  {history}") from error
         self.commands[c][cmd.op] += 1
-        self.last_command[c] = (cycle, cmd.op)
         self.stream_hash[c].update(f"{cycle}:{value:x};".encode())
 
     def command_digest(self, c: int) -> str:
@@ -307,37 +340,34 @@ class NpuTB:
     def counters(self) -> dict:
         """The NPU's counters (with several cores: ``cycles`` while any runs, the rest
         summed over the cores)."""
-        return unpack(counters_layout(), int(self.dut.counters.value))
+        return unpack_table(self._npu_fields, int(self.dut.counters.value))
 
     def core_counters(self, core: int) -> dict:
         if self.cores == 1:
             return self.counters()
-        return unpack(counters_layout(), int(getattr(self.dut, f"core_counters__{core}").value))
+        return unpack_table(self._npu_fields, int(getattr(self.dut, f"core_counters__{core}").value))
 
     def error_core(self) -> int:
         return int(self.dut.error_core.value) if self.cores > 1 else 0
 
     def controller_counters(self, c: int) -> dict:
-        return unpack(ctrl_counters_layout(), int(self._ports[c]["ctrl_counters"].value))
+        return unpack_table(self._ctrl_fields, int(self._ports[c]["ctrl_counters"].value))
 
     def finish(self):
-        """End of the test: refresh deadlines, and the controllers' command counters equal
-        the monitors' counts."""
-        self._raise_failure()
-        self.check_errors()
+        """End of the test: every command logged so far checked, refresh deadlines, and
+        the controllers' command counters equal to the logged counts (both cover the
+        clocks up to the last rising edge: the RTL counts a command the clock after it is
+        on the bus, the recorder logs it at that edge)."""
+        self.drain_commands()
         for c in range(self.channels):
-            now = int(self._ports[c]["cycle"].value)
-            self.checkers[c].finish(now)
+            self.checkers[c].finish(int(self._ports[c]["cycle"].value))
             counters = self.controller_counters(c)
-            last_cycle, last_op = self.last_command.get(c, (None, None))
             for name in CTRL_COUNTERS:
                 if name in Opcode.__members__:
                     seen = self.commands[c][Opcode[name]]
-                    # a command on the bus this very clock is counted by the RTL next clock
-                    lag = 1 if last_cycle == now and last_op is Opcode[name] else 0
-                    assert counters[name] in (seen, seen - lag), (
-                        f"channel {c}: RTL counter {name} = {counters[name]}, monitor saw "
-                        f"{self.commands[c][Opcode[name]]}")
+                    assert counters[name] == seen, (
+                        f"channel {c}: RTL counter {name} = {counters[name]}, the command "
+                        f"log has {seen}")
 
     def sim_rate(self) -> float:
         return self.cycles / self.wall if self.wall else 0.0

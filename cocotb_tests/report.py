@@ -1,6 +1,7 @@
 """The JSON report a cocotb test leaves for its pytest launcher."""
 import json
 import os
+from pathlib import Path
 
 
 def update_report(**values):
@@ -8,7 +9,7 @@ def update_report(**values):
     path = os.environ.get("NEUPIMS_REPORT")
     if not path:
         return
-    data = json.loads(open(path).read()) if os.path.exists(path) else {}
+    data = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
     data.update(values)
     with open(path, "w") as f:
         json.dump(data, f, indent=1)

@@ -8,12 +8,14 @@ Environment: ``NEUPIMS_CONFIG`` (DeviceConfig JSON), ``NEUPIMS_SEED`` (default 1
 launcher)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import cocotb
 import numpy as np
 
 from rtl.config import DeviceConfig
+from rtl.isa import Opcode
 from rtl.isa.npu import (Instruction, NpuOp, dma_load, dma_store, encode, gemm, halt, nop,
                          pim, vector, wait)
 from rtl.npu.sequencer import NpuError
@@ -230,6 +232,35 @@ async def resident_weights_and_dma_bandwidth(dut):
            utilization_gemm=util_gemm, cycles_per_s=tb.sim_rate(), util_program_cycles=cycles,
            streamed_shape=list(shape), streamed_cycles=streamed_cycles,
            utilization_streamed=util_streamed)
+
+
+@cocotb.test()
+async def violation_fails_the_run(dut):
+    """The checkers read the DUT's command log: held to a tRCD 3 clocks longer than the
+    controller's, a DMA load fails with a tRCD violation naming the channel; with the
+    DUT's own timing the same load passes and every logged command is counted."""
+    config = _config()
+    strict = config.replace(timing=dataclasses.replace(config.timing,
+                                                       tRCDRD=config.timing.tRCDRD + 3))
+    count = 4 * config.geometry.channels
+    tb = NpuTB(dut, config, check_config=strict)
+    await tb.start()
+    await tb.load_program([dma_load(0, 0, count), halt()])
+    try:
+        await tb.run()
+        tb.finish()
+    except AssertionError as error:
+        caught = str(error)
+    else:
+        raise AssertionError("a tRCD 3 clocks short of the checker's passed")
+    assert "tRCD" in caught and "channel " in caught, caught
+    tb = await _start(dut)
+    await tb.load_program([dma_load(0, 0, count), halt()])
+    await tb.run()
+    tb.finish()
+    reads = sum(counter[Opcode.RD] for counter in tb.commands)
+    assert reads == count, f"{reads} RD commands logged for {count} bursts"
+    report(violation=caught.splitlines()[0])
 
 
 async def _write_words(tb, address, words):

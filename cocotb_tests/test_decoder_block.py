@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from rtl.npu.top import NpuTop
-from sim.harness import simulate
+from sim.harness import npu_top_verilog, simulate
 
 from cocotb_tests.test_npu import npu_config
 
@@ -16,7 +15,7 @@ from cocotb_tests.test_npu import npu_config
 def test_decoder_block_npu_top(tmp_path):
     config = npu_config(2)
     report = tmp_path / "report.json"
-    simulate(NpuTop(config), "npu_top", "cocotb_tests.tb_decoder_block",
+    simulate(npu_top_verilog(config), "npu_top", "cocotb_tests.tb_decoder_block",
              env={"NEUPIMS_CONFIG": config.to_json(), "NEUPIMS_REPORT": str(report)},
              tag=f"decoder-{tmp_path.name}")
     result = json.loads(report.read_text())

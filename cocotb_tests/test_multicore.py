@@ -7,7 +7,7 @@ import pytest
 
 from rtl.config import ConfigError, preset
 from rtl.npu.top import NpuTop
-from sim.harness import simulate
+from sim.harness import npu_top_verilog, simulate
 
 
 def multicore_config(arrays: int = 2):
@@ -23,7 +23,7 @@ def test_two_cores_share_two_channels(tmp_path):
     command timing-checked. About a minute from scratch (the Verilator build)."""
     config = multicore_config()
     report = tmp_path / "report.json"
-    simulate(NpuTop(config), "npu_multicore", "cocotb_tests.tb_multicore",
+    simulate(npu_top_verilog(config, "npu_multicore"), "npu_multicore", "cocotb_tests.tb_multicore",
              env={"NEUPIMS_CONFIG": config.to_json(), "NEUPIMS_REPORT": str(report)},
              tag=f"multicore-{tmp_path.name}")
     result = json.loads(report.read_text())

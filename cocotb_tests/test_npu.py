@@ -6,8 +6,7 @@ import json
 import pytest
 
 from rtl.config import preset
-from rtl.npu.top import NpuTop
-from sim.harness import simulate
+from sim.harness import npu_top_verilog, simulate
 
 
 def npu_config(channels: int):
@@ -18,7 +17,7 @@ def npu_config(channels: int):
 def run_npu(channels, tmp_path, testcase=None, **env):
     config = npu_config(channels)
     report = tmp_path / "report.json"
-    simulate(NpuTop(config), "npu_top", "cocotb_tests.tb_npu", testcase=testcase,
+    simulate(npu_top_verilog(config), "npu_top", "cocotb_tests.tb_npu", testcase=testcase,
              env={"NEUPIMS_CONFIG": config.to_json(), "NEUPIMS_REPORT": str(report),
                   **{k: str(v) for k, v in env.items()}},
              tag=f"npu-{channels}ch-{tmp_path.name}")
@@ -39,6 +38,7 @@ def _check(channels, tmp_path):
     result = run_npu(channels, tmp_path)
     _summary(channels, result)
     assert result["utilization_gemm"] >= 0.9
+    assert "tRCD" in result["violation"]
     assert result["dma"]["load"]["gbps_per_channel"] >= 20
     assert result["dma"]["store"]["gbps_per_channel"] >= 20
 

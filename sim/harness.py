@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -76,6 +77,40 @@ def to_verilog(component, name: str) -> str:
     for child, child_name in getattr(component, "verilog_modules", lambda: [])():
         parts.append(verilog.convert(child, name=child_name, emit_src=False))
     return "\n".join(parts)
+
+
+#: File, in the simulation's working folder, to which an NpuTop built by
+#: :func:`npu_top_verilog` writes every DRAM command it issues (``cocotb_tests.npu_tb``).
+COMMAND_LOG = "commands.log"
+
+
+def with_command_log(verilog_text: str, top: str, channels: int) -> str:
+    """``verilog_text`` with a simulation-only command recorder in module ``top`` (an
+    NpuTop): at every rising clock edge, each channel's command of the clock that ends
+    (``cmd_valid__<c>``) is appended to :data:`COMMAND_LOG` as ``<c> <cycle hex> <cmd
+    hex>`` and the file is flushed. The testbench checks the file's commands with the
+    timing checker without waking Python every clock. Not for synthesis ($fwrite)."""
+    head = re.search(rf"^module {re.escape(top)}\(", verilog_text, re.M)
+    if head is None:
+        raise ValueError(f"module {top} not found in the Verilog")
+    end = verilog_text.index("\nendmodule", head.end())
+    lines = ["  integer neupims_command_log;",
+             f'  initial neupims_command_log = $fopen("{COMMAND_LOG}", "w");',
+             "  always @(posedge clk) begin"]
+    for c in range(channels):
+        lines += [f"    if (cmd_valid__{c}) begin",
+                  f'      $fwrite(neupims_command_log, "{c} %h %h\\n", cycle__{c}, cmd__{c});',
+                  "      $fflush(neupims_command_log);",
+                  "    end"]
+    lines.append("  end")
+    return verilog_text[:end] + "\n" + "\n".join(lines) + verilog_text[end:]
+
+
+def npu_top_verilog(config, name: str = "npu_top") -> str:
+    """Verilog of ``NpuTop(config)`` as module ``name`` with its command recorder (see
+    :func:`with_command_log`): the build every ``NpuTB`` run needs."""
+    from rtl.npu.top import NpuTop
+    return with_command_log(to_verilog(NpuTop(config), name), name, config.geometry.channels)
 
 
 def _runner():
@@ -160,6 +195,8 @@ def run(build_dir: Path, name: str, test_module: str, testcase: str | list[str] 
 
 def simulate(component, name: str, test_module: str, testcase=None, env=None, waves=False,
              tag: str = "") -> Path:
-    """Elaborate, build (cached) and run cocotb tests; see :func:`run`."""
-    build_dir = build(to_verilog(component, name), name, waves=waves)
+    """Elaborate, build (cached) and run cocotb tests; see :func:`run`. ``component``: an
+    Amaranth component, or its Verilog text (e.g. :func:`npu_top_verilog`)."""
+    verilog_text = component if isinstance(component, str) else to_verilog(component, name)
+    build_dir = build(verilog_text, name, waves=waves)
     return run(build_dir, name, test_module, testcase=testcase, env=env, waves=waves, tag=tag)

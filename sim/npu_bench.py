@@ -23,12 +23,11 @@ def npu_channels(config: DeviceConfig, channels: int) -> DeviceConfig:
 
 
 def bench_npu(config: DeviceConfig, rows: int = 448, show=print) -> dict:
-    from rtl.npu.top import NpuTop
-    from sim.harness import build, run, to_verilog
+    from sim.harness import build, npu_top_verilog, run
     began = time.perf_counter()
     show(f"elaborating NpuTop: {config.summary()}, {config.npu.array_rows} x "
          f"{config.npu.array_cols} array ...")
-    verilog = to_verilog(NpuTop(config), "npu_top")
+    verilog = npu_top_verilog(config)
     show(f"Verilator build ({len(verilog.splitlines()):,} lines; cached by the Verilog text) ...")
     build_dir = build(verilog, "npu_top")
     show("simulating: DMA load/store of every stored burst, then a resident-weights GEMM ...")

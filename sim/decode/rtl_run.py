@@ -61,9 +61,8 @@ _VERILOG: dict[str, str] = {}      # configuration JSON -> Verilog (elaboration:
 def _verilog(config) -> str:
     key = config.to_json()
     if key not in _VERILOG:
-        from rtl.npu.top import NpuTop
-        from sim.harness import to_verilog
-        _VERILOG[key] = to_verilog(NpuTop(config), TOP_NAME)
+        from sim.harness import npu_top_verilog
+        _VERILOG[key] = npu_top_verilog(config, TOP_NAME)
     return _VERILOG[key]
 
 

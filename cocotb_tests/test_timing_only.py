@@ -6,6 +6,8 @@ counters of every channel and command stream of every channel (cycle by cycle); 
 timing-only run reports no data check (``bit_exact`` None, "n/a" in the table)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rtl.config import preset
@@ -95,13 +97,12 @@ def test_timing_only_matches_full_rtl_32_banks(mode, tmp_path):
     compare(full, timing)
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("decode-refresh")
 @pytest.mark.parametrize("mode", MODES)
 def test_timing_only_matches_full_rtl_refresh_heavy(mode, tmp_path):
     """A refresh every 1,000 clocks (a quarter of tREFI): refresh holds PIM headers and
-    closes row buffers far more often; the two elaborations still agree clock for clock."""
-    import dataclasses
+    closes row buffers far more often; the two elaborations still agree clock for clock.
+    In the default suite (two more Verilator build pairs, about 3 minutes of CPU)."""
     base = preset("decode")
     base = base.replace(timing=dataclasses.replace(base.timing, tREFI=1000))
     workload = DecodeWorkload("tiny-gpt", (12, 30, 5, 21), steps=1, seed=4)
@@ -109,3 +110,4 @@ def test_timing_only_matches_full_rtl_refresh_heavy(mode, tmp_path):
     compare(full, timing)
     assert all(c["REF"] >= full["steps"][0]["cycles"] // 1100
                for c in full["steps"][0]["controllers"])
+

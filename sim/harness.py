@@ -127,12 +127,36 @@ def _runner():
     return LeanVerilator()
 
 
+def port_names(verilog_text: str, name: str) -> list[str]:
+    """The ports of module ``name``, from its header in ``verilog_text``."""
+    head = re.search(rf"^module {re.escape(name)}\((.*?)\);", verilog_text, re.M | re.S)
+    if head is None:
+        raise ValueError(f"module {name} not found in the Verilog")
+    return [port.strip() for port in head.group(1).split(",") if port.strip()]
+
+
+def _public_config(verilog_text: str, name: str, public: bool) -> str:
+    """Verilator configuration: the top module's ports readable and writable from cocotb
+    (with ``public``: every signal of every module). Only the ports: a public signal is
+    kept as is (not optimized away), and a top module of thousands of internal signals
+    would cost Verilator a symbol table larger than the model."""
+    lines = ["`verilator_config"]
+    if public:
+        lines.append('public_flat_rw -module "*" -var "*"')
+    else:
+        lines += [f'public_flat_rw -module "{name}" -var "{port}"'
+                  for port in port_names(verilog_text, name)]
+    return "\n".join(lines) + "\n"
+
+
 def build(verilog_text: str, name: str, waves: bool = False, public: bool = False,
           root: Path | None = None) -> Path:
     """Build (or reuse) a Verilator model of ``verilog_text``; return its build folder
     (under ``root``, default ``BUILD_ROOT``, in ``verilator/``)."""
     flags = VERILATOR_WAIVERS + VERILATOR_FLAGS
-    key = hashlib.sha256(json.dumps([verilog_text, flags, waves, public, _verilator_pkg.__version__]).encode())
+    control_text = _public_config(verilog_text, name, public)
+    key = hashlib.sha256(json.dumps([verilog_text, control_text, flags, waves,
+                                     _verilator_pkg.__version__]).encode())
     build_dir = Path(root or BUILD_ROOT) / "verilator" / f"{name}-{key.hexdigest()[:16]}"
     done = build_dir / "BUILT"
     with _file_lock(build_dir.with_suffix(".lock")):
@@ -142,8 +166,7 @@ def build(verilog_text: str, name: str, waves: bool = False, public: bool = Fals
         source = build_dir / f"{name}.v"
         source.write_text(verilog_text)
         control = build_dir / "public.vlt"
-        scope = "*" if public else name
-        control.write_text(f'`verilator_config\npublic_flat_rw -module "{scope}" -var "*"\n')
+        control.write_text(control_text)
         with _patched_environ(tool_env()):
             _runner().build(sources=[control, source], hdl_toplevel=name, build_dir=build_dir,
                             build_args=flags, waves=waves, timescale=("1ns", "1ps"),

@@ -49,7 +49,7 @@ import dataclasses
 import json
 import math
 import os
-import sys
+import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -200,19 +200,59 @@ def _point_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> P
     return out / "points" / f"{model}-b{batch}-{dataset}-{mode.replace('+', '_')}.json"
 
 
+def _compiled_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:
+    return _point_file(out, model, batch, dataset, mode).with_suffix(".compiled.pkl")
+
+
+def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
+                   config_json: str) -> str | None:
+    """Draw and compile one point in every mode (a worker process), saving each compiled
+    run for :func:`_run_point`; the reason as text when the point cannot run (None when
+    it can)."""
+    from .decode.compiler import compile_decode
+    from .decode.job import draw_workload
+    from .decode.workload import DecodeError
+    from .models import ModelError
+    from .workloads import WorkloadError
+    config = DeviceConfig.from_json(config_json)
+    try:
+        began = time.perf_counter()
+        workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
+                                         grid.max_len, grid.seed)
+        for mode in grid.modes:
+            run = compile_decode(workload, mode, config)
+            path = _compiled_file(Path(out), model, batch, dataset, mode)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                pickle.dump((run, list(workload.kv_lens), source,
+                             time.perf_counter() - began), f, protocol=pickle.HIGHEST_PROTOCOL)
+            began = time.perf_counter()
+    except (DecodeError, ModelError, WorkloadError, ConfigError, ValueError) as error:
+        return f"point {model} batch {batch} {dataset}: {error}"
+    return None
+
+
 def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out: str,
                config_json: str) -> dict:
-    """One point in one mode (a worker process): draw, compile, run on the RTL."""
+    """One point in one mode (a worker process): the run :func:`_compile_point` saved
+    (else draw and compile it here), then the RTL."""
     from .decode.compiler import compile_decode
     from .decode.job import draw_workload
     from .decode.report import summarize
     from .decode.rtl_run import run_on_rtl
     config = DeviceConfig.from_json(config_json)
     began = time.perf_counter()
-    workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
-                                     grid.max_len, grid.seed)
-    run = compile_decode(workload, mode, config)
-    compiled = time.perf_counter() - began
+    compiled_file = _compiled_file(Path(out), model, batch, dataset, mode)
+    if compiled_file.exists():
+        with open(compiled_file, "rb") as f:
+            run, kv_lens, source, compiled = pickle.load(f)
+        compiled_file.unlink()
+    else:
+        workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
+                                         grid.max_len, grid.seed)
+        kv_lens = list(workload.kv_lens)
+        run = compile_decode(workload, mode, config)
+        compiled = time.perf_counter() - began
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
                         progress_every=10 ** 9, show=lambda line: None)
     s = summarize(result)
@@ -229,28 +269,24 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
             "instructions": sum(len(step.program) for step in run.steps),
-            "kv_lens": list(workload.kv_lens), "source": source,
+            "kv_lens": kv_lens, "source": source,
             "compile_s": round(compiled, 1), "wall_s": round(time.perf_counter() - began, 1),
             "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
 
 
-def _check_points(grid: Grid, config: DeviceConfig) -> None:
-    """Compile every point before running any (a point that cannot run stops the grid
-    with its reason; nothing is dropped)."""
-    from .decode.compiler import compile_decode
-    from .decode.job import draw_workload
-    from .decode.workload import DecodeError
-    from .models import ModelError
-    from .workloads import WorkloadError
-    for model, batch, dataset in grid.points():
-        try:
-            workload, _ = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
-                                        grid.max_len, grid.seed)
-            for mode in grid.modes:
-                compile_decode(workload, mode, config)
-        except (DecodeError, ModelError, WorkloadError, ConfigError, ValueError) as error:
-            raise ReproduceError("grid", f"point {model} batch {batch} {dataset}: {error}") \
-                from None
+def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -> None:
+    """Compile every point before running any, ``jobs`` at a time (a point that cannot run
+    stops the grid with its reason; nothing is dropped); the runs are kept for the RTL."""
+    began = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        reasons = list(pool.map(_compile_point, *zip(*grid.points()),
+                                *([x] * len(grid.points()) for x in (grid, str(out),
+                                                                    config.to_json()))))
+    failed = [reason for reason in reasons if reason]
+    if failed:
+        raise ReproduceError("grid", failed[0])
+    log(f"neupims reproduce: compiled {len(reasons)} points x {len(grid.modes)} modes in "
+        f"{time.perf_counter() - began:.0f} s")
 
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
@@ -263,9 +299,9 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
     config = config or slice_config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if precheck:
-        _check_points(grid, config)
     jobs = max(1, jobs or os.cpu_count() or 1)
+    if precheck:
+        _check_points(grid, config, out, jobs, log)
     tasks = [(m, b, d, mode) for m, b, d in grid.points() for mode in grid.modes]
     # the longest points first, so the pool does not end on one long point
     tasks.sort(key=lambda t: -t[1] * (2 if t[3] == "npu-only" else 1))
@@ -392,7 +428,7 @@ def format_report(report: dict) -> str:
              f"  clock         {cfg['clock_hz'] / 1e9:g} GHz",
              f"  models        {', '.join(grid['models'])}",
              f"  batches       {', '.join(map(str, grid['batches']))}",
-             f"  datasets      " + ", ".join(f"{d} (lengths x {grid['length_scale'][d]:g})"
+             "  datasets      " + ", ".join(f"{d} (lengths x {grid['length_scale'][d]:g})"
                                             for d in grid["datasets"])
              + f", clipped to {grid['max_len']} tokens, seed {grid['seed']}",
              f"  balance       {cfg['macs_per_byte']:g} NPU MACs per byte of HBM bandwidth "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 
@@ -14,8 +15,9 @@ from sim.cli import main
 from sim.decode.compiler import Costs, Stream
 from sim.decode.golden import MODES
 from sim.models import get_model
-from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, batch_factor, format_report,
-                           paper_scale_status, ratios, slice_config, to_json, write_outputs)
+from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, _check_points,
+                           _compiled_file, batch_factor, format_report, paper_scale_status,
+                           ratios, run_grid, slice_config, to_json, write_outputs)
 
 
 @pytest.mark.parametrize("change, field", [
@@ -28,6 +30,29 @@ def test_bad_grid_names_the_field(change, field):
     with pytest.raises(ReproduceError) as error:
         dataclasses.replace(GRIDS["quick"], **change).validate()
     assert error.value.field == field and str(error.value).startswith(field)
+
+
+def test_precheck_compiles_every_point_and_keeps_the_runs(tmp_path):
+    grid = Grid(models=("gpt3-7b-s32",), batches=(2,), datasets=("alpaca-like",))
+    _check_points(grid, slice_config(), tmp_path, 2, lambda line: None)
+    for mode in MODES:
+        path = _compiled_file(tmp_path, "gpt3-7b-s32", 2, "alpaca-like", mode)
+        with open(path, "rb") as f:
+            run, kv_lens, source, seconds = pickle.load(f)
+        assert run.mode == mode and len(kv_lens) == 2 and "alpaca" in source
+        assert run.config.geometry == slice_config().geometry
+        assert seconds > 0 and len(run.steps) == 1
+
+
+def test_precheck_names_the_point_that_cannot_run(tmp_path):
+    config = slice_config()
+    config = config.replace(npu=dataclasses.replace(config.npu, instruction_words=256))
+    grid = Grid(models=("gpt3-7b-s32",), batches=(2,), datasets=("alpaca-like",))
+    with pytest.raises(ReproduceError) as error:
+        run_grid(grid, tmp_path, config=config, jobs=1, log=lambda line: None, precheck=True)
+    assert error.value.field == "grid"
+    assert "point gpt3-7b-s32 batch 2 alpaca-like" in str(error.value)
+    assert "instruction" in str(error.value)
 
 
 def test_cli_rejects_a_bad_dataset(capsys):

@@ -39,7 +39,7 @@ def pack(layout, **fields) -> int:
 
 
 def unpack(layout, value: int) -> dict:
-    return {name: (value >> field.offset) & ((1 << field.width) - 1) for name, field in layout}
+    return unpack_table(field_table(layout), value)
 
 
 def field_table(layout) -> tuple:

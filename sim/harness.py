@@ -84,16 +84,21 @@ def to_verilog(component, name: str) -> str:
 COMMAND_LOG = "commands.log"
 
 
+def _module_head(verilog_text: str, name: str) -> re.Match:
+    """``module name(ports);`` in ``verilog_text`` (group 1: the port list)."""
+    head = re.search(rf"^module {re.escape(name)}\((.*?)\);", verilog_text, re.M | re.S)
+    if head is None:
+        raise ValueError(f"module {name} not found in the Verilog")
+    return head
+
+
 def with_command_log(verilog_text: str, top: str, channels: int) -> str:
     """``verilog_text`` with a simulation-only command recorder in module ``top`` (an
     NpuTop): at every rising clock edge, each channel's command of the clock that ends
     (``cmd_valid__<c>``) is appended to :data:`COMMAND_LOG` as ``<c> <cycle hex> <cmd
     hex>`` and the file is flushed. The testbench checks the file's commands with the
     timing checker without waking Python every clock. Not for synthesis ($fwrite)."""
-    head = re.search(rf"^module {re.escape(top)}\(", verilog_text, re.M)
-    if head is None:
-        raise ValueError(f"module {top} not found in the Verilog")
-    end = verilog_text.index("\nendmodule", head.end())
+    end = verilog_text.index("\nendmodule", _module_head(verilog_text, top).end())
     lines = ["  integer neupims_command_log;",
              f'  initial neupims_command_log = $fopen("{COMMAND_LOG}", "w");',
              "  always @(posedge clk) begin"]
@@ -129,9 +134,7 @@ def _runner():
 
 def port_names(verilog_text: str, name: str) -> list[str]:
     """The ports of module ``name``, from its header in ``verilog_text``."""
-    head = re.search(rf"^module {re.escape(name)}\((.*?)\);", verilog_text, re.M | re.S)
-    if head is None:
-        raise ValueError(f"module {name} not found in the Verilog")
+    head = _module_head(verilog_text, name)
     return [port.strip() for port in head.group(1).split(",") if port.strip()]
 
 

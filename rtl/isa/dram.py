@@ -5,9 +5,6 @@ form (testbenches, checker, compiler); ``command_layout`` the hardware form.
 """
 from __future__ import annotations
 
-import functools
-from types import SimpleNamespace
-
 from amaranth.lib import enum
 from typing import NamedTuple
 
@@ -111,24 +108,11 @@ def encode_command(config, command: Command) -> int:
     return value
 
 
-@functools.lru_cache(maxsize=64)
-def _command_fields(ranks, bankgroups, banks_per_group, rows, bursts_per_row, comps_per_row):
-    """(name, offset, mask) of each field of ``command_layout`` for this geometry (building
-    an Amaranth layout per decoded command would cost more than the decoding)."""
-    layout = command_layout(SimpleNamespace(
-        geometry=SimpleNamespace(ranks=ranks, bankgroups=bankgroups,
-                                 banks_per_group=banks_per_group, rows=rows,
-                                 bursts_per_row=bursts_per_row),
-        bus=SimpleNamespace(comps_per_row=comps_per_row)))
-    return tuple((name, field.offset, (1 << field.width) - 1) for name, field in layout)
-
-
 def command_decoder(config):
     """A function ``(value, cycle) -> Command`` decoding ``command_layout(config)`` values
     (the field table computed once: for monitors that decode every command)."""
-    g = config.geometry
-    table = _command_fields(g.ranks, g.bankgroups, g.banks_per_group, g.rows,
-                            g.bursts_per_row, config.bus.comps_per_row)
+    table = tuple((name, field.offset, (1 << field.width) - 1)
+                  for name, field in command_layout(config))
 
     def decode(value: int, cycle: int = -1) -> Command:
         fields = {name: (value >> offset) & mask for name, offset, mask in table}

@@ -20,8 +20,8 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from rtl.channel import ChannelError
 from rtl.config import DeviceConfig, RowBufferMode
-from rtl.controller import (COUNTERS, CommandSource, ControllerError, PimOp, pim_request_layout,
-                            read_response_layout, request_layout)
+from rtl.controller import (COUNTERS, CommandSource, ControllerError, PimOp, RefreshRate,
+                            pim_request_layout, read_response_layout, request_layout)
 from rtl.controller.interface import counters_layout
 from rtl.isa import Opcode, decode_command
 
@@ -129,6 +129,7 @@ class ControllerTB:
         for name in ("requests__valid", "pim_requests__valid", "read_responses__ready",
                      "write_responses__ready", "pim_responses__ready", "backdoor_en"):
             getattr(dut, name).value = 0
+        dut.refresh_rate.value = RefreshRate.of(self.config.refresh_rate).value
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0

@@ -5,8 +5,9 @@ the golden decode; stage cycles add up to the step; the neupims stages are A-F.
 Each run is also the correlation suite of the fast timing path (issue 6, DESIGN.md
 contract 5): the same programs on the timing-only elaboration (``datapath=False``) must
 give, step by step, the same cycles, stage ends, NPU and controller counters and command
-streams (``test_timing_only.compare``): 7 workloads x 3 modes = 21 points, plus the slow
-ones in ``test_timing_only.py`` (32-bank channels, refresh-heavy)."""
+streams (``test_timing_only.compare``): 7 workloads x 3 modes = 21 points, plus 3
+refresh-heavy ones (4x refresh, the same builds) in ``test_timing_only.py`` and the slow
+32-bank ones there."""
 from __future__ import annotations
 
 import pytest

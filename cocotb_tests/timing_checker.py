@@ -40,7 +40,8 @@ same-bank one wins (tRC before tRRD before tRP; data-bus before tRTRS):
 * "order": a command earlier than the previous one (the input must be sorted).
 * "bus": two commands in the same cycle.
 * "tREFI": the gap from cycle 0 to the first REF, and between consecutive REFs, may not
-  exceed ``tREFI + refresh_max_late``; any command (REF included) after that deadline
+  exceed the refresh interval (``DeviceConfig.refresh_interval``: ``tREFI`` divided by
+  ``refresh_rate``) + ``refresh_max_late``; any command (REF included) after that deadline
   with no REF in between is a violation, and so is ``finish(end_cycle)`` past it.
 * "address": an operand out of range for the geometry (rank, bank group, bank, row,
   column; PIM_GEMV needs 1 <= k and column + k <= ``bus.comps_per_row``).
@@ -139,7 +140,7 @@ class TimingChecker:
         self._tRAS, self._tRP, self._tRC = t.tRAS, t.tRP, t.tRC
         self._tRRD_S, self._tRRD_L, self._tFAW = t.tRRD_S, t.tRRD_L, t.tFAW
         self._tRFC, self._tRTP, self._tRTRS = t.tRFC, t.tRTP, t.tRTRS
-        self._refresh_limit = t.tREFI + t.refresh_max_late
+        self._refresh_limit = config.refresh_interval + t.refresh_max_late
         self._RL, self._WL = t.RL, t.WL
         self._burst = bus.burst
         self._rd_to_pre, self._wr_to_pre = bus.rd_to_pre, bus.wr_to_pre
@@ -333,7 +334,7 @@ class TimingChecker:
             since = str(self._last_ref) if self._last_ref is not None else "the start (cycle 0)"
             self._fail("tREFI", self._last_ref, cmd,
                        f"{cmd} is {t - ref_base} cycles after {since} with no REF in between; "
-                       f"needs <= {self._refresh_limit} (tREFI + refresh_max_late)")
+                       f"needs <= {self._refresh_limit} (the refresh interval + refresh_max_late)")
         self._check_address(cmd)
         if self._dram and op in _PIM_ONLY:
             self._state(cmd, "PIM command in DRAM mode (no PIM units, no global buffer)")
@@ -351,7 +352,7 @@ class TimingChecker:
             self._fail("tREFI", self._last_ref, end,
                        f"end of run @{end_cycle} is {end_cycle - ref_base} cycles after {since} "
                        f"with no REF in between; needs <= {self._refresh_limit} "
-                       "(tREFI + refresh_max_late)")
+                       "(the refresh interval + refresh_max_late)")
 
     # ------------------------------------------------------------------ per opcode
     def _gwrite_bank_block(self, cmd, b):

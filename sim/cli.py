@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rtl.config import ConfigError, PRESETS, preset
+from rtl.config import REFRESH_RATES, ConfigError, PRESETS, preset
 from sim.decode.golden import MODES
 from sim.decode.job import DEFAULTS as DECODE
 from sim.lint import BLOCK_NAMES, NPU_BLOCKS
@@ -89,6 +89,8 @@ def cmd_sim(args):
         config = preset(args.config) if args.config else None
         if args.timing_only:
             config = (config or preset("decode")).replace(datapath=False)
+        if args.refresh_rate != 1:
+            config = (config or preset("decode")).replace(refresh_rate=args.refresh_rate)
         log(f"neupims sim: {workload.model.summary()}")
         log(f"  workload: {source}")
         log(f"  KV lengths: {list(workload.kv_lens)}, {workload.steps} step(s)")
@@ -296,6 +298,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=DECODE["seed"])
     p.add_argument("--timing-only", action="store_true",
                    help="the same RTL without its datapath (same cycles, no data: bit-exact n/a)")
+    p.add_argument("--refresh-rate", type=int, choices=REFRESH_RATES, default=1,
+                   help="refresh every tREFI / N clocks (2: HBM's hot refresh; the same "
+                        "Verilator build: a run-time input of the controllers)")
     p.add_argument("--out", default="build/sim", help="folder for sim.json and timeline.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_sim)

@@ -285,7 +285,7 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
     failed = [reason for reason in reasons if reason]
     if failed:
         raise ReproduceError("grid", failed[0])
-    log(f"neupims reproduce: compiled {len(reasons)} points x {len(grid.modes)} modes in "
+    log(f"neupims reproduce: compiled {len(reasons)} point{'s' if len(reasons) != 1 else ''} x {len(grid.modes)} modes in "
         f"{time.perf_counter() - began:.0f} s")
 
 

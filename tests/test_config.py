@@ -60,7 +60,23 @@ BAD = [
      "DramGeometry.banks", "do not fit"),
     (lambda: preset("huge"), "preset", "unknown preset"),
     (lambda: DeviceConfig(mode="quad"), "DeviceConfig.mode", "quad"),
+    (lambda: DeviceConfig(refresh_rate=3), "DeviceConfig.refresh_rate", "one of 1, 2, 4"),
+    (lambda: DeviceConfig(timing=DramTiming(tREFI=2000), refresh_rate=4),
+     "DeviceConfig.refresh_rate", "interval of 500 clocks"),
 ]
+
+
+def test_refresh_rate_is_a_run_time_setting():
+    """The interval follows the rate; the elaborated controller does not (one build serves
+    every rate: the rate is an input); the summary names a rate other than 1x."""
+    base = preset("tiny")
+    fast = base.replace(refresh_rate=4)
+    assert (base.refresh_interval, fast.refresh_interval) == (3900, 975)
+    assert "4x refresh" in fast.summary() and "refresh" not in base.summary()
+    assert DeviceConfig.from_json(fast.to_json()) == fast
+    from rtl.controller import ChannelController
+    from sim.harness import to_verilog
+    assert to_verilog(ChannelController(base), "c") == to_verilog(ChannelController(fast), "c")
 
 
 @pytest.mark.parametrize("build, field, words", BAD, ids=[b[1] or b[2] for b in BAD])

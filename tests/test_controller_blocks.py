@@ -1,10 +1,11 @@
 """Fast unit tests of the controller's blocks on Amaranth's simulator."""
+import pytest
 from amaranth.sim import Simulator
 
 from rtl.config import preset
 from rtl.config.controller import ControllerConfig
 from rtl.controller.bank_queue import BankQueue
-from rtl.controller.refresher import Refresher
+from rtl.controller.refresher import Refresher, RefreshRate
 from rtl.isa import Opcode
 
 CONFIG = preset("tiny", controller=ControllerConfig(bank_queue_depth=4, row_hit_limit=1))
@@ -89,5 +90,31 @@ def test_refresher_falls_due_every_trefi_and_measures_lateness():
         await ctx.tick()
         ctx.set(dut.issued, 0)
         assert not ctx.get(dut.due) and ctx.get(dut.until_due) == interval - 1
+
+    _simulate(dut, bench)
+
+
+@pytest.mark.parametrize("multiplier", [2, 4])
+def test_refresher_rate_shortens_the_interval_from_reset_and_changes_at_a_ref(multiplier):
+    """The rate held at reset sets the first interval; a new rate waits for the next REF."""
+    config = preset("tiny")
+    dut = Refresher(config)
+    fast = config.timing.tREFI // multiplier
+    slow = config.timing.tREFI
+
+    async def bench(ctx):
+        ctx.set(dut.rate, RefreshRate.of(multiplier))
+        for cycle in range(fast):
+            assert not ctx.get(dut.due), cycle
+            assert ctx.get(dut.until_due) == fast - cycle
+            await ctx.tick()
+        assert ctx.get(dut.due) and ctx.get(dut.late) == 0
+        ctx.set(dut.rate, RefreshRate.X1)        # not taken before the REF
+        await ctx.tick().repeat(3)
+        assert ctx.get(dut.due) and ctx.get(dut.late) == 3
+        ctx.set(dut.issued, 1)
+        await ctx.tick()
+        ctx.set(dut.issued, 0)
+        assert not ctx.get(dut.due) and ctx.get(dut.until_due) == slow - 1
 
     _simulate(dut, bench)

@@ -3,7 +3,6 @@ import pytest
 
 from sim import cli
 from sim.decode.job import draw_workload
-from sim.decode.workload import DecodeError
 
 
 def test_default_workload_comes_from_the_azure_trace():

@@ -28,6 +28,8 @@ PRESETS = [("tiny", None),
            ("small", [name for name in BLOCK_NAMES if name not in BIG]),
            pytest.param(("small", None), marks=pytest.mark.slow, id="small-all"),
            pytest.param(("decode", None), marks=pytest.mark.slow, id="decode")]
+#: one worker exports each preset once (the fixture is per module and per worker)
+pytestmark = pytest.mark.xdist_group("export")
 
 
 @pytest.fixture(scope="module", params=PRESETS)

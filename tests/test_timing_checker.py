@@ -562,10 +562,12 @@ def test_tRFC(anycfg):
     boundary(cfg, [ref], c(REF, t.tRFC - 1), "tRFC", ref)
 
 
-def test_tREFI(anycfg):
-    cfg = anycfg
+@pytest.mark.parametrize("rate", [1, 2, 4])
+def test_tREFI(anycfg, rate):
+    """The deadline follows the configured refresh rate: tREFI // rate + refresh_max_late."""
+    cfg = anycfg.replace(refresh_rate=rate)
     t = cfg.timing
-    limit = t.tREFI + t.refresh_max_late
+    limit = t.tREFI // rate + t.refresh_max_late
     v = expect(cfg, [], c(ACT, limit + 1), "tREFI")
     assert v.earlier is None
     run(cfg, [c(ACT, limit)])

@@ -19,7 +19,7 @@ from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
 from sim.golden import vector as golden
-from sim.npu_vector_programs import execute_instruction, pack_vector, strided_params
+from sim.npu_vector_programs import execute_instruction, strided_params
 
 from test_npu_core import load_and_start
 from test_vector_engine import (SPW, _read_words, _write_words, engine_clocks, run_engine,

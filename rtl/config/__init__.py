@@ -5,11 +5,11 @@ Plain frozen dataclasses, validated at construction: an impossible combination r
 Facts and defaults come from ``shared/spec/NEUPIMS.md`` (the paper's device).
 """
 from .errors import ConfigError
-from .dram import AddressMap, DramGeometry, DramTiming
+from .dram import REFRESH_RATES, AddressMap, DramGeometry, DramTiming
 from .pim import PimUnit, GlobalBuffer, RowBufferMode
 from .npu import NpuConfig
 from .controller import ControllerConfig, refresh_delay_bound
 from .device import DeviceConfig, preset, PRESETS
 
-__all__ = ["ConfigError", "AddressMap", "DramGeometry", "DramTiming", "PimUnit", "GlobalBuffer",
+__all__ = ["ConfigError", "REFRESH_RATES", "AddressMap", "DramGeometry", "DramTiming", "PimUnit", "GlobalBuffer",
            "RowBufferMode", "NpuConfig", "ControllerConfig", "refresh_delay_bound", "DeviceConfig", "preset", "PRESETS"]

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from .controller import ControllerConfig, refresh_delay_bound
-from .dram import AddressMap, BusTiming, DramGeometry, DramTiming
+from .dram import REFRESH_RATES, AddressMap, BusTiming, DramGeometry, DramTiming
 from .errors import ConfigError, require, require_positive_ints, is_power_of_two
 from .npu import NpuConfig
 from .pim import GlobalBuffer, PimUnit, RowBufferMode, check_pim_timing
@@ -29,6 +29,11 @@ class DeviceConfig:
     buffer, scratchpad and accumulator storage, the data lines of the buses). Every
     cycle, command and counter is the same as with the full RTL for the same program;
     every data value (memory reads, results) is zero. For the full-scale figures.
+
+    ``refresh_rate``: 1, 2 or 4 (``REFRESH_RATES``): the controllers refresh every
+    ``tREFI // refresh_rate`` clocks (:attr:`refresh_interval`). A run-time setting, not
+    a size: the RTL has every rate (the controllers' ``refresh_rate`` input, set by the
+    testbench at reset), so the elaborated Verilog does not depend on it.
     """
     name: str = "custom"
     geometry: DramGeometry = field(default_factory=DramGeometry)
@@ -42,6 +47,7 @@ class DeviceConfig:
     stored_rows: int = 8
     wrap_rows: bool = False
     datapath: bool = True
+    refresh_rate: int = 1
 
     def __post_init__(self):
         if isinstance(self.mode, str):
@@ -70,11 +76,22 @@ class DeviceConfig:
         require(self.npu.word_bytes % self.geometry.burst_bytes == 0, "NpuConfig.word_bytes",
                 f"{self.npu.word_bytes} is not a multiple of the {self.geometry.burst_bytes}-byte "
                 f"DRAM burst")
+        require(self.refresh_rate in REFRESH_RATES, "DeviceConfig.refresh_rate",
+                f"must be one of {', '.join(map(str, REFRESH_RATES))}, got {self.refresh_rate!r}")
+        t = self.timing
+        require(self.refresh_interval > t.tRFC + t.refresh_max_late, "DeviceConfig.refresh_rate",
+                f"{self.refresh_rate}x refresh leaves an interval of {self.refresh_interval} "
+                f"clocks, not more than tRFC + refresh_max_late = {t.tRFC + t.refresh_max_late}")
         check_pim_timing(self)      # the PIM MAC pipeline against COMP spacing and RL
         bound = refresh_delay_bound(self)
         require(bound <= self.timing.refresh_max_late, "DramTiming.refresh_max_late",
                 f"{self.timing.refresh_max_late} is below the controller's refresh delay "
                 f"bound of {bound} clocks")
+
+    @property
+    def refresh_interval(self) -> int:
+        """Clocks from one all-bank REF to the next one's due time at ``refresh_rate``."""
+        return self.timing.tREFI // self.refresh_rate
 
     @property
     def bus(self) -> BusTiming:
@@ -113,6 +130,7 @@ class DeviceConfig:
                 f"{g.bankgroups} bank groups x {g.banks_per_group}), {g.rows} rows x "
                 f"{g.row_bytes} B, {p.lanes} PIM lanes/bank, mode {self.mode.value}, "
                 f"{self.timing.clock_hz / 1e9:g} GHz"
+                + ("" if self.refresh_rate == 1 else f", {self.refresh_rate}x refresh")
                 + ("" if self.datapath else ", timing-only (no datapath)"))
 
 

@@ -138,6 +138,12 @@ class AddressMap:
         return address
 
 
+#: refresh-rate multipliers the controllers offer at run time (``DeviceConfig.refresh_rate``;
+#: HBM's temperature-compensated refresh doubles the rate above 85 C; 4x for studies of
+#: refresh pressure): the refresh interval is ``tREFI // rate``
+REFRESH_RATES = (1, 2, 4)
+
+
 @dataclass(frozen=True)
 class DramTiming:
     """Timing parameters in clock cycles (NEUPIMS.md 2.1 and 2.3); derived ones are properties.

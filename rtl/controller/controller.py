@@ -14,7 +14,7 @@ from .interface import (COUNTERS, counters_layout, pim_request_layout, pim_respo
                         read_response_layout, request_layout, write_response_layout)
 from .pim_sequencer import PimSequencer
 from .rank_timers import RankTimers
-from .refresher import Refresher
+from .refresher import Refresher, RefreshRate
 
 
 class ControllerError(enum.Enum, shape=2):
@@ -52,6 +52,8 @@ class ChannelController(wiring.Component):
       ``cmd_source`` (Out): which part issued the command.
       ``counters`` (Out): see ``interface.COUNTERS``; ``pim_active`` (Out): a PIM_GEMV is
       running; ``refresh_due`` (Out); ``error``/``error_code`` (Out, sticky).
+      ``refresh_rate`` (In, :class:`RefreshRate`): the refresh interval, ``tREFI`` divided
+      by 1, 2 or 4 (HBM's temperature-compensated refresh), taken at reset and at each REF.
     """
 
     def __init__(self, config):
@@ -68,7 +70,7 @@ class ChannelController(wiring.Component):
             "banks": In(data.ArrayLayout(bank_status_layout(config), g.banks)),
             "rdata": In(g.burst_bytes * 8), "rdata_valid": In(1), "rdata_pim": In(1),
             "counters": Out(counters_layout()), "pim_active": Out(1), "refresh_due": Out(1),
-            "cmd_source": Out(CommandSource),
+            "cmd_source": Out(CommandSource), "refresh_rate": In(RefreshRate),
             "error": Out(1), "error_code": Out(ControllerError),
         })
 
@@ -80,6 +82,7 @@ class ChannelController(wiring.Component):
 
         m.submodules.timers = timers = RankTimers(cfg)
         m.submodules.refresher = refresher = Refresher(cfg)
+        m.d.comb += refresher.rate.eq(self.refresh_rate)
         m.submodules.pim = seq = PimSequencer(cfg)
         m.submodules.pim_queue = pim_queue = SyncFIFOBuffered(
             width=Shape.cast(pim_request_layout(cfg)).width, depth=cc.pim_queue)

@@ -14,7 +14,7 @@ class ControllerTop(wiring.Component):
 
     Ports: the controller's request and response streams (``requests``,
     ``read_responses``, ``write_responses``, ``pim_requests``, ``pim_responses``) and
-    ``counters``; the command bus as issued (``cmd``, ``cmd_valid``) with the channel's
+    ``counters``; ``refresh_rate`` (the controller's refresh interval divider); the command bus as issued (``cmd``, ``cmd_valid``) with the channel's
     ``cycle`` for monitors; ``pim_active``, ``refresh_due``; both error reports
     (``error``/``error_code`` of the controller, ``channel_error*`` of the datapath);
     the datapath's ``backdoor_*`` storage port.
@@ -31,6 +31,7 @@ class ControllerTop(wiring.Component):
             "write_responses": c["write_responses"], "pim_requests": c["pim_requests"],
             "pim_responses": c["pim_responses"], "counters": c["counters"],
             "pim_active": Out(1), "refresh_due": Out(1), "cmd_source": c["cmd_source"],
+            "refresh_rate": c["refresh_rate"],
             "cmd": Out(command_layout(config)), "cmd_valid": Out(1), "cycle": Out(32),
             "error": Out(1), "error_code": Out(ControllerError),
             "channel_error": Out(1), "channel_error_code": Out(ChannelError),
@@ -54,7 +55,7 @@ class ControllerTop(wiring.Component):
         m.d.comb += [
             dp.cmd.eq(ctrl.cmd), dp.cmd_valid.eq(ctrl.cmd_valid), dp.wdata.eq(ctrl.wdata),
             ctrl.banks.eq(dp.banks), ctrl.rdata.eq(dp.rdata), ctrl.rdata_valid.eq(dp.rdata_valid),
-            ctrl.rdata_pim.eq(dp.rdata_pim),
+            ctrl.rdata_pim.eq(dp.rdata_pim), ctrl.refresh_rate.eq(self.refresh_rate),
             self.counters.eq(ctrl.counters), self.pim_active.eq(ctrl.pim_active),
             self.refresh_due.eq(ctrl.refresh_due), self.cmd_source.eq(ctrl.cmd_source),
             self.cmd.eq(ctrl.cmd), self.cmd_valid.eq(ctrl.cmd_valid), self.cycle.eq(dp.cycle),

@@ -82,6 +82,7 @@ class NpuTop(wiring.Component):
     (``error_core``); ``pc`` is core 0's; ``counters``: ``cycles`` counts clocks while any
     core runs, every other counter is the sum over the cores (``core_counters``: each);
     ``vector_ops`` stays idle (each core has its vector engine).
+    ``refresh_rate`` (In, ``RefreshRate``): every controller's refresh interval divider.
     Per channel c (arrays of ``channels``, Verilog names ``<port>__<c>``): the command bus
     ``cmd``, ``cmd_valid`` and ``cycle`` for the timing monitors; the controller's
     ``ctrl_counters``, ``ctrl_error``/``ctrl_error_code``, the datapath's
@@ -126,6 +127,7 @@ class NpuTop(wiring.Component):
                             "core_done": Out(A), "error_core": Out(range(A)),
                             "core_counters": Out(core["counters"].shape).array(A)})
         members.update({
+            "refresh_rate": ch["refresh_rate"],
             "cmd": Out(command_layout(config)).array(C), "cmd_valid": Out(1).array(C),
             "cycle": Out(32).array(C),
             "ctrl_counters": Out(controller_counters_layout()).array(C),
@@ -170,7 +172,7 @@ class NpuTop(wiring.Component):
                 self.channel_error_cycle[c].eq(top.channel_error_cycle),
                 top.backdoor_en.eq(self.backdoor_en[c]), top.backdoor_bank.eq(self.backdoor_bank[c]),
                 top.backdoor_addr.eq(self.backdoor_addr[c]),
-                top.backdoor_data.eq(self.backdoor_data[c]),
+                top.backdoor_data.eq(self.backdoor_data[c]), top.refresh_rate.eq(self.refresh_rate),
             ]
         return m
 

@@ -51,8 +51,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from rtl.config import ConfigError, RowBufferMode, preset
 from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
                          vector, wait)
@@ -61,8 +59,8 @@ from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
 
 from ..kv_layout import ChannelKV, KVLayout, CapacityError, token_writes
-from ..npu_programs import HbmImage, matrix_words, pack_words
-from ..npu_vector_programs import layernorm_ops, f32_bits
+from ..npu_programs import HbmImage, matrix_words
+from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
 from .golden import MODES, golden_decode, softmax_scale_bits
 from .run import DecodeRun, StepProgram
@@ -911,8 +909,7 @@ def _neupims_step(b: Builder) -> list[Op]:
 
 def _checks(plan: Plan, golden) -> dict:
     """Scratchpad words to compare: the hidden state and the logits of every row."""
-    w, sp = plan.workload, plan.sp
-    d, V = w.model.d_model, w.vocab
+    sp = plan.sp
     checks = {}
     hidden = golden.hidden[plan.row_order]
     logits = golden.logits[plan.row_order]

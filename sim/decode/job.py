@@ -11,14 +11,12 @@ limit; the clip counts are printed with the table.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..models import get_model
-from ..workloads import WorkloadError, generate_requests, load_workload, snapshot
+from ..workloads import generate_requests, load_workload, snapshot
 from .compiler import compile_decode
 from .golden import MODES
 from .workload import DecodeError, DecodeWorkload

@@ -59,7 +59,7 @@ _VERILOG: dict[str, str] = {}      # configuration JSON -> Verilog (elaboration:
 
 
 def _verilog(config) -> str:
-    key = config.to_json()
+    key = config.replace(refresh_rate=1).to_json()     # a run-time input, not elaborated
     if key not in _VERILOG:
         from sim.harness import npu_top_verilog
         _VERILOG[key] = npu_top_verilog(config, TOP_NAME)

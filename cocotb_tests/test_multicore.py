@@ -37,3 +37,24 @@ def test_too_few_tags_names_the_field():
                           controller=dataclasses.replace(base.controller, tags=64))
     with pytest.raises(ConfigError, match="NpuConfig.dma_in_flight"):
         NpuTop(config)
+
+
+@pytest.mark.xdist_group("multicore")
+def test_device_benchmark_on_two_cores():
+    """``neupims bench device`` on the same build: both cores stream weight tiles under
+    their GEMMs; MACs, bytes and clocks from the RTL counters add up."""
+    from sim.device_bench import bench_device, format_device
+    config = multicore_config()
+    tiles, rows = 6, 16
+    report = bench_device(config, tiles=tiles, rows=rows, name="npu_multicore")
+    print(format_device(report))
+    npu, wb = config.npu, config.npu.word_bytes
+    K, W = 2 * npu.array_rows, npu.array_cols
+    a_bytes = rows * -(-K * 2 // wb) * wb
+    w_bytes = K * -(-W * 2 // wb) * wb
+    c_bytes = rows * -(-W * 4 // wb) * wb
+    counters = report["counters"]
+    assert counters["dma_bytes_read"] == npu.arrays * (a_bytes + tiles * w_bytes)
+    assert counters["dma_bytes_written"] == npu.arrays * c_bytes
+    assert report["cycles"] > tiles * 2 * rows and 0 < report["array_util"] <= 1
+    assert report["commands"] > 0 and report["cycles_per_s"] > 0

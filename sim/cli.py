@@ -114,11 +114,13 @@ def cmd_sim(args):
 
 def cmd_bench(args):
     if args.config is None:     # the NPU core needs an array row to fit a scratchpad word
-        args.config = "small" if args.target == "npu" else "channel"
+        args.config = {"npu": "small", "device": "neupims"}.get(args.target, "channel")
     if args.target == "controller":
         return cmd_bench_controller(args)
     if args.target == "npu":
         return cmd_bench_npu(args)
+    if args.target == "device":
+        return cmd_bench_device(args)
     config = _config(args)
     report = _channel_gemv(config, args.repeat, args.seed, args.tile)
     if args.json:
@@ -146,6 +148,20 @@ def cmd_bench_npu(args):
     except ConfigError as error:
         sys.exit(f"neupims bench npu: bad configuration: {error}")
     print(json.dumps(report, indent=2) if args.json else "\n" + format_npu(report))
+
+
+def cmd_bench_device(args):
+    from sim.device_bench import BenchError, bench_device, format_device
+    show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
+        lambda line: print(line, flush=True))
+    try:
+        config = _config(args)
+        if args.timing_only:
+            config = config.replace(datapath=False)
+        report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
+    except (BenchError, ConfigError) as error:
+        sys.exit(f"neupims bench device: {error}")
+    print(json.dumps(report, indent=2) if args.json else "\n" + format_device(report))
 
 
 def cmd_replay_trace(args):
@@ -329,8 +345,10 @@ def main(argv=None):
 
     p = sub.add_parser("bench", help="benchmarks: `channel` (Verilator cycles/s of a GEMV "
                                      "program), `controller` (bandwidth, COMP rate, dual vs "
-                                     "blocked), `npu` (array utilization, DMA GB/s per channel)")
-    p.add_argument("target", choices=["channel", "controller", "npu"])
+                                     "blocked), `npu` (array utilization, DMA GB/s per channel), "
+                                     "`device` (Verilator cycles/s of every core on every "
+                                     "channel; default the paper's device, use --timing-only)")
+    p.add_argument("target", choices=["channel", "controller", "npu", "device"])
     common(p, default=None)
     p.add_argument("--channels", type=int, default=2,
                    help="npu: memory channels (default: %(default)s)")
@@ -343,6 +361,12 @@ def main(argv=None):
                    help="controller: normal requests per scenario (default: %(default)s)")
     p.add_argument("--gemvs", type=int, default=200,
                    help="controller: PIM_GEMVs in the PIM scenarios (default: %(default)s)")
+    p.add_argument("--tiles", type=int, default=24,
+                   help="device: weight tiles per core (default: %(default)s)")
+    p.add_argument("--rows-per-gemm", type=int,
+                   help="device: activation rows M (default: the accumulator's rows)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="device: without the datapath (the paper's device needs it)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("replay-trace", help="replay a DRAMsim3-format trace (0xADDR READ|WRITE "

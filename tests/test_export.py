@@ -28,20 +28,25 @@ PRESETS = [("tiny", None),
            ("small", [name for name in BLOCK_NAMES if name not in BIG]),
            pytest.param(("small", None), marks=pytest.mark.slow, id="small-all"),
            pytest.param(("decode", None), marks=pytest.mark.slow, id="decode")]
-#: one worker exports each preset once (the fixture is per module and per worker)
+#: one worker exports each preset once: the tests of a preset share one export per
+#: process (pytest-xdist does not keep a parametrized fixture's tests together)
 pytestmark = pytest.mark.xdist_group("export")
+_EXPORTS: dict = {}
 
 
 @pytest.fixture(scope="module", params=PRESETS)
 def exported(request, tmp_path_factory):
     """(preset, blocks, folder written by export(), folder written by `neupims verilog`)."""
     name, blocks = request.param
-    library = tmp_path_factory.mktemp(f"{name}-lib")
-    export(preset(name), library, blocks=blocks)
-    command = tmp_path_factory.mktemp(f"{name}-cli")
-    cli.main(["verilog", "--config", name, "--out", str(command)]
-             + (["--blocks", ",".join(blocks)] if blocks else []))
-    return name, blocks or BLOCK_NAMES, library, command
+    key = (name, tuple(blocks or ()))
+    if key not in _EXPORTS:
+        library = tmp_path_factory.mktemp(f"{name}-lib")
+        export(preset(name), library, blocks=blocks)
+        command = tmp_path_factory.mktemp(f"{name}-cli")
+        cli.main(["verilog", "--config", name, "--out", str(command)]
+                 + (["--blocks", ",".join(blocks)] if blocks else []))
+        _EXPORTS[key] = (name, blocks or BLOCK_NAMES, library, command)
+    return _EXPORTS[key]
 
 
 def test_export_is_deterministic(exported):

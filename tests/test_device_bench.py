@@ -1,0 +1,39 @@
+"""The device benchmark's programs (``sim.device_bench``), without RTL: they fit the cores,
+each core stays in its slice of the stored rows, and bad sizes name the parameter."""
+import pytest
+
+from rtl.config import preset
+from rtl.isa.npu import NpuOp
+from sim.device_bench import BenchError, weight_streaming_program
+from sim.npu_programs import stored_bursts
+
+
+def _ops(program):
+    return [ins.op for ins in program]
+
+
+@pytest.mark.parametrize("name", ["neupims", "decode"])
+def test_programs_fit_and_stay_in_their_slice(name):
+    config = preset(name)
+    npu, g = config.npu, config.geometry
+    tiles = 24
+    slice_bytes = stored_bursts(config) * g.burst_bytes // npu.arrays
+    for core in range(npu.arrays):
+        program = weight_streaming_program(config, core, tiles)
+        assert len(program) <= npu.instruction_words
+        assert _ops(program).count(NpuOp.GEMM) == tiles and _ops(program)[-1] is NpuOp.HALT
+        for ins in program:
+            if ins.op in (NpuOp.DMA_LOAD, NpuOp.DMA_STORE):
+                start = ins["hbm"]
+                end = start + ins["count"] * g.burst_bytes
+                assert core * slice_bytes <= start and end <= (core + 1) * slice_bytes
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"tiles": 1000}, "tiles"),
+    ({"tiles": 4, "rows": 0}, "rows"),
+    ({"tiles": 4, "rows": 10_000}, "rows"),
+])
+def test_bad_sizes_name_the_parameter(kwargs, field):
+    with pytest.raises(BenchError, match=f"^{field}"):
+        weight_streaming_program(preset("neupims"), 0, **kwargs)

@@ -8,7 +8,7 @@ JOBS   ?= 2
 CONFIG ?= neupims
 FPGA_CONFIG ?= fpga
 
-.PHONY: setup sim reproduce test test-fast test-slow bench bench-controller bench-npu replay-trace verilog lint synth bitstream clean
+.PHONY: setup sim reproduce test test-fast test-slow bench bench-controller bench-npu bench-device replay-trace verilog lint synth bitstream clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench-controller: $(STAMP)
 
 bench-npu: $(STAMP)
 	$(BIN)/neupims bench npu --config small
+
+# The paper's device without its datapath (8 cores, 32 channels): the full-scale speed figure
+bench-device: $(STAMP)
+	$(BIN)/neupims bench device --config neupims --timing-only
 
 TRACE ?= examples/sample.trace
 replay-trace: $(STAMP)

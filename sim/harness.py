@@ -194,8 +194,12 @@ def run(build_dir: Path, name: str, test_module: str, testcase: str | list[str] 
     """Run cocotb tests against a built model; raise AssertionError on any failure."""
     test_dir = build_dir / "runs" / f"{test_module}-{tag or os.getpid()}"
     test_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    extra.update(env or {})
+    # cocotb's runner hands this process's sys.path to the simulator's Python as PYTHONPATH
+    # (an extra PYTHONPATH is overwritten): the repository must be on it for cocotb_tests,
+    # also when the `neupims` script runs with a build folder outside the repository
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    extra = dict(env or {})
     xml = test_dir / "results.xml"
     xml.unlink(missing_ok=True)
     with _patched_environ(tool_env()):

@@ -10,7 +10,7 @@ import cocotb
 
 from rtl.config import DeviceConfig
 from rtl.npu.sequencer import NpuError
-from sim.device_bench import weight_streaming_program
+from sim.device_bench import program_totals, weight_streaming_program
 
 from .npu_tb import NpuTB
 from .report import update_report
@@ -19,12 +19,13 @@ from .report import update_report
 @cocotb.test()
 async def weight_streaming(dut):
     config = DeviceConfig.from_json(os.environ["NEUPIMS_CONFIG"])
-    tiles = int(os.environ.get("NEUPIMS_TILES", "24"))
-    rows = int(os.environ.get("NEUPIMS_ROWS", "0")) or config.npu.accumulator_rows
+    tiles, rows = int(os.environ["NEUPIMS_TILES"]), int(os.environ["NEUPIMS_ROWS"])
     tb = NpuTB(dut, config)
     await tb.start()
-    for core in range(config.npu.arrays):
-        await tb.load_program(weight_streaming_program(config, core, tiles, rows), core=core)
+    programs = [weight_streaming_program(config, core, tiles, rows)
+                for core in range(config.npu.arrays)]
+    for core, program in enumerate(programs):
+        await tb.load_program(program, core=core)
     began = time.perf_counter()
     last = [began]
 
@@ -39,9 +40,9 @@ async def weight_streaming(dut):
     assert tb.error() == (NpuError.NONE, 0), tb.error()
     tb.finish()
     counters = tb.counters()
-    npu = config.npu
-    assert counters["macs"] == npu.arrays * tiles * rows * 2 * npu.array_rows * npu.array_cols, \
-        counters
+    for name in ("macs", "dma_bytes_read", "dma_bytes_written"):    # all work done, no more
+        asked = sum(program_totals(config, program)[name] for program in programs)
+        assert counters[name] == asked, (name, counters[name], asked)
     commands = sum(sum(c.values()) for c in tb.commands)
     update_report(cycles=cycles, sim_wall_s=round(wall, 2), cycles_per_s=cycles / wall,
                   counters=counters, commands=commands)

@@ -8,6 +8,7 @@ import pytest
 from rtl.config import ConfigError, preset
 from rtl.npu.top import NpuTop
 from sim.harness import npu_top_verilog, simulate
+from sim.npu_programs import row_words
 
 
 def multicore_config(arrays: int = 2):
@@ -48,13 +49,13 @@ def test_device_benchmark_on_two_cores():
     tiles, rows = 6, 16
     report = bench_device(config, tiles=tiles, rows=rows, name="npu_multicore")
     print(format_device(report))
-    npu, wb = config.npu, config.npu.word_bytes
+    npu, wb, burst = config.npu, config.npu.word_bytes, config.geometry.burst_bytes
     K, W = 2 * npu.array_rows, npu.array_cols
-    a_bytes = rows * -(-K * 2 // wb) * wb
-    w_bytes = K * -(-W * 2 // wb) * wb
-    c_bytes = rows * -(-W * 4 // wb) * wb
+    words = {"A": rows * row_words(K, 16, wb), "W": K * row_words(W, 16, wb),
+             "C": rows * row_words(W, 32, wb)}
     counters = report["counters"]
-    assert counters["dma_bytes_read"] == npu.arrays * (a_bytes + tiles * w_bytes)
-    assert counters["dma_bytes_written"] == npu.arrays * c_bytes
+    assert counters["dma_bytes_read"] == npu.arrays * (words["A"] + tiles * words["W"]) * wb
+    assert counters["dma_bytes_written"] == npu.arrays * words["C"] * wb
+    assert counters["macs"] == npu.arrays * tiles * rows * K * W
     assert report["cycles"] > tiles * 2 * rows and 0 < report["array_util"] <= 1
-    assert report["commands"] > 0 and report["cycles_per_s"] > 0
+    assert report["commands"] >= counters["dma_bytes_read"] // burst and report["cycles_per_s"] > 0

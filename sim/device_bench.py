@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from rtl.config import DeviceConfig
-from rtl.isa.npu import dma_load, dma_store, gemm, halt, wait
+from rtl.isa.npu import NpuOp, dma_load, dma_store, gemm, halt, wait
 from sim.npu_programs import row_words, stored_bursts
 
 
@@ -76,11 +76,27 @@ def weight_streaming_program(config: DeviceConfig, core: int, tiles: int,
     return program
 
 
+def program_totals(config: DeviceConfig, program) -> dict:
+    """What ``program`` asks for: MACs of its GEMMs (M x K x N each) and bytes its DMAs
+    load and store."""
+    burst = config.geometry.burst_bytes
+    total = {"macs": 0, "dma_bytes_read": 0, "dma_bytes_written": 0}
+    for ins in program:
+        if ins.op is NpuOp.GEMM:
+            total["macs"] += ins["m"] * ins["k"] * ins["n"]
+        elif ins.op is NpuOp.DMA_LOAD:
+            total["dma_bytes_read"] += ins["count"] * burst
+        elif ins.op is NpuOp.DMA_STORE:
+            total["dma_bytes_written"] += ins["count"] * burst
+    return total
+
+
 def bench_device(config: DeviceConfig, tiles: int = 24, rows: int | None = None, show=print,
                  name: str = "npu_top") -> dict:
     """Elaborate, build (cached, as module ``name``) and run the load; the report (see
     ``format_device``)."""
     from sim.harness import build, npu_top_verilog, run
+    rows = config.npu.accumulator_rows if rows is None else rows
     for core in range(config.npu.arrays):
         weight_streaming_program(config, core, tiles, rows)    # layout errors before the build
     began = time.perf_counter()
@@ -98,14 +114,14 @@ def bench_device(config: DeviceConfig, tiles: int = 24, rows: int | None = None,
         path = Path(folder) / "report.json"
         run(build_dir, name, "cocotb_tests.tb_device_bench",
             env={"NEUPIMS_CONFIG": config.to_json(), "NEUPIMS_REPORT": str(path),
-                 "NEUPIMS_TILES": str(tiles), "NEUPIMS_ROWS": str(rows or 0)},
+                 "NEUPIMS_TILES": str(tiles), "NEUPIMS_ROWS": str(rows)},
             tag=f"bench-device-{config.name}-{Path(folder).name}")
         raw = json.loads(path.read_text())
     npu = config.npu
     macs_per_clock = npu.arrays * npu.array_rows * npu.array_cols
     return {"config": config.summary(), "cores": npu.arrays,
             "array": [npu.array_rows, npu.array_cols], "channels": config.geometry.channels,
-            "tiles": tiles, "rows": rows or npu.accumulator_rows, "verilog_lines": len(verilog.splitlines()),
+            "tiles": tiles, "rows": rows, "verilog_lines": len(verilog.splitlines()),
             "elaborate_s": round(elaborate_s, 1), "build_s": round(build_s, 1),
             **raw, "array_util": raw["counters"]["macs"] / (macs_per_clock * raw["cycles"]),
             "wall_s": round(time.perf_counter() - began, 1)}

@@ -4,7 +4,7 @@ import pytest
 
 from rtl.config import preset
 from rtl.isa.npu import NpuOp
-from sim.device_bench import BenchError, weight_streaming_program
+from sim.device_bench import BenchError, program_totals, weight_streaming_program
 from sim.npu_programs import stored_bursts
 
 
@@ -37,3 +37,16 @@ def test_programs_fit_and_stay_in_their_slice(name):
 def test_bad_sizes_name_the_parameter(kwargs, field):
     with pytest.raises(BenchError, match=f"^{field}"):
         weight_streaming_program(preset("neupims"), 0, **kwargs)
+
+
+def test_program_totals_count_what_the_program_asks():
+    config = preset("neupims")
+    npu, wb = config.npu, config.npu.word_bytes
+    tiles, rows = 5, 32
+    total = program_totals(config, weight_streaming_program(config, 0, tiles, rows))
+    K, W = 2 * npu.array_rows, npu.array_cols
+    assert total["macs"] == tiles * rows * K * W
+    # scratchpad rows are whole 512-byte words: a 128-wide FP16 weight row fills half of one
+    assert total["dma_bytes_read"] == rows * wb + tiles * K * wb
+    assert total["dma_bytes_written"] == rows * wb
+    assert (K * 2, W * 2, W * 4) == (wb, wb // 2, wb)

@@ -14,7 +14,8 @@ class ControllerTop(wiring.Component):
 
     Ports: the controller's request and response streams (``requests``,
     ``read_responses``, ``write_responses``, ``pim_requests``, ``pim_responses``) and
-    ``counters``; ``refresh_rate`` (the controller's refresh interval divider); the command bus as issued (``cmd``, ``cmd_valid``) with the channel's
+    ``counters``; ``refresh_rate`` (the controller's refresh interval divider); the
+    command bus as issued (``cmd``, ``cmd_valid``) with the channel's
     ``cycle`` for monitors; ``pim_active``, ``refresh_due``; both error reports
     (``error``/``error_code`` of the controller, ``channel_error*`` of the datapath);
     the datapath's ``backdoor_*`` storage port.

@@ -1,11 +1,11 @@
-"""Every mode on seven small workloads, compiled and run on the RTL (NpuTop on Verilator,
+"""Every mode on eight small workloads, compiled and run on the RTL (NpuTop on Verilator,
 every DRAM command timing-checked): hidden states and logits of every step bit-exact with
 the golden decode; stage cycles add up to the step; the neupims stages are A-F.
 
 Each run is also the correlation suite of the fast timing path (issue 6, DESIGN.md
 contract 5): the same programs on the timing-only elaboration (``datapath=False``) must
 give, step by step, the same cycles, stage ends, NPU and controller counters and command
-streams (``test_timing_only.compare``): 7 workloads x 3 modes = 21 points, plus 3
+streams (``test_timing_only.compare``): 8 workloads x 3 modes = 24 points, plus 3
 refresh-heavy ones (4x refresh, the same builds) in ``test_timing_only.py`` and the slow
 32-bank ones there."""
 from __future__ import annotations
@@ -19,7 +19,8 @@ from sim.decode.workload import DecodeWorkload
 from .test_timing_only import compare, run_both
 
 #: batch sizes 1 to 8; first tokens, short pairs over two steps, wide spreads, contexts
-#: past the GEMM accumulator (npu-only cuts its logit GEMM), and an Azure draw
+#: past the GEMM accumulator (npu-only cuts its logit GEMM), an Azure draw, and heads of
+#: 64 (two scratchpad words and K bursts per head; npu-only chains its logit GEMMs)
 WORKLOADS = {
     "b2-two-steps": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),
@@ -28,7 +29,10 @@ WORKLOADS = {
     "b3-past-accumulator": ((150, 20, 200), 1),
     "b5-equal": ((24, 24, 24, 24, 24), 1),
     "b8-azure": ((82, 71, 95, 27, 81, 69, 79, 86), 1),
+    "b3-head64": ((150, 9, 31), 1),
 }
+#: the model of each workload (default ``tiny-gpt``): one head of 64, two words and bursts
+MODEL = {"b3-head64": "tiny-gpt-h64"}
 
 
 #: one pytest-xdist group per Verilator build pair: the blocked (npu+pim) models build and
@@ -41,7 +45,7 @@ GROUPED = [pytest.param(mode, marks=pytest.mark.xdist_group(
 @pytest.mark.parametrize("mode", GROUPED)
 def test_mode_on_rtl(mode, name, tmp_path):
     lens, steps = WORKLOADS[name]
-    workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
+    workload = DecodeWorkload(MODEL.get(name, "tiny-gpt"), lens, steps=steps, seed=len(lens))
     result, timing = run_both(workload, mode, preset("decode"), tmp_path)
     assert result["complete"] and result["timing_violations"] == 0
     assert result["commands_checked"] > 0

@@ -14,7 +14,8 @@ Sources:
   projections side by side, 2 x ffn columns). TP and PP are not from the paper: our choice
   follows its pattern (TP 4 up to 13B, TP 8 and PP 2 for 70B).
 - Test models small enough for an RTL slice (``tiny-gpt``, ``small-gpt``, ``tiny-gqa``);
-  their d_head (32) is below the 128 of the real models, so a head fills fewer PIM COMPs.
+  their d_head (32) is below the 128 of the real models, so a head fills fewer PIM COMPs;
+  ``tiny-gpt-h64`` has one head of 64 (a head over several scratchpad words and bursts).
 
 Invalid shapes raise :class:`ModelError` (a ``ValueError``) naming the field, e.g.
 ``ModelShape.heads: 3 heads x d_head 128 = 384, not d_model 512``.
@@ -223,10 +224,11 @@ def _llama(name, d_model, heads, kv_heads, layers, ffn, max_seq_len, tp, pp=1):
                       source="published model configuration; TP/PP chosen by this project")
 
 
-def _test(name, d_model, heads, ffn, kv_heads=None, activation="gelu", max_seq_len=256):
-    return ModelShape(name, d_model, heads, 2, ffn=ffn, d_head=32, kv_heads=kv_heads,
+def _test(name, d_model, heads, ffn, kv_heads=None, activation="gelu", max_seq_len=256,
+          d_head=32):
+    return ModelShape(name, d_model, heads, 2, ffn=ffn, d_head=d_head, kv_heads=kv_heads,
                       activation=activation, max_seq_len=max_seq_len,
-                      source="test model sized for an RTL slice (d_head 32)")
+                      source=f"test model sized for an RTL slice (d_head {d_head})")
 
 
 #: Width scale of the GPT-3 shapes run on the RTL slice (``sim.reproduce``).
@@ -258,6 +260,7 @@ MODELS: dict[str, ModelShape] = {m.name: m for m in (
     _gpt3_slice("gpt3-30b", 7168, 56),
     _gpt3_slice("gpt3-175b", 12288, 96),
     _test("tiny-gpt", 64, 2, 256),
+    _test("tiny-gpt-h64", 64, 1, 256, d_head=64),
     _test("small-gpt", 128, 4, 512, max_seq_len=512),
     _test("tiny-gqa", 128, 4, 256, kv_heads=2, activation="swiglu"),
 )}

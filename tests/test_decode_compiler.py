@@ -1,8 +1,11 @@
 """The decode compiler, golden decode and interpreter (pure Python, fast): every mode on
 several small workloads, the golden against a float64 decode, bad input, stage marks."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from rtl.config import preset
 from rtl.isa.npu import NpuOp
 from sim.decode.compiler import _weave, compile_decode, weave
 from sim.decode.golden import MODES, golden_decode, reference_decode
@@ -58,6 +61,45 @@ def test_a_v_chunk_boundary(mode):
         gwrites = [sum(ins.op is NpuOp.PIM and ins["pim_op"] == 0 for ins in step.program)
                    for step in run.steps]
         assert gwrites[1] - gwrites[0] == LONG_GPT.layers * LONG_GPT.heads   # chunk 1's scores
+
+
+#: heads of 64 and 128 (several words and bursts per head): one head on the ``decode``
+#: preset, and two heads of 64 with a larger scratchpad (the column of each head's bursts)
+WIDE_HEADS = {
+    "h64": ("tiny-gpt-h64", (150, 9, 31), None),
+    "2xh64": (ModelShape("gpt-2xh64", 128, 2, 2, ffn=256, d_head=64), (3, 40, 17), 32768),
+    "h128": (ModelShape("gpt-h128", 128, 1, 2, ffn=256, d_head=128), (20, 70), 32768),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", WIDE_HEADS)
+def test_heads_wider_than_a_word(mode, name):
+    model, lens, words = WIDE_HEADS[name]
+    config = preset("decode")
+    if words:
+        config = config.replace(npu=dataclasses.replace(config.npu, scratchpad_words=words))
+    run = compile_decode(DecodeWorkload(model, lens, steps=2, seed=5), mode, config)
+    _matches_golden(run)
+    program = run.steps[0].program
+    hw = run.plan.workload.model.d_head // 32
+    if mode == "npu-only":       # the logit GEMMs: one per 32-element piece, chained
+        sp = run.plan.sp
+        queries = [range(sp[f"qcol{i}"], sp[f"qcol{i}"] + hw * 32) for i in (0, 1)]
+        gemms = [ins for ins in program
+                 if ins.op is NpuOp.GEMM and any(ins["b"] in q for q in queries)]
+        assert gemms and all(ins["k"] == 32 and ins["fp32"] for ins in gemms)
+        assert sum(ins["acc"] for ins in gemms) == (hw - 1) * len(gemms) // hw
+    else:                        # a GEMV per head over d_head / 16 COMPs
+        gemvs = [ins for ins in program if ins.op is NpuOp.PIM and ins["pim_op"] == 2]
+        assert {ins["comps"] for ins in gemvs} >= {hw * 2}
+
+
+def test_heads_past_one_k_row_are_refused():
+    three = ModelShape("gpt-3xh128", 384, 3, 2, ffn=256, d_head=128)   # 2 per 256-FP16 row
+    with pytest.raises(DecodeError, match="one K row") as error:
+        compile_decode(DecodeWorkload(three, (3,)), "neupims")
+    assert error.value.field == "model.heads"
 
 
 def test_a_wrong_program_is_caught():
@@ -126,6 +168,8 @@ def test_weave_keeps_each_stream_in_order():
     ({"model": "tiny-gpt", "kv_lens": (3,), "steps": 0}, "steps"),
     ({"model": "tiny-gqa", "kv_lens": (3,)}, "model.kv_heads"),
     ({"model": "tiny-gpt", "kv_lens": (300,)}, "kv_lens"),
+    ({"model": ModelShape("gpt-h48", 96, 2, 2, ffn=256, d_head=48), "kv_lens": (3,)},
+     "model.d_head"),
 ])
 def test_bad_workloads_name_the_field(kwargs, field):
     with pytest.raises(DecodeError) as error:

@@ -60,6 +60,9 @@ def test_test_models_fit_an_rtl_slice():
     tiny = get_model("tiny-gpt")
     assert (tiny.d_model, tiny.heads) == (64, 2)
     assert (get_model("small-gpt").d_model, get_model("small-gpt").heads) == (128, 4)
+    wide = get_model("tiny-gpt-h64")
+    assert (wide.d_model, wide.heads, wide.d_head) == (64, 1, 64)
+    KVLayout(preset("decode"), wide)
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -341,6 +341,10 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     if m.heads > B // 2:
         raise DecodeError("model.heads", f"{m.heads} heads need a staging bank each among the "
                           f"upper {B // 2} banks")
+    if layout.k_groups > 1:
+        raise DecodeError("model.heads", f"{m.heads} heads of {m.d_head} exceed one K row of "
+                          f"{layout.row_elements} FP16 ({layout.heads_per_row} heads): the "
+                          f"compiler lays out one K group")
     C = g.channels
     policy = "round-robin" if mode == "npu+pim" else "greedy"
     lengths = [n + 1 for n in workload.kv_lens]
@@ -376,6 +380,17 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
         kv.append(channel)
     return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv,
                 slots=slots)
+
+
+def _head_words(model) -> int:
+    """Scratchpad words (and bursts) of one head's FP16 vector: d_head / 32."""
+    return model.d_head // FP16_WORD
+
+
+def _k_span(layout: KVLayout, tokens: int) -> int:
+    """Words of one 32-element piece of the K cache in an npu-only K buffer (a word per
+    token slot of every K tile)."""
+    return layout.k_tiles(tokens) * layout.banks
 
 
 def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
@@ -478,13 +493,15 @@ def _scratchpad(plan: Plan) -> dict:
     if plan.mode == "npu-only":
         chunks = math.ceil(Lmax / layout.burst_elements)
         for i in range(2):
-            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", layout.k_tiles(Lmax) * layout.banks)
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", _head_words(m) * _k_span(layout, Lmax))
             s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
             s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
         s["lcol"] = sp.take("lcol", Lmax)
         s["scol"] = sp.take("scol", chunks * layout.burst_elements)
         s["ocol"] = sp.take("ocol", dh)
         s["q32"] = sp.take("q32", f32(dh))
+        if _head_words(m) > 1:
+            s["l16"] = sp.take("l16", math.ceil(Lmax / FP16_WORD))
     else:
         chunks = _score_chunks(w, layout)
         s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
@@ -513,6 +530,7 @@ class Builder:
         self.w = plan.workload
         m = self.w.model
         self.d, self.f, self.dh, self.heads = m.d_model, m.ffn, m.d_head, m.heads
+        self.hw = _head_words(m)
         self.costs = Costs(self.config)
         self.sp = plan.sp
         self.layout = plan.layout
@@ -624,7 +642,11 @@ class Builder:
         return self.plan.kv[self.plan.channel_of[r]].requests[r].layers[layer]
 
     def _qkv_word(self, row: int, part: int, head: int) -> int:
-        return self.sp["qkv"] + row * 3 * self.d // FP16_WORD + part * self.d // FP16_WORD + head
+        return (self.sp["qkv"] + row * 3 * self.d // FP16_WORD + part * self.d // FP16_WORD
+                + head * self.hw)
+
+    def _attn_word(self, row: int, head: int) -> int:
+        return self.sp["attn"] + row * self.d // FP16_WORD + head * self.hw
 
     def _v_burst(self, channel: int, pages, head: int, v_tile: int, burst: int) -> int:
         """HBM address of V burst ``burst`` (32 tokens, counted over all chunks) of one
@@ -642,8 +664,10 @@ class Builder:
         for row in rows:
             r = plan.row_order[row]
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
-            for h in range(self.heads):
-                s.store(_address(cfg, c, t % B, pages.k[t // B][0], h), self._qkv_word(row, 1, h), 1)
+            for h in range(self.heads):         # a head's bursts: one column each
+                for j in range(self.hw):
+                    s.store(_address(cfg, c, t % B, pages.k[t // B][0], h * self.hw + j),
+                            self._qkv_word(row, 1, h) + j, 1)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
                     s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
@@ -702,8 +726,9 @@ class Builder:
         for row in rows:           # queries into the staging rows (bank 0, a head per burst)
             r = plan.row_order[row]
             for h in range(heads):
-                s.store(_address(cfg, plan.channel_of[r], lay.query_bank, plan.slot_of[r], h),
-                        self._qkv_word(row, 0, h), 1)
+                for j in range(self.hw):
+                    s.store(_address(cfg, plan.channel_of[r], lay.query_bank, plan.slot_of[r],
+                                     h * self.hw + j), self._qkv_word(row, 0, h) + j, 1)
         s.wait("dma")
         order = self._by_channel(rows)
         for row in order:
@@ -771,14 +796,14 @@ class Builder:
         for chunk in range(1, self.layout.v_chunks(self._token(self.plan.row_order[row]) + 1)):
             s.vec(VectorOp.CVT16TO32, a=self._ares(row, head, chunk), d=sp["c32"], **gather)
             s.vec(VectorOp.ADD, a=sp["o32"], b=sp["c32"], d=sp["o32"], length=dh)
-        s.vec(VectorOp.CVT32TO16, a=sp["o32"], d=sp["attn"] + row * self.d // FP16_WORD + head,
-              length=dh)
+        s.vec(VectorOp.CVT32TO16, a=sp["o32"], d=self._attn_word(row, head), length=dh)
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
         s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
         if not rows:
             return s
         B, dh, heads = lay.banks, self.dh, self.heads
+        span = _k_span(lay, max(self.w.kv_lens) + self.w.steps)
         s += self.append(layer, rows)
         s.wait("vector", "dma")
         items = [(row, h) for row in rows for h in range(heads)]
@@ -787,8 +812,10 @@ class Builder:
             row, h = items[i]
             r = plan.row_order[row]
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
-            for kt in range(lay.k_tiles(L)):
-                s.load(_address(cfg, c, 0, pages.k[kt][0], h), sp[f"kbuf{i % 2}"] + kt * B, B)
+            for j in range(self.hw):           # piece j: the tokens' elements 32j .. 32j + 31
+                for kt in range(lay.k_tiles(L)):
+                    s.load(_address(cfg, c, 0, pages.k[kt][0], h * self.hw + j),
+                           sp[f"kbuf{i % 2}"] + j * span + kt * B, B)
             for chunk in range(math.ceil(L / lay.burst_elements)):
                 for vt in range(lay.v_tiles):
                     s.load(self._v_burst(c, pages, h, vt, chunk),
@@ -810,12 +837,7 @@ class Builder:
             L = self._token(r) + 1
             kbuf, vbuf = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"]
             s.wait("vector")
-            for m0 in range(0, L, self.config.npu.accumulator_rows):
-                rows_m = min(self.config.npu.accumulator_rows, L - m0)
-                s.gemm(kbuf + m0, sp[f"qcol{i % 2}"], sp["lcol"] + m0, rows_m, dh, 1, 1, 1, 1)
-            s.wait("gemm")
-            self._softmax(s, sp["lcol"], L, FLAG_STRIDED_A, strided_imm(1, 0), sp["scol"],
-                          FLAG_STRIDED_D, strided_imm(1, 0))
+            self._logits_npu(s, kbuf, sp[f"qcol{i % 2}"], L, span)
             s.wait("vector")
             per = lay.burst_elements
             for chunk in range(math.ceil(L / per)):
@@ -828,9 +850,30 @@ class Builder:
             s.wait("gemm")
             if i + 2 < len(items):
                 load(i + 2)
-            s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=sp["attn"] + row * self.d // FP16_WORD + h,
-                  length=dh, flags=FLAG_STRIDED_A, imm=strided_imm(1, 0))
+            s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=self._attn_word(row, h), length=dh,
+                  flags=FLAG_STRIDED_A, imm=strided_imm(1, 0))
         return s
+
+    def _logits_npu(self, s: Stream, kbuf: int, qcol: int, L: int, span: int) -> None:
+        """K . q^T on the array (in pieces of ``accumulator_rows`` tokens), then the
+        softmax into ``scol``. A head of one word is one GEMM with FP16 logits; a longer
+        head is one GEMM per 32-element piece, chained in FP32 (``acc``), then rounded by
+        the vector unit (``sim.decode.golden``: the same order)."""
+        sp, acc_rows = self.sp, self.config.npu.accumulator_rows
+        for m0 in range(0, L, acc_rows):
+            rows_m = min(acc_rows, L - m0)
+            if self.hw == 1:
+                s.gemm(kbuf + m0, qcol, sp["lcol"] + m0, rows_m, self.dh, 1, 1, 1, 1)
+                continue
+            for j in range(self.hw):
+                s.gemm(kbuf + j * span + m0, qcol + j * FP16_WORD, sp["lcol"] + m0, rows_m,
+                       FP16_WORD, 1, 1, 1, 1, fp32=True, acc=j > 0)
+        s.wait("gemm")
+        logits, flags, imm = sp["lcol"], FLAG_STRIDED_A, strided_imm(1, 0)
+        if self.hw > 1:
+            s.vec(VectorOp.CVT32TO16, a=logits, d=sp["l16"], length=L, flags=flags, imm=imm)
+            logits, flags, imm = sp["l16"], 0, 0
+        self._softmax(s, logits, L, flags, imm, sp["scol"], FLAG_STRIDED_D, strided_imm(1, 0))
 
     def mha(self, layer: int, rows: list) -> Stream:
         return self.mha_npu(layer, rows) if self.plan.mode == "npu-only" else self.mha_pim(layer, rows)

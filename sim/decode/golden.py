@@ -10,12 +10,14 @@ per step, per layer (rows = requests)::
     h = LayerNorm1(x); qkv = fp16(h) . W_qkv (FP16 out); q, k, v = thirds of qkv
     append k, v to every request's cache; per request and head:
       logits (FP16): PIM modes: K^T q on the PIM (golden_logits);
-                     npu-only: the systolic array, K [L x 32] . q^T [32 x 1]
+                     npu-only: the systolic array, K [L x d_head] . q^T [d_head x 1]
+                     (d_head > 32: one GEMM per 32 elements, chained in FP32, then
+                     rounded to FP16 by the vector unit)
       p = softmax(fp32(logits) * 1/sqrt(d_head)) (vector unit), s = fp16(p)
       out (FP16):    PIM modes: golden_attention (a GEMV per V token chunk of
                      row_elements tokens; acc = +0.0, acc += fp32(partial) in chunk
                      order in FP32, rounded to FP16);
-                     npu-only: V^T [32 x L] . s^T [L x 1] on the array, K split in
+                     npu-only: V^T [d_head x L] . s^T [L x 1] on the array, K split in
                      32-token chunks chained in FP32 (``acc``), rounded to FP16
     o = attn . W_o (FP32); r1 = x + o; h2 = LayerNorm2(r1); f1 = fp16(h2) . W_1 (FP32)
     x = r1 + fp16(GELU(f1)) . W_2
@@ -81,12 +83,25 @@ def _attention_pim(layout, keys, values, q, lanes) -> np.ndarray:
     return golden_attention(layout, values, s)[1]              # heads x d_head
 
 
+def _logits_npu(keys, q, H, W, per) -> np.ndarray:
+    """K [L x d_head] . q: one GEMM with FP16 out for a head of one burst (``per`` FP16);
+    a longer head one GEMM per burst-wide piece chained in FP32, then rounded."""
+    dh = len(q)
+    if dh == per:
+        return gemm(keys, q.reshape(dh, 1), H, W)[1][:, 0]
+    acc = None
+    for j in range(0, dh, per):
+        acc = gemm(np.ascontiguousarray(keys[:, j:j + per]), q[j:j + per].reshape(per, 1), H, W,
+                   acc)[0]
+    return _cvt(acc[:, 0])
+
+
 def _attention_npu(keys, values, q, H, W, lanes, per) -> np.ndarray:
     """``per``: FP16 per burst, the token chunk of one attend GEMM."""
     heads, dh = q.shape
     out = np.zeros((heads, dh), dtype=np.uint16)
     for h in range(heads):
-        logits = gemm(keys[:, h, :], q[h].reshape(dh, 1), H, W)[1][:, 0]
+        logits = _logits_npu(keys[:, h, :], q[h], H, W, per)
         s = scores(logits, dh, lanes)
         acc = None
         for c in range(0, len(s), per):

@@ -56,9 +56,9 @@ class DecodeWorkload:
         m = model
         if m.d_model % 32 or m.ffn % 32:
             raise DecodeError("model", f"{m.name}: d_model and ffn must be multiples of 32")
-        if m.d_head != 32:
-            raise DecodeError("model.d_head", f"{m.name}: the compiler needs d_head = 32 "
-                              f"(one scratchpad word per head), got {m.d_head}")
+        if m.d_head % 32:
+            raise DecodeError("model.d_head", f"{m.name}: the compiler needs d_head a multiple "
+                              f"of 32 (whole scratchpad words per head), got {m.d_head}")
         if m.kv_heads != m.heads:
             raise DecodeError("model.kv_heads", f"{m.name}: grouped-query attention is not "
                               f"compiled yet ({m.kv_heads} KV heads for {m.heads} heads)")

@@ -1,7 +1,8 @@
 """cocotb tests of an ``NpuTop`` with several NPU cores (``NpuConfig.arrays`` > 1) sharing
 the channels: each core's GEMMs bit-exact while the others run theirs, the concurrent
 run shorter than the runs one after the other, counters per core and summed, PIM GEMV
-results routed to the core that asked, and an error in one core named with its core.
+results routed to the core that asked, an error in one core named with its core, and
+SYNC ordering one core's store before another's load.
 Every command of every channel goes through the DRAM timing checker (``NpuTB``)."""
 from __future__ import annotations
 
@@ -153,4 +154,44 @@ async def error_names_its_core(dut):
     await tb.run(max_cycles=5000)
     assert tb.error() == (NpuError.HBM_ALIGN, 1) and tb.error_core() == last
     assert dut.error.value == 1 and int(dut.core_done.value) == (1 << tb.cores) - 1
+    tb.finish()
+
+
+@cocotb.test()
+async def sync_orders_the_cores(dut):
+    """Core 0 computes a GEMM and stores C to HBM; core 1 loads C from HBM. With a SYNC
+    (core 0 after its store, ``sync dma``; core 1 before its load) core 1 gets core 0's
+    C bit-exact and counts the clocks it waited (``sync_wait``); without it, core 1
+    loads before core 0 has stored (the zeros put there), so the check can fail."""
+    from rtl.isa.npu import dma_load, sync
+    tb = NpuTB(dut, _config())
+    await tb.start()
+    config = tb.config
+    rng = np.random.default_rng(11)
+    H, W = config.npu.array_rows, config.npu.array_cols
+    job = gemm_program(config, moderate16(rng, (3 * H, 2 * H)), moderate16(rng, (2 * H, 2 * W)),
+                       readback=False, halt_at_end=False)
+    c, kw = job.c, config.npu.word_bytes // config.geometry.burst_bytes
+    blank = HbmImage(config)
+    blank.write_words(c.hbm, [0] * (c.words * kw))
+    await tb.load_image(job.image)
+    got = {}
+    for barrier in ([], [sync("dma")]):
+        await tb.load_image(blank)
+        await tb.load_program(job.program + barrier + [halt()], core=0)
+        await tb.load_program(barrier + [dma_load(c.hbm, 0, c.words * kw), wait("dma"), halt()],
+                              core=1)
+        before = [tb.core_counters(core) for core in range(2)]
+        await tb.run()
+        assert tb.error() == (NpuError.NONE, 0), tb.error()
+        waited = [tb.core_counters(core)["sync_wait"] - before[core]["sync_wait"]
+                  for core in range(2)]
+        words = await tb.read_words(range(c.words), core=1)
+        got[bool(barrier)] = (job.result(words), waited)
+    result, waited = got[True]
+    assert np.array_equal(result, job.expected), "core 1 did not get core 0's C"
+    assert waited[0] == 0 and waited[1] > 0, waited
+    stale, waited = got[False]
+    assert not np.array_equal(stale, job.expected) and waited == [0, 0]
+    dut._log.info("core 1 waited %d clocks at the SYNC", got[True][1][1])
     tb.finish()

@@ -20,7 +20,8 @@ def multicore_config(arrays: int = 2):
 @pytest.mark.xdist_group("multicore")
 def test_two_cores_share_two_channels(tmp_path):
     """GEMMs bit-exact on each core alone and on both at once (faster than one after the
-    other), PIM GEMV results routed to their core, an error named with its core; every
+    other), PIM GEMV results routed to their core, an error named with its core, SYNC
+    between the cores (a store on one, then a load on the other); every
     command timing-checked. About a minute from scratch (the Verilator build)."""
     config = multicore_config()
     report = tmp_path / "report.json"

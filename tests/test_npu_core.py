@@ -147,11 +147,15 @@ class CoreBench:
         self.vector_seen = []
         self.vector_latency = 5
 
-    def run(self, programs, reads=(), max_cycles=20000):
+    def run(self, programs, reads=(), max_cycles=20000, sync_go_from=0):
         """Run each (program, image, reads) in turn; return per run: (error code, error pc,
-        counters, scratchpad words read afterwards at ``reads`` (list of addresses))."""
+        counters, scratchpad words read afterwards at ``reads`` (list of addresses)).
+        ``sync_go`` (the barrier of the other cores) is high from clock ``sync_go_from``
+        of each run; ``sync_seen``: per run, the first clock ``sync_ready`` was high and
+        whether the DMA was busy then (None: never)."""
         dut = self.dut
         results = []
+        self.sync_seen = []
 
         async def bench(ctx):
             now = 0
@@ -161,7 +165,11 @@ class CoreBench:
                     self.memory.update(image.words)
                 await load_and_start(ctx, dut, program)
                 cycles = 0
+                self.sync_seen.append(None)
                 while not ctx.get(dut.done):
+                    ctx.set(dut.sync_go, cycles >= sync_go_from)
+                    if ctx.get(dut.sync_ready) and self.sync_seen[-1] is None:
+                        self.sync_seen[-1] = (cycles, bool(ctx.get(dut.sequencer.dma_busy)))
                     ctx.set(dut.vector_ops.ready, 1)
                     ctx.set(dut.vector_done, bool(vector_due) and vector_due[0] <= now)
                     if vector_due and vector_due[0] <= now:
@@ -402,3 +410,31 @@ def test_units_run_concurrently_until_wait():
         assert np.array_equal(got, job.expected)
         assert words[c.words:] == extra
     assert r_overlap[4] < r_serial[4] - 20, (r_overlap[4], r_serial[4])
+
+
+@pytest.mark.parametrize("units", [("dma",), ()])
+def test_sync_waits_for_its_units_then_the_barrier(units):
+    """SYNC: ``sync_ready`` once the named units are idle (``sync dma``: the DMA idle; no
+    units: at once, the DMA still running); the core stays there until
+    ``sync_go`` (the other cores), counting ``sync_wait``; then the program goes on and
+    its data are right."""
+    from rtl.isa.npu import sync
+    config = tiny_config(channels=2)
+    rng = np.random.default_rng(4)
+    image = HbmImage(config)
+    words = [pack_words(rng.integers(0, 1 << 16, 32, dtype=np.uint16)) for _ in range(24)]
+    image.write(0x4000, words)
+    program = [dma_load(0x4000, 100, 24), sync(*units), wait("dma"), halt()]
+    reads = list(range(100, 124))
+    bench = CoreBench(config, accept=0.7)
+    (free,) = bench.run([(program, image, reads)])
+    ready_free, busy_free = bench.sync_seen[0]
+    late = free[4] + 100
+    (held,) = bench.run([(program, image, reads)], sync_go_from=late)
+    ready_held, busy_held = bench.sync_seen[0]
+    for code, pc, counters, got, cycles in (free, held):
+        assert code is NpuError.NONE and got == words
+    assert free[2]["sync_wait"] == 0
+    assert busy_free == busy_held == (not units)       # the unit mask is honoured
+    assert held[2]["sync_wait"] - free[2]["sync_wait"] == late - ready_held
+    assert held[4] >= late > free[4]

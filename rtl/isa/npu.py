@@ -34,6 +34,10 @@ PIM        ``pim_op`` (0 GWRITE, 1 HEADER, 2 GEMV: ``rtl.controller.PimOp``), ``
            (FP16 lanes [0, 32); lanes beyond them keep their value)
 WAIT       ``units`` (:class:`NpuUnit` bits): block until every named unit is idle
 HALT       wait until every unit is idle, then stop (``done``)
+SYNC       ``units``: a barrier between the cores of an NPU: block until every named unit
+           is idle (``sync dma``: this core's stores are acknowledged), then until every
+           core is at a SYNC or has stopped; the waiting cores leave together, on one
+           clock. Cores exchange data through the HBM: stores, SYNC, loads
 =========  ==================================================================================
 
 Python side: :class:`Instruction`, :func:`encode` / :func:`decode` (integers), the
@@ -51,7 +55,7 @@ from amaranth.lib import data, enum
 __all__ = ["NpuOp", "NpuUnit", "PIM_OPS", "INSTRUCTION_BITS", "OP_BITS", "ARGUMENTS",
            "instruction_layout", "Instruction", "AsmError", "encode", "decode", "assemble",
            "disassemble", "nop", "dma_load", "dma_store", "gemm", "vector", "pim", "wait",
-           "halt", "SP_BITS", "HBM_BITS", "COUNT_BITS", "DIM_BITS", "PITCH_BITS"]
+           "halt", "sync", "SP_BITS", "HBM_BITS", "COUNT_BITS", "DIM_BITS", "PITCH_BITS"]
 
 OP_BITS = 4
 INSTRUCTION_BITS = 160
@@ -71,6 +75,7 @@ class NpuOp(enum.Enum, shape=OP_BITS):
     PIM = 5
     WAIT = 6
     HALT = 7
+    SYNC = 8
 
 
 class NpuUnit(py_enum.IntFlag):
@@ -98,16 +103,19 @@ ARGUMENTS: dict[NpuOp, dict[str, int]] = {
                 "column": 8, "comps": 16, "gemvs": 11, "sp": SP_BITS},
     NpuOp.WAIT: {"units": 4},
     NpuOp.HALT: {},
+    NpuOp.SYNC: {"units": 4},
 }
 
 #: Union member of each opcode's arguments in ``instruction_layout().args``.
 _MEMBER = {NpuOp.DMA_LOAD: "dma", NpuOp.DMA_STORE: "dma", NpuOp.GEMM: "gemm",
-           NpuOp.VECTOR: "vector", NpuOp.PIM: "pim", NpuOp.WAIT: "wait"}
+           NpuOp.VECTOR: "vector", NpuOp.PIM: "pim", NpuOp.WAIT: "wait",
+           NpuOp.SYNC: "wait"}                    # SYNC's units: the WAIT layout
 
 
 def instruction_layout() -> data.StructLayout:
     """``op`` (NpuOp) and ``args``: a union of ``dma``, ``gemm``, ``vector``, ``pim``,
-    ``wait`` (structs of :data:`ARGUMENTS`) and ``raw`` (all argument bits)."""
+    ``wait`` (WAIT and SYNC) (structs of :data:`ARGUMENTS`) and ``raw`` (all argument
+    bits)."""
     members = {"raw": unsigned(INSTRUCTION_BITS - OP_BITS)}
     for op, name in _MEMBER.items():
         members[name] = data.StructLayout(ARGUMENTS[op])
@@ -227,6 +235,11 @@ def halt() -> Instruction:
     return Instruction(NpuOp.HALT)
 
 
+def sync(*units) -> Instruction:
+    """A barrier across the NPU's cores, after the named units are idle."""
+    return Instruction(NpuOp.SYNC, wait(*units).args)
+
+
 # -- assembler --
 
 class AsmError(ValueError):
@@ -238,6 +251,7 @@ class AsmError(ValueError):
 
 
 _FLAGS = {NpuOp.GEMM: ("fp32", "acc")}
+_UNIT_OPS = (NpuOp.WAIT, NpuOp.SYNC)
 _NUMBER = re.compile(r"^(0x[0-9a-fA-F_]+|0b[01_]+|[0-9_]+)$")
 
 
@@ -250,7 +264,7 @@ def _number(text: str) -> int:
 def assemble(source: str) -> list[Instruction]:
     """Instructions from text, one per line: a mnemonic (the opcode's name, any case),
     then ``name=value`` arguments (decimal, 0x.., 0b..). Flags stand alone (``gemm ...
-    fp32 acc``); WAIT takes unit names (``wait dma gemm``); PIM's ``op=`` is ``gwrite``,
+    fp32 acc``); WAIT and SYNC take unit names (``wait dma gemm``); PIM's ``op=`` is ``gwrite``,
     ``header`` or ``gemv``. ``#`` starts a comment. Raises :class:`AsmError`."""
     program = []
     for number, line in enumerate(source.splitlines(), start=1):
@@ -280,7 +294,7 @@ def assemble(source: str) -> list[Instruction]:
                         parsed = _number(value)
                     except ValueError as error:
                         raise AsmError(number, line, str(error)) from None
-            elif op is NpuOp.WAIT and word.upper() in NpuUnit.__members__:
+            elif op in _UNIT_OPS and word.upper() in NpuUnit.__members__:
                 name, parsed = "units", args.get("units", 0) | NpuUnit[word.upper()]
             elif word.lower() in _FLAGS.get(op, ()):
                 name, parsed = word.lower(), 1
@@ -305,7 +319,7 @@ def disassemble(program) -> str:
         parts = [ins.op.name.lower()]
         for name in ARGUMENTS[ins.op]:
             value = ins.args.get(name, 0)
-            if ins.op is NpuOp.WAIT:
+            if ins.op in _UNIT_OPS:
                 parts += [u.name.lower() for u in NpuUnit if value & u]
             elif name in _FLAGS.get(ins.op, ()):
                 if value:

@@ -22,7 +22,7 @@ COUNTER_WIDTH = 48
 #: The core's counters (port ``counters``), all counting since reset (they wrap).
 COUNTERS = ("cycles", "instructions", "array_busy", "macs", "gemm_busy", "dma_busy",
             "dma_bytes_read", "dma_bytes_written", "vector_busy", "vector_ops", "pim_busy",
-            "pim_transactions")
+            "pim_transactions", "sync_wait")
 
 
 def counters_layout() -> data.StructLayout:
@@ -142,11 +142,14 @@ class NpuCore(wiring.Component):
         busy while dispatched operations are not done (WAIT VECTOR, HALT).
       ``ext_read`` / ``ext_write``: a scratchpad read and write port for the testbench or
         a vector unit (lowest priority: check ``grant``).
+      ``sync_ready`` (Out): at a SYNC with its units idle; ``sync_go`` (In): the barrier
+        is met (``NpuTop``: every core ready or stopped; tie high for a lone core).
       ``counters`` (Out, ``counters_layout``): ``cycles`` (clocks while running),
         ``instructions`` (dispatched), ``array_busy`` and ``macs`` (the systolic array's),
         ``gemm_busy``, ``dma_busy``, ``vector_busy``, ``pim_busy`` (clocks the unit was
         busy), ``dma_bytes_read`` (HBM -> scratchpad), ``dma_bytes_written``,
-        ``vector_ops``, ``pim_transactions``.
+        ``vector_ops``, ``pim_transactions``, ``sync_wait`` (clocks at a SYNC, ready,
+        waiting for the other cores).
 
     ``shared_modules``: the systolic array's PEs and the vector lanes' arithmetic units as instances of one Verilog module each
     (Verilator builds; Amaranth's simulator needs False).
@@ -201,6 +204,7 @@ class NpuCore(wiring.Component):
             "vector_done": In(1),
             "ext_read": In(read_port_signature(config)),
             "ext_write": In(write_port_signature(config)),
+            "sync_ready": Out(1), "sync_go": In(1),
             "counters": Out(counters_layout()),
         })
 
@@ -222,7 +226,8 @@ class NpuCore(wiring.Component):
                      seq.program_data.eq(self.program_data), seq.start.eq(self.start),
                      self.running.eq(seq.running), self.done.eq(seq.done),
                      self.error.eq(seq.error), self.error_code.eq(seq.error_code),
-                     self.error_pc.eq(seq.error_pc), self.pc.eq(seq.pc)]
+                     self.error_pc.eq(seq.error_pc), self.pc.eq(seq.pc),
+                     self.sync_ready.eq(seq.sync_ready), seq.sync_go.eq(self.sync_go)]
         wiring.connect(m, seq.dma_cmd, dma.cmd)
         wiring.connect(m, seq.gemm_cmd, gemm.start)
         wiring.connect(m, seq.pim_cmd, pim.cmd)
@@ -269,7 +274,8 @@ class NpuCore(wiring.Component):
                      c.vector_busy.eq(c.vector_busy + (outstanding != 0)),
                      c.vector_ops.eq(c.vector_ops + issued),
                      c.pim_busy.eq(c.pim_busy + pim.busy)]
-        m.d.comb += [c.instructions.eq(seq.instructions), c.array_busy.eq(gemm.array_busy),
+        m.d.comb += [c.instructions.eq(seq.instructions), c.sync_wait.eq(seq.sync_wait),
+                     c.array_busy.eq(gemm.array_busy),
                      c.macs.eq(gemm.macs), c.dma_bytes_read.eq(dma.bytes_read),
                      c.dma_bytes_written.eq(dma.bytes_written),
                      c.pim_transactions.eq(pim.transactions)]

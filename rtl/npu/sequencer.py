@@ -70,7 +70,10 @@ class Sequencer(wiring.Component):
     ``pim_cmd``) when the unit takes it (each unit decides: the GEMM engine one GEMM at a
     time, the DMA once its previous command is issued, ...), so units run concurrently;
     WAIT waits until every unit it names (``NpuUnit`` bits) reports idle (``*_busy`` low);
-    HALT waits until every unit is idle. Nothing orders two units' accesses to the same
+    HALT waits until every unit is idle. SYNC waits like WAIT, then raises ``sync_ready``
+    and completes on the clock ``sync_go`` is high with it (the barrier across cores is
+    outside: ``NpuTop`` raises ``sync_go`` when every core is ready or stopped; a lone
+    sequencer needs ``sync_go`` tied high); ``sync_wait`` counts its clocks there. Nothing orders two units' accesses to the same
     data except WAIT. An instruction takes 2 clocks when its unit takes it at once
     (the next fetch overlaps the dispatch).
 
@@ -104,7 +107,8 @@ class Sequencer(wiring.Component):
             "vector_ops": Out(stream.Signature(vector_op_layout())),
             "pim_cmd": Out(stream.Signature(pim_args_layout())),
             "dma_busy": In(1), "gemm_busy": In(1), "vector_busy": In(1), "pim_busy": In(1),
-            "instructions": Out(COUNTER_WIDTH),
+            "sync_ready": Out(1), "sync_go": In(1),
+            "instructions": Out(COUNTER_WIDTH), "sync_wait": Out(COUNTER_WIDTH),
         })
 
     def elaborate(self, platform):
@@ -171,6 +175,10 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.pim_cmd.valid.eq(1), go.eq(self.pim_cmd.ready)]
             with m.Elif(op == NpuOp.WAIT):
                 m.d.comb += go.eq((busy & a.wait.units) == 0)
+            with m.Elif(op == NpuOp.SYNC):
+                m.d.comb += [self.sync_ready.eq((busy & a.wait.units) == 0),
+                             go.eq(self.sync_ready & self.sync_go)]
+                m.d.sync += self.sync_wait.eq(self.sync_wait + (self.sync_ready & ~self.sync_go))
             with m.Else():   # HALT (other opcodes failed their check)
                 m.d.sync += [self.instructions.eq(self.instructions + 1),
                              state.eq(_State.DRAIN)]

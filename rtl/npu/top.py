@@ -81,7 +81,9 @@ class NpuTop(wiring.Component):
     stopped with an error, ``error_code``/``error_pc`` those of the lowest such core
     (``error_core``); ``pc`` is core 0's; ``counters``: ``cycles`` counts clocks while any
     core runs, every other counter is the sum over the cores (``core_counters``: each);
-    ``vector_ops`` stays idle (each core has its vector engine).
+    ``vector_ops`` stays idle (each core has its vector engine). SYNC (``rtl.isa.npu``):
+    the cores' barrier is met on the clock every core is at a SYNC with its units idle or
+    has stopped; the waiting cores leave on that clock (a lone core passes at once).
     ``refresh_rate`` (In, ``RefreshRate``): every controller's refresh interval divider.
     Per channel c (arrays of ``channels``, Verilog names ``<port>__<c>``): the command bus
     ``cmd``, ``cmd_valid`` and ``cycle`` for the timing monitors; the controller's
@@ -180,7 +182,7 @@ class NpuTop(wiring.Component):
         core = m.submodules.core = self.core
         m.d.comb += [core.program_en.eq(self.program_en), core.program_addr.eq(self.program_addr),
                      core.program_data.eq(self.program_data), core.start.eq(self.start),
-                     core.vector_done.eq(self.vector_done),
+                     core.vector_done.eq(self.vector_done), core.sync_go.eq(1),
                      self.running.eq(core.running), self.done.eq(core.done),
                      self.error.eq(core.error), self.error_code.eq(core.error_code),
                      self.error_pc.eq(core.error_pc), self.pc.eq(core.pc),
@@ -214,6 +216,9 @@ class NpuTop(wiring.Component):
                          core.ext_write.addr.eq(self.ext_write.addr),
                          core.ext_write.lanes.eq(Mux(self.ext_core == a, self.ext_write.lanes, 0)),
                          core.ext_write.data.eq(self.ext_write.data)]
+        # SYNC: the barrier is met when every core is at one (units idle) or has stopped
+        barrier = Cat(*(core.sync_ready | ~core.running for core in cores)).all()
+        m.d.comb += [core.sync_go.eq(barrier) for core in cores]
         m.d.comb += [self.running.eq(Cat(*(core.running for core in cores)).any()),
                      self.done.eq(self.core_done.all()), self.pc.eq(cores[0].pc),
                      self.error.eq(Cat(*(core.error for core in cores)).any())]

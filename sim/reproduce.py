@@ -50,6 +50,7 @@ import json
 import math
 import os
 import pickle
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -527,7 +528,8 @@ def plot_throughput(report: dict, path) -> None:
                 ax.plot(xs, ys, marker="o", color=_PALETTE.get(mode), label=mode)
             _batch_axis(ax, grid["batches"], f"{model}, {dataset}", "tokens/s")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Throughput on {report['config']['device']}", fontsize=9)
+    title = f"Throughput on {report['config']['device']}"
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

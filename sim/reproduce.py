@@ -4,7 +4,7 @@ compiled for the three modes and run on the RTL.
 
 What runs today, and what does not. The paper's table needs GPT-3 7B-175B on the
 ``neupims`` preset (32 channels, 8 x 128 x 128 arrays, 512-byte scratchpad words); the
-decode compiler still lays out 64-byte words with ``d_head`` 32 on one core, so those
+decode compiler still lays out 64-byte words for one core, so those
 points are *not run*, and the report says so for each model with the compiler's own
 reason (:func:`paper_scale_status`). What runs is a **slice** built to keep the paper's
 ratios (:func:`slice_config`):
@@ -25,7 +25,8 @@ Scaling. The slice has 4 NPU MACs per byte of HBM bandwidth, the paper 128
 (:func:`macs_per_byte`): a weight-streaming GEMM is as compute- or bandwidth-bound at slice
 batch b as the paper's at batch 32 b (:func:`batch_factor`), so the grid's batches 2-16
 stand for the paper's 64-512. The models are GPT-3 7B-175B at 1/32 of their width
-(``sim.models``: ``gpt3-7b-s32`` ... d_model / 32 in heads of 32, FFN 4 d, 2 layers):
+(``sim.models``: ``gpt3-7b-s32`` ... d_model / 32 in heads of 32, FFN 4 d, 2 layers;
+``gpt3-7b-s32-h128`` and ``gpt3-175b-s32-h128`` keep the paper's heads of 128):
 with batch / 32 and width / 32 the ratio of KV-cache to weight traffic per layer,
 L B / 6 d, is the paper's at the same context lengths, so the lengths are not scaled:
 ShareGPT-like and Alpaca-like requests drawn from the paper's per-turn means, and the

@@ -73,9 +73,10 @@ class Sequencer(wiring.Component):
     HALT waits until every unit is idle. SYNC waits like WAIT, then raises ``sync_ready``
     and completes on the clock ``sync_go`` is high with it (the barrier across cores is
     outside: ``NpuTop`` raises ``sync_go`` when every core is ready or stopped; a lone
-    sequencer needs ``sync_go`` tied high); ``sync_wait`` counts its clocks there. Nothing orders two units' accesses to the same
-    data except WAIT. An instruction takes 2 clocks when its unit takes it at once
-    (the next fetch overlaps the dispatch).
+    sequencer needs ``sync_go`` tied high); ``sync_wait`` counts its clocks there.
+    Nothing orders two units' accesses to the same data except WAIT (and SYNC). An
+    instruction takes 2 clocks when its unit takes it at once (the next fetch overlaps
+    the dispatch).
 
     Checks (first failing wins, ``NpuError``): unknown opcode; DMA: HBM address not a
     multiple of the burst (HBM_ALIGN), count 0 (BAD_SHAPE), bursts beyond the capacity

@@ -8,8 +8,9 @@ Modes (the same compiler code; they differ only where stated):
   spread over all channels and their loads are issued back to back, two requests ahead
   of the compute, so every channel streams at once); the systolic array computes
   ``K . q^T`` (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token
-  chunks, one V burst each, chained in FP32 over all V token chunks), the vector unit the
-  softmax. Greedy channel assignment, no PIM; the channels run in ``dual`` mode (no PIM
+  chunks, one V burst each, chained in FP32 over all V token chunks; a head wider than
+  one word: one logit GEMM per 32 elements chained in FP32, rounded by the vector unit),
+  the vector unit the softmax. Greedy channel assignment, no PIM; the channels run in ``dual`` mode (no PIM
   command is ever issued, so it is the plain DRAM).
 - ``npu+pim``: attention on the PIM, ``blocked`` row buffers (Newton-like), round-robin
   channel assignment, no sub-batching: per layer QKV (all) -> MHA (all) -> Proj/FFN (all).
@@ -20,11 +21,11 @@ Modes (the same compiler code; they differ only where stated):
   works; each stage ends with a WAIT on every unit (the barrier).
 
 Attention on the PIM (per request: K/V appended, then all requests' logits, softmax,
-attend). The new token's K is stored burst by burst (one FP16 head per burst); V is
+attend). The new token's K is stored burst by burst (a head is d_head / 32 bursts); V is
 read-modify-written: the bursts holding the token are loaded, the new values scattered
 into lane ``t mod 32`` (strided VECTOR), stored. The query is stored into the
-request's staging row (bank 0, one head per burst), GWRITE, then per K tile a HEADER and
-one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
+request's staging row (bank 0, head h in the columns of its K slot), GWRITE, then per K
+tile a HEADER and one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
 logits are gathered (strided VECTOR, 8 per word) and softmaxed; each head's FP16 scores
 go, V token chunk by chunk (``row_elements`` tokens each), to staging rows of bank
 ``B/2 + head``; per chunk a GWRITE, then per V tile a HEADER and a GEMV over the chunk's
@@ -41,7 +42,8 @@ Data layout: rows of the activation matrices are the requests in ``row_order`` (
 parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
 step, laid out linearly (one DMA per block spreads over all channels).
 
-Limits (clear errors): heads <= banks / 2, scratchpad and instruction memory sizes
+Limits (clear errors): d_head a multiple of 32, heads <= banks / 2, all heads in one K
+row (heads x d_head <= the row's FP16), scratchpad and instruction memory sizes
 (attention buffers grow with the longest L), KV capacity of the stored rows (the pages and
 the staging rows, one per slot and V chunk of the longest L). (The NPU's logit GEMM is cut
 into pieces of ``accumulator_rows`` tokens.)

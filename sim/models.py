@@ -235,14 +235,17 @@ def _test(name, d_model, heads, ffn, kv_heads=None, activation="gelu", max_seq_l
 SLICE_SCALE = 32
 
 
-def _gpt3_slice(name, d_model, heads):
-    """GPT-3 ``name`` at 1/32 of its width (d_model / 32 in heads of 32, FFN 4 d) over 2
-    layers: with batches / 32 it keeps the paper's ratio of KV to weight traffic per layer
-    (L B / 6 d) at the same context lengths (``sim.reproduce``)."""
+def _gpt3_slice(name, d_model, heads, d_head=32):
+    """GPT-3 ``name`` at 1/32 of its width (d_model / 32 in heads of ``d_head``, FFN 4 d)
+    over 2 layers: with batches / 32 it keeps the paper's ratio of KV to weight traffic per
+    layer (L B / 6 d) at the same context lengths (``sim.reproduce``). Heads of 32 fit
+    every model's width; heads of the paper's 128 only 7B's (1 head) and 175B's (3)."""
     d = d_model // SLICE_SCALE
-    return ModelShape(f"{name}-s{SLICE_SCALE}", d, d // 32, 2, ffn=4 * d, d_head=32,
+    suffix = "" if d_head == 32 else f"-h{d_head}"
+    return ModelShape(f"{name}-s{SLICE_SCALE}{suffix}", d, d // d_head, 2, ffn=4 * d,
+                      d_head=d_head,
                       source=f"{name} ({heads} heads, d_model {d_model}) at 1/{SLICE_SCALE} "
-                             f"width for the RTL slice")
+                             f"width in heads of {d_head} for the RTL slice")
 
 
 MODELS: dict[str, ModelShape] = {m.name: m for m in (
@@ -259,6 +262,8 @@ MODELS: dict[str, ModelShape] = {m.name: m for m in (
     _gpt3_slice("gpt3-13b", 5120, 40),
     _gpt3_slice("gpt3-30b", 7168, 56),
     _gpt3_slice("gpt3-175b", 12288, 96),
+    _gpt3_slice("gpt3-7b", 4096, 32, d_head=128),
+    _gpt3_slice("gpt3-175b", 12288, 96, d_head=128),
     _test("tiny-gpt", 64, 2, 256),
     _test("tiny-gpt-h64", 64, 1, 256, d_head=64),
     _test("small-gpt", 128, 4, 512, max_seq_len=512),

@@ -82,17 +82,19 @@ def test_heads_wider_than_a_word(mode, name):
     run = compile_decode(DecodeWorkload(model, lens, steps=2, seed=5), mode, config)
     _matches_golden(run)
     program = run.steps[0].program
-    hw = run.plan.workload.model.d_head // 32
-    if mode == "npu-only":       # the logit GEMMs: one per 32-element piece, chained
+    per_word = config.npu.word_bytes // 2          # FP16 per scratchpad word
+    dh = run.plan.workload.model.d_head
+    hw = dh // per_word
+    if mode == "npu-only":       # the logit GEMMs: one per word-wide piece, chained
         sp = run.plan.sp
-        queries = [range(sp[f"qcol{i}"], sp[f"qcol{i}"] + hw * 32) for i in (0, 1)]
+        queries = [range(sp[f"qcol{i}"], sp[f"qcol{i}"] + dh) for i in (0, 1)]
         gemms = [ins for ins in program
                  if ins.op is NpuOp.GEMM and any(ins["b"] in q for q in queries)]
-        assert gemms and all(ins["k"] == 32 and ins["fp32"] for ins in gemms)
+        assert gemms and all(ins["k"] == per_word and ins["fp32"] for ins in gemms)
         assert sum(ins["acc"] for ins in gemms) == (hw - 1) * len(gemms) // hw
     else:                        # a GEMV per head over d_head / lanes COMPs
         gemvs = [ins for ins in program if ins.op is NpuOp.PIM and ins["pim_op"] == 2]
-        head_comps = run.plan.workload.model.d_head // config.pim.lanes
+        head_comps = dh // config.pim.lanes
         assert head_comps in {ins["comps"] for ins in gemvs}
 
 

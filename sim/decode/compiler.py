@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 from rtl.config import ConfigError, RowBufferMode, preset
 from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
-                         vector, wait)
+                         sync, vector, wait)
 from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
@@ -65,7 +65,7 @@ from ..npu_programs import HbmImage, matrix_words
 from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
 from .golden import MODES, golden_decode, softmax_scale_bits
-from .run import DecodeRun, StepProgram
+from .run import CoreProgram, DecodeRun, StepProgram
 from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data
 
 __all__ = ["compile_decode", "mode_config", "weave", "Plan", "ALL_UNITS"]
@@ -152,8 +152,14 @@ class Stream:
     def wait(self, *units):
         self.ops.append(Op(wait(*units), None))
 
-    def barrier(self, name: str):
-        self.ops.append(Op(wait(*ALL_UNITS), None, mark=name))
+    def sync(self, *units):
+        self.ops.append(Op(sync(*units), None))
+
+    def barrier(self, name: str, cores: int = 1):
+        """The end of stage ``name``: every unit idle (a WAIT), and with several cores
+        every core there too (a SYNC on every unit)."""
+        ins = wait(*ALL_UNITS) if cores == 1 else sync(*ALL_UNITS)
+        self.ops.append(Op(ins, None, mark=name))
 
 
 class Costs:
@@ -228,7 +234,7 @@ def _weave(first, second, config, prefer):
     def start(op: Op) -> int:
         t = state["t"]
         if op.unit is None:
-            units = op.ins["units"] if op.ins.op is NpuOp.WAIT else 15
+            units = op.ins["units"] if op.ins.op in (NpuOp.WAIT, NpuOp.SYNC) else 15
             ready = t
             for bit, name in ((1, "dma"), (2, "gemm"), (4, "vector")):
                 if units & bit:
@@ -307,12 +313,18 @@ class Plan:
     sub_batches: list                # [rows of sub-batch 1, rows of sub-batch 2] (neupims)
     kv: list                         # ChannelKV per channel
     slots: int = 1                   # staging slots per channel (its most requests)
+    cores: int = 1                   # NPU cores (config.npu.arrays)
     sp: dict = field(default_factory=dict)
     hbm: dict = field(default_factory=dict)
 
     @property
     def layout(self) -> KVLayout:
         return self.kv[0].layout
+
+    def core_of(self, row: int) -> int:
+        """The core that runs the attention of scratchpad row ``row``: channel c's
+        requests belong to core ``c mod cores`` (one core per channel's PIM)."""
+        return self.channel_of[self.row_order[row]] % self.cores
 
     def staging_row(self, request: int, chunk: int = 0) -> int:
         """The staging row of ``request`` for V token chunk ``chunk`` (chunk-major, so
@@ -347,6 +359,8 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
         raise DecodeError("model.heads", f"{m.heads} heads of {m.d_head} exceed one K row of "
                           f"{layout.row_elements} FP16 ({layout.heads_per_row} heads): the "
                           f"compiler lays out one K group")
+    cores = config.npu.arrays
+    _check_split(workload, cores)
     C = g.channels
     policy = "round-robin" if mode == "npu+pim" else "greedy"
     lengths = [n + 1 for n in workload.kv_lens]
@@ -381,7 +395,22 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
                               f"{config.stored_rows} stored)") from None
         kv.append(channel)
     return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv,
-                slots=slots)
+                slots=slots, cores=cores)
+
+
+def _check_split(workload: DecodeWorkload, cores: int) -> None:
+    """Several cores split every GEMM by output columns: each core's share of every
+    weight matrix must be whole FP16 words."""
+    if cores == 1:
+        return
+    m = workload.model
+    for name, n in (("3 x d_model (W_qkv)", 3 * m.d_model), ("d_model (W_o, W_2)", m.d_model),
+                    ("ffn (W_1)", m.ffn), ("vocab (W_lm)", workload.vocab)):
+        if n % (cores * FP16_WORD):
+            raise DecodeError("config.npu.arrays",
+                              f"{cores} cores split the GEMMs by output columns: {name} = {n} "
+                              f"is not a multiple of {cores} x {FP16_WORD} (whole FP16 words "
+                              f"per core)")
 
 
 def _head_words(model) -> int:
@@ -409,10 +438,35 @@ def _linear_words(workload: DecodeWorkload) -> dict:
     return {"layer": layer, "head": head, "input": workload.batch * d // FP32_WORD}
 
 
+#: What several cores exchange through the HBM after a split GEMM (or the attention):
+#: name -> (columns of a row, given the model; FP32?)
+EXCHANGES = {"qkv": (lambda m: 3 * m.d_model, False), "attn": (lambda m: m.d_model, False),
+             "o": (lambda m: m.d_model, True), "g16": (lambda m: m.ffn, False),
+             "f2": (lambda m: m.d_model, True)}
+
+
+def _exchange_words(workload, name: str) -> int:
+    """Words (bursts) of the HBM region of one exchange: every row of the batch."""
+    cols, fp32 = EXCHANGES[name]
+    return workload.batch * cols(workload.model) // (FP32_WORD if fp32 else FP16_WORD)
+
+
+def _core_words(workload: DecodeWorkload, cores: int) -> dict:
+    """Words of one core's weight block per layer and of its LM head: the LayerNorm
+    parameters whole, each matrix's share of the output columns."""
+    sizes = _linear_words(workload)
+    layer = {name: words if name == "ln" else words // cores
+             for name, words in sizes["layer"].items()}
+    head = {"ln_f": sizes["head"]["ln_f"], "w_lm": sizes["head"]["w_lm"] // cores}
+    return {"layer": layer, "head": head}
+
+
 def _weight_row(workload, config) -> int:
     sizes = _linear_words(workload)
     bursts = (workload.layers * sum(sizes["layer"].values()) + sum(sizes["head"].values())
               + workload.steps * sizes["input"])
+    if config.npu.arrays > 1:
+        bursts += workload.layers * sum(_exchange_words(workload, n) for n in EXCHANGES)
     g = config.geometry
     row_bursts = g.channels * g.banks * g.bursts_per_row
     rows = math.ceil(bursts / row_bursts)
@@ -431,25 +485,38 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
     burst = config.geometry.burst_bytes
     base = _address(config, 0, 0, _weight_row(w, config), 0)
     sizes = _linear_words(w)
+    P = plan.cores
     at = base
-    plan.hbm["layers"] = []
-    for lw in data.layers:
-        block = {}
-        for name, (values, bits) in (("ln", (lw.ln, 32)), ("w_qkv", (lw.w_qkv, 16)),
-                                     ("w_o", (lw.w_o, 16)), ("w_1", (lw.w_1, 16)),
-                                     ("w_2", (lw.w_2, 16))):
-            pitch = values.shape[1] * bits // 512
-            words = matrix_words(values, bits, pitch)
-            assert len(words) == sizes["layer"][name]
-            image.write(at, words)
-            block[name] = at
-            at += len(words) * burst
-        plan.hbm["layers"].append(block)
-    plan.hbm["head"] = at
-    for values, bits in ((data.ln_f, 32), (data.w_lm, 16)):
+
+    def put(values, bits):
+        nonlocal at
         words = matrix_words(values, bits, values.shape[1] * bits // 512)
         image.write(at, words)
         at += len(words) * burst
+
+    def share(values, core):
+        n = values.shape[1] // P
+        return values[:, core * n:(core + 1) * n]
+
+    # per layer: the LayerNorm parameters, then each core's column share of W_qkv, W_o,
+    # W_1, W_2 (one core: the whole matrices, in that order)
+    plan.hbm["layers"] = []
+    for lw in data.layers:
+        block = {"ln": at, "core": []}
+        put(lw.ln, 32)
+        for core in range(P):
+            block["core"].append(at)
+            for values in (lw.w_qkv, lw.w_o, lw.w_1, lw.w_2):
+                put(share(values, core), 16)
+        plan.hbm["layers"].append(block)
+    plan.hbm["head"] = at
+    put(data.ln_f, 32)
+    plan.hbm["head_core"] = []
+    for core in range(P):
+        plan.hbm["head_core"].append(at)
+        put(share(data.w_lm, core), 16)
+    assert at - base == (w.layers * sum(sizes["layer"].values())
+                         + sum(sizes["head"].values())) * burst
     plan.hbm["inputs"] = []
     d = w.model.d_model
     for step in range(w.steps):
@@ -457,6 +524,12 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
         image.write(at, matrix_words(rows, 32, d // FP32_WORD))
         plan.hbm["inputs"].append(at)
         at += sizes["input"] * burst
+    plan.hbm["exchange"] = {}
+    if P > 1:
+        for layer in range(w.layers):
+            for name in EXCHANGES:
+                plan.hbm["exchange"][name, layer] = at
+                at += _exchange_words(w, name) * burst
     # the cached tokens
     layout = plan.layout
     for r in range(w.batch):
@@ -491,7 +564,15 @@ def _scratchpad(plan: Plan) -> dict:
                         ("l32", math.ceil(Lmax / FP32_WORD)), ("e", math.ceil(Lmax / FP32_WORD)),
                         ("p", math.ceil(Lmax / FP32_WORD)), ("mx", 1), ("sm", 1), ("rc", 1),
                         ("v32", f32(d)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
+        if name == "logits":
+            words //= plan.cores                # each core's share of the vocabulary
         s[name] = sp.take(name, words)
+    if plan.cores > 1:      # each core's share of a split GEMM's output, before the exchange
+        P = plan.cores
+        for name, words in (("qkv_p", Bt * f16(3 * d) // P), ("o_p", Bt * f32(d) // P),
+                            ("f1_p", Bt * f32(f) // P), ("g16_p", Bt * f16(f) // P),
+                            ("f2_p", Bt * f32(d) // P)):
+            s[name] = sp.take(name, words)
     if plan.mode == "npu-only":
         chunks = math.ceil(Lmax / layout.burst_elements)
         for i in range(2):
@@ -511,7 +592,7 @@ def _scratchpad(plan: Plan) -> dict:
         s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / layout.burst_elements))
         if chunks > 1:
             s["c32"] = sp.take("c32", f32(dh))      # a chunk's partial output in FP32
-    sizes = _linear_words(w)
+    sizes = _core_words(w, plan.cores)
     layer_words = sum(sizes["layer"].values())
     for i in range(min(2, w.layers)):
         s[f"wbuf{i}"] = sp.take(f"wbuf{i}", layer_words)
@@ -524,10 +605,11 @@ def _scratchpad(plan: Plan) -> dict:
 # ----------------------------------------------------------------------------- pieces
 
 class Builder:
-    """Emits the streams of one step."""
+    """Emits the streams of one step for one core (``core`` of ``plan.cores``)."""
 
-    def __init__(self, plan: Plan, step: int):
-        self.plan, self.step = plan, step
+    def __init__(self, plan: Plan, step: int, core: int = 0):
+        self.plan, self.step, self.core = plan, step, core
+        self.cores = plan.cores
         self.config = plan.config
         self.w = plan.workload
         m = self.w.model
@@ -537,7 +619,7 @@ class Builder:
         self.sp = plan.sp
         self.layout = plan.layout
         self.chunks = _score_chunks(self.w, self.layout)
-        sizes = _linear_words(self.w)["layer"]
+        sizes = _core_words(self.w, self.cores)["layer"]
         self.offsets, at = {}, 0
         for name in ("ln", "w_qkv", "w_o", "w_1", "w_2"):
             self.offsets[name] = at
@@ -550,22 +632,96 @@ class Builder:
     def wbuf(self, layer: int, name: str) -> int:
         return self.sp[f"wbuf{layer % 2}"] + self.offsets[name]
 
+    def _load_pieces(self, pieces) -> Stream:
+        """DMA loads of (HBM address, scratchpad word, words), neighbours in both merged."""
+        s, burst = self.stream(), self.config.geometry.burst_bytes
+        merged = []
+        for hbm, sp, words in pieces:
+            if words and merged and merged[-1][0] + merged[-1][2] * burst == hbm \
+                    and merged[-1][1] + merged[-1][2] == sp:
+                merged[-1][2] += words
+            elif words:
+                merged.append([hbm, sp, words])
+        for hbm, sp, words in merged:
+            s.load(hbm, sp, words, self.config.geometry.channels)
+        return s
+
     def load_layer(self, layer: int, part: str = "all") -> Stream:
-        """DMA of a layer's weight block into its buffer: ``all``, ``qkv`` (LayerNorm
-        parameters and W_qkv) or ``rest`` (W_o, W_1, W_2)."""
-        s = self.stream()
+        """DMA of a layer's weights into its buffer: ``all``, ``qkv`` (LayerNorm
+        parameters and W_qkv) or ``rest`` (W_o, W_1, W_2); this core's share of each
+        matrix (all of it with one core)."""
         first, last = {"all": ("ln", None), "qkv": ("ln", "w_o"), "rest": ("w_o", None)}[part]
         start = self.offsets[first]
         end = self.offsets[last] if last else self.layer_words
-        s.load(self.plan.hbm["layers"][layer]["ln"] + start * self.config.geometry.burst_bytes,
-               self.sp[f"wbuf{layer % 2}"] + start, end - start, self.config.geometry.channels)
-        return s
+        block, burst = self.plan.hbm["layers"][layer], self.config.geometry.burst_bytes
+        buf, ln = self.sp[f"wbuf{layer % 2}"], self.offsets["w_qkv"]
+        pieces = []
+        if start < ln:
+            pieces.append((block["ln"], buf, ln))
+        lo = max(start, ln)
+        pieces.append((block["core"][self.core] + (lo - ln) * burst, buf + lo, end - lo))
+        return self._load_pieces(pieces)
 
     def load_head(self) -> Stream:
+        words = _core_words(self.w, self.cores)["head"]
+        return self._load_pieces([
+            (self.plan.hbm["head"], self.sp["head"], words["ln_f"]),
+            (self.plan.hbm["head_core"][self.core], self.sp["head"] + words["ln_f"],
+             words["w_lm"])])
+
+    # -- several cores: split GEMMs and exchanges through the HBM --
+    def _linear(self, s: Stream, a, a_pitch, w, k, n, out, out_pitch, part, r0, rows_n,
+                fp32=False) -> None:
+        """out[r0 .. r0 + rows_n) = A . W (``n`` columns). One core: the whole GEMM into
+        ``out``. Several: this core's n / cores columns (its share of W, laid out by
+        itself) into ``part``, whose rows are that share (the exchange assembles ``out``)."""
+        if self.cores == 1:
+            s.gemm(a + r0 * a_pitch, w, out + r0 * out_pitch, rows_n, k, n, a_pitch,
+                   n // FP16_WORD, out_pitch, fp32=fp32)
+            return
+        share = n // self.cores
+        pitch = out_pitch // self.cores
+        s.gemm(a + r0 * a_pitch, w, part + r0 * pitch, rows_n, k, share, a_pitch,
+               share // FP16_WORD, pitch, fp32=fp32)
+
+    def exchange(self, name: str, layer: int, rows: list, full: int, full_pitch: int,
+                 part: int | None = None, mine=None) -> Stream:
+        """Several cores: each stores its part of ``rows`` into the HBM region of
+        (``name``, ``layer``), a SYNC (every core's stores acknowledged), then every core
+        loads all the rows into ``full``. ``part`` (a split GEMM's share, ``full_pitch /
+        cores`` words per row) or, without it, this core's whole rows of ``full`` (those
+        ``mine`` accepts: the attention). One core: nothing."""
         s = self.stream()
-        words = sum(_linear_words(self.w)["head"].values())
-        s.load(self.plan.hbm["head"], self.sp["head"], words, self.config.geometry.channels)
+        if self.cores == 1 or not rows:
+            return s
+        burst = self.config.geometry.burst_bytes
+        base = self.plan.hbm["exchange"][name, layer]
+        r0, n = rows[0], len(rows)
+        for row in rows:
+            if part is not None:
+                pitch = full_pitch // self.cores
+                s.store(base + (row * full_pitch + self.core * pitch) * burst,
+                        part + row * pitch, pitch)
+            elif mine(row):
+                s.store(base + row * full_pitch * burst, full + row * full_pitch, full_pitch)
+        s.sync("dma")
+        s.load(base + r0 * full_pitch * burst, full + r0 * full_pitch, n * full_pitch,
+               self.config.geometry.channels)
+        s.wait("dma")
         return s
+
+    def mine(self, row: int) -> bool:
+        return self.plan.core_of(row) == self.core
+
+    def attn_exchange(self, layer: int, rows: list) -> tuple[Stream, Stream]:
+        """The attention outputs of ``rows`` from the cores that ran them to every core:
+        (the stores, the SYNC and loads): a stage barrier goes between the two."""
+        s = self.exchange("attn", layer, rows, self.sp["attn"], self.d // FP16_WORD,
+                          mine=self.mine)
+        sync_at = next((i for i, op in enumerate(s.ops) if op.ins.op is NpuOp.SYNC), len(s.ops))
+        stores, rest = self.stream(), self.stream()
+        stores.ops, rest.ops = s.ops[:sync_at], s.ops[sync_at + 1:]
+        return stores, rest
 
     def load_inputs(self) -> Stream:
         s = self.stream()
@@ -591,8 +747,11 @@ class Builder:
         self._layernorm(s, sp["x"], g1, g1 + pd, sp["h"], rows)
         s.vec(VectorOp.CVT32TO16, a=sp["h"] + r0 * pd, d=sp["h16"] + r0 * ph, length=n * d)
         s.wait("vector", "dma") if weights_pending else s.wait("vector")
-        s.gemm(sp["h16"] + r0 * ph, self.wbuf(layer, "w_qkv"), sp["qkv"] + r0 * 3 * ph,
-               n, d, 3 * d, ph, 3 * ph, 3 * ph)
+        self._linear(s, sp["h16"], ph, self.wbuf(layer, "w_qkv"), d, 3 * d, sp["qkv"], 3 * ph,
+                     sp.get("qkv_p"), r0, n)
+        if self.cores > 1:
+            s.wait("gemm")
+            s += self.exchange("qkv", layer, rows, sp["qkv"], 3 * ph, sp["qkv_p"])
         return s
 
     def proj_ffn(self, layer: int, rows: list) -> Stream:
@@ -602,23 +761,30 @@ class Builder:
         r0, n = rows[0], len(rows)
         pd, ph, pf, pfh = d // FP32_WORD, d // FP16_WORD, f // FP32_WORD, f // FP16_WORD
         g2 = self.wbuf(layer, "ln") + 2 * pd
-        s.gemm(sp["attn"] + r0 * ph, self.wbuf(layer, "w_o"), sp["o"] + r0 * pd, n, d, d,
-               ph, ph, pd, fp32=True)
+        P = self.cores
+        self._linear(s, sp["attn"], ph, self.wbuf(layer, "w_o"), d, d, sp["o"], pd,
+                     sp.get("o_p"), r0, n, fp32=True)
         s.wait("gemm")
+        s += self.exchange("o", layer, rows, sp["o"], pd, sp.get("o_p"))
         s.vec(VectorOp.ADD, a=sp["x"] + r0 * pd, b=sp["o"] + r0 * pd, d=sp["r1"] + r0 * pd,
               length=n * d)
         self._layernorm(s, sp["r1"], g2, g2 + pd, sp["h2"], rows)
         s.vec(VectorOp.CVT32TO16, a=sp["h2"] + r0 * pd, d=sp["h2_16"] + r0 * ph, length=n * d)
         s.wait("vector")
-        s.gemm(sp["h2_16"] + r0 * ph, self.wbuf(layer, "w_1"), sp["f1"] + r0 * pf, n, d, f,
-               ph, pfh, pf, fp32=True)
+        self._linear(s, sp["h2_16"], ph, self.wbuf(layer, "w_1"), d, f, sp["f1"], pf,
+                     sp.get("f1_p"), r0, n, fp32=True)
         s.wait("gemm")
-        s.vec(VectorOp.GELU, a=sp["f1"] + r0 * pf, d=sp["f1"] + r0 * pf, length=n * f)
-        s.vec(VectorOp.CVT32TO16, a=sp["f1"] + r0 * pf, d=sp["g16"] + r0 * pfh, length=n * f)
+        # GELU on this core's columns only (several cores: its share, then the exchange)
+        f1, g16 = (sp["f1"], sp["g16"]) if P == 1 else (sp["f1_p"], sp["g16_p"])
+        s.vec(VectorOp.GELU, a=f1 + r0 * pf // P, d=f1 + r0 * pf // P, length=n * f // P)
+        s.vec(VectorOp.CVT32TO16, a=f1 + r0 * pf // P, d=g16 + r0 * pfh // P,
+              length=n * f // P)
         s.wait("vector")
-        s.gemm(sp["g16"] + r0 * pfh, self.wbuf(layer, "w_2"), sp["f2"] + r0 * pd, n, f, d,
-               pfh, ph, pd, fp32=True)
+        s += self.exchange("g16", layer, rows, sp["g16"], pfh, sp.get("g16_p"))
+        self._linear(s, sp["g16"], pfh, self.wbuf(layer, "w_2"), f, d, sp["f2"], pd,
+                     sp.get("f2_p"), r0, n, fp32=True)
         s.wait("gemm")
+        s += self.exchange("f2", layer, rows, sp["f2"], pd, sp.get("f2_p"))
         s.vec(VectorOp.ADD, a=sp["r1"] + r0 * pd, b=sp["f2"] + r0 * pd, d=sp["x"] + r0 * pd,
               length=n * d)
         return s
@@ -632,8 +798,9 @@ class Builder:
         self._layernorm(s, sp["x"], ln, ln + pd, sp["h"], range(Bt))
         s.vec(VectorOp.CVT32TO16, a=sp["h"], d=sp["h16"], length=Bt * d)
         s.wait("vector", "dma")
-        s.gemm(sp["h16"], w_lm, sp["logits"], Bt, d, V, ph, V // FP16_WORD, V // FP32_WORD,
-               fp32=True)
+        # several cores: each its share of the vocabulary, kept (checked) in its scratchpad
+        self._linear(s, sp["h16"], ph, w_lm, d, V, sp["logits"], V // FP32_WORD, sp["logits"],
+                     0, Bt, fp32=True)
         return s
 
     # -- attention --
@@ -878,6 +1045,8 @@ class Builder:
         self._softmax(s, logits, L, flags, imm, sp["scol"], FLAG_STRIDED_D, strided_imm(1, 0))
 
     def mha(self, layer: int, rows: list) -> Stream:
+        """The attention of this core's requests among ``rows``."""
+        rows = [row for row in rows if self.mine(row)]
         return self.mha_npu(layer, rows) if self.plan.mode == "npu-only" else self.mha_pim(layer, rows)
 
 
@@ -885,24 +1054,27 @@ class Builder:
 
 def _serial_step(b: Builder) -> list[Op]:
     """npu-only and npu+pim: per layer QKV -> MHA -> Proj/FFN over the whole batch."""
-    rows = list(range(b.w.batch))
+    rows, P = list(range(b.w.batch)), b.cores
     s = b.stream()
     s += b.load_inputs()
     s += b.load_layer(0)
-    s.barrier("load")
+    s.barrier("load", P)
     for layer in range(b.w.layers):
         if layer + 1 < b.w.layers:
             s += b.load_layer(layer + 1)
         else:
             s += b.load_head()
         s += b.qkv(layer, rows)
-        s.barrier("QKV")
+        s.barrier("QKV", P)
         s += b.mha(layer, rows)
-        s.barrier("MHA")
+        stores, loads = b.attn_exchange(layer, rows)
+        s += stores
+        s.barrier("MHA", P)
+        s += loads
         s += b.proj_ffn(layer, rows)
-        s.barrier("Proj/FFN")
+        s.barrier("Proj/FFN", P)
     s += b.lm_head()
-    s.barrier("head")
+    s.barrier("head", P)
     return s.ops
 
 
@@ -910,18 +1082,23 @@ def _neupims_step(b: Builder) -> list[Op]:
     """Stages A-F (NEUPIMS.md 5) with the NPU and PIM streams of each stage woven."""
     sb1, sb2 = b.plan.sub_batches
     N = b.w.layers
+    P = b.cores
     s = b.stream()
     s += b.load_inputs()
     s += b.load_layer(0)
-    s.barrier("load")
+    s.barrier("load", P)
     out = list(s.ops)
 
-    def stage(name, npu: Stream, pim: Stream):
+    def stage(name, npu: Stream, pim: Stream, attention=None):
+        """The two streams woven, then (several cores, ``attention`` = (layer, rows) of
+        the MHA in ``pim``) the attention outputs exchanged around the barrier."""
         merged = weave(npu.ops, pim.ops, b.config)
         out.extend(merged)
+        stores, loads = b.attn_exchange(*attention) if attention else (b.stream(), b.stream())
+        out.extend(stores.ops)
         end = b.stream()
-        end.barrier(name)
-        out.extend(end.ops)
+        end.barrier(name, P)
+        out.extend(end.ops + loads.ops)
 
     def after_first_gemm(work: Stream, load: Stream) -> Stream:
         """``load`` placed behind the stream's GEMM number ``WEIGHTS_AFTER_GEMM`` (or its
@@ -933,31 +1110,34 @@ def _neupims_step(b: Builder) -> list[Op]:
         return work
 
     stage("A", b.qkv(0, sb1), b.stream())
-    stage("B", b.qkv(0, sb2), b.mha(0, sb1))
+    stage("B", b.qkv(0, sb2), b.mha(0, sb1), (0, sb1))
     for layer in range(N - 1):
         npu = b.proj_ffn(layer, sb1)
         after_first_gemm(npu, b.load_layer(layer + 1, "qkv"))
         npu += b.qkv(layer + 1, sb1, weights_pending=True)
-        stage("C", npu, b.mha(layer, sb2))
+        stage("C", npu, b.mha(layer, sb2), (layer, sb2))
         npu = b.proj_ffn(layer, sb2)
         after_first_gemm(npu, b.load_layer(layer + 1, "rest"))
         npu += b.qkv(layer + 1, sb2)
-        stage("D", npu, b.mha(layer + 1, sb1))
+        stage("D", npu, b.mha(layer + 1, sb1), (layer + 1, sb1))
     npu = after_first_gemm(b.proj_ffn(N - 1, sb1), b.load_head())
-    stage("E", npu, b.mha(N - 1, sb2))
+    stage("E", npu, b.mha(N - 1, sb2), (N - 1, sb2))
     stage("F", b.proj_ffn(N - 1, sb2), b.stream())
     tail = b.lm_head()
-    tail.barrier("head")
+    tail.barrier("head", P)
     out.extend(tail.ops)
     return out
 
 
-def _checks(plan: Plan, golden) -> dict:
-    """Scratchpad words to compare: the hidden state and the logits of every row."""
+def _checks(plan: Plan, golden, core: int = 0) -> dict:
+    """Scratchpad words to compare: the hidden state and the logits of every row (several
+    cores: every core's hidden state, and its share of the logits)."""
     sp = plan.sp
     checks = {}
     hidden = golden.hidden[plan.row_order]
     logits = golden.logits[plan.row_order]
+    share = logits.shape[1] // plan.cores
+    logits = logits[:, core * share:(core + 1) * share]
     for base, values in ((sp["x"], hidden), (sp["logits"], logits)):
         words = matrix_words(values, 32, values.shape[1] // FP32_WORD)
         checks.update({base + i: word for i, word in enumerate(words)})
@@ -975,23 +1155,33 @@ def compile_decode(workload: DecodeWorkload, mode: str, config=None,
     golden = golden_decode(workload, data, mode, config)
     steps = []
     for step in range(workload.steps):
-        b = Builder(plan, step)
-        ops = _neupims_step(b) if mode == "neupims" else _serial_step(b)
-        program = [op.ins for op in ops] + [halt()]
-        marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
-        if len(program) > config.npu.instruction_words:
-            raise DecodeError("batch", f"step {step}: {len(program)} instructions, the NPU "
-                              f"holds {config.npu.instruction_words} "
-                              f"(NpuConfig.instruction_words): use a smaller batch")
-        steps.append(StepProgram(program, marks, _checks(plan, golden[step]),
-                                 label=f"step {step}", tokens=workload.batch))
+        programs = []
+        for core in range(plan.cores):
+            b = Builder(plan, step, core)
+            ops = _neupims_step(b) if mode == "neupims" else _serial_step(b)
+            program = [op.ins for op in ops] + [halt()]
+            if len(program) > config.npu.instruction_words:
+                raise DecodeError("batch", f"step {step}: {len(program)} instructions for "
+                                  f"core {core}, the NPU holds "
+                                  f"{config.npu.instruction_words} "
+                                  f"(NpuConfig.instruction_words): use a smaller batch")
+            if core == 0:
+                marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
+            programs.append(program)
+        steps.append(StepProgram(programs[0], marks, _checks(plan, golden[step]),
+                                 label=f"step {step}", tokens=workload.batch,
+                                 cores=[CoreProgram(programs[c], _checks(plan, golden[step], c))
+                                        for c in range(1, plan.cores)]))
     description = workload.describe()
     description.update({
         "mode": mode, "config": config.summary(),
         "channel_of": plan.channel_of, "row_order": plan.row_order,
         "sub_batches": [[plan.row_order[r] for r in rows] for rows in plan.sub_batches],
-        "scratchpad_words_used": plan.sp["end"],
+        "scratchpad_words_used": plan.sp["end"], "cores": plan.cores,
         "instructions": [len(s.program) for s in steps]})
+    if plan.cores > 1:
+        description["instructions_per_core"] = [
+            [len(s.program)] + [len(c.program) for c in s.cores] for s in steps]
     run = DecodeRun(config=config, mode=mode, image=image, steps=steps, description=description)
     run.plan = plan
     run.golden = golden

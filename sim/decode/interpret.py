@@ -19,12 +19,14 @@ _OPS = {v: k for k, v in PIM_OPS.items()}
 
 
 class Interpreter:
-    """Holds the HBM ({burst address: word}) and scratchpad ({word: int}) across steps."""
+    """Holds the HBM ({burst address: word}) and every core's scratchpad ({word: int})
+    across steps (``sp``: core 0's)."""
 
     def __init__(self, config, hbm: dict):
         self.config = config
         self.hbm = dict(hbm)
-        self.sp: dict[int, int] = {}
+        self.sps: list[dict[int, int]] = [{} for _ in range(config.npu.arrays)]
+        self.sp = self.sps[0]
         g = config.geometry
         self.buffer = [np.zeros(g.row_elements, np.uint16) for _ in range(g.channels)]
         self.header = [None] * g.channels
@@ -37,7 +39,7 @@ class Interpreter:
                  for col in range(g.bursts_per_row)]
         return np.concatenate([unpack_word(w, np.uint16) for w in words])
 
-    def _pim(self, ins) -> None:
+    def _pim(self, ins, sp: dict) -> None:
         g, c = self.config.geometry, ins["channel"]
         op = _OPS[ins["pim_op"]]
         if op == "gwrite":
@@ -53,17 +55,46 @@ class Interpreter:
             result = gemv(rows, self.buffer[c], self.config.pim.lanes, ins["column"], ins["comps"])
             word = np.zeros(g.burst_bytes // 2, np.uint16)
             word[:len(result)] = result
-            self.sp[ins["sp"]] = pack_words(word)
+            sp[ins["sp"]] = pack_words(word)
 
-    def run(self, program) -> None:
-        for ins in program:
+    def _segment(self, program, pc: int, sp: dict) -> int | None:
+        """Run from ``pc`` up to and including the next SYNC: the pc after it, or None at
+        the HALT."""
+        while pc < len(program):
+            ins = program[pc]
             if ins.op is NpuOp.HALT:
-                break
+                return None
             if ins.op is NpuOp.PIM:
-                self._pim(ins)
-            else:
-                execute_npu(self.config, self.sp, self.hbm, ins)
+                self._pim(ins, sp)
+            elif ins.op is not NpuOp.SYNC:
+                execute_npu(self.config, sp, self.hbm, ins)
+            pc += 1
+            if ins.op is NpuOp.SYNC:
+                return pc
+        return None
 
-    def mismatches(self, checks: dict) -> list:
-        return [(a, want, self.sp.get(a, 0)) for a, want in sorted(checks.items())
-                if self.sp.get(a, 0) != want]
+    def run(self, program, *others) -> None:
+        """Core 0 runs ``program``, core i ``others[i - 1]``. Between two SYNCs the cores
+        touch disjoint HBM (they exchange data only as stores, SYNC, loads), so the
+        segments run one core after the other, and every core's k-th SYNC waits for
+        every core's segment k. A core that has halted no longer takes part."""
+        programs = [list(program)] + [list(p) for p in others]
+        pcs = [0] * len(programs)
+        while any(pc is not None for pc in pcs):
+            for core, pc in enumerate(pcs):
+                if pc is not None:
+                    pcs[core] = self._segment(programs[core], pc, self.sps[core])
+
+    def run_step(self, step) -> None:
+        """Every core's program of a :class:`sim.decode.run.StepProgram`."""
+        self.run(*(program for program, _ in step.core_programs()))
+
+    def mismatches(self, checks: dict, core: int = 0) -> list:
+        sp = self.sps[core]
+        return [(a, want, sp.get(a, 0)) for a, want in sorted(checks.items())
+                if sp.get(a, 0) != want]
+
+    def step_mismatches(self, step) -> list:
+        """(core, address, expected, actual) of every check of every core that differs."""
+        return [(core, *bad) for core, (_, checks) in enumerate(step.core_programs())
+                for bad in self.mismatches(checks, core)]

@@ -14,43 +14,70 @@ from rtl.config import DeviceConfig
 from rtl.isa.npu import Instruction, NpuOp, decode as decode_instruction
 from sim.npu_programs import HbmImage
 
-__all__ = ["MODES", "StepProgram", "DecodeRun", "load_run"]
+__all__ = ["MODES", "CoreProgram", "StepProgram", "DecodeRun", "load_run"]
 
 #: The system modes a decode run compares.
 MODES = ("npu-only", "npu+pim", "neupims")
+
+
+def _instructions(program) -> list[Instruction]:
+    return [ins if isinstance(ins, Instruction) else decode_instruction(int(ins))
+            for ins in program]
+
+
+@dataclass
+class CoreProgram:
+    """The program and checks of one more NPU core (core 1, 2, ...) in a step."""
+    program: list
+    checks: dict = field(default_factory=dict)
+
+    def instructions(self) -> list[Instruction]:
+        return _instructions(self.program)
 
 
 @dataclass
 class StepProgram:
     """One decode step: an NPU program run from ``start`` to ``done``.
 
-    ``program``: ``rtl.isa.npu.Instruction`` (or encoded integers), ending with HALT.
-    ``marks``: [(stage name, instruction index)] in program order: stage ``name`` ends
-    when the instruction at that index (a WAIT, normally on all units, or the HALT) has
-    completed; the first stage starts at the step's first clock. A name may repeat (e.g.
-    one stage per layer): reports sum the stages of one name.
-    ``checks``: {scratchpad word address: expected 512-bit word}, compared bit for bit
-    after the step's HALT. ``label``: e.g. ``"step 0"``. ``tokens``: tokens this step
-    produces (the batch size)."""
+    ``program``: core 0's ``rtl.isa.npu.Instruction`` (or encoded integers), ending with
+    HALT. ``marks``: [(stage name, instruction index)] of core 0's program, in program
+    order: stage ``name`` ends when the instruction at that index (a WAIT or SYNC,
+    normally on all units, or the HALT) has completed; the first stage starts at the
+    step's first clock. A name may repeat (e.g. one stage per layer): reports sum the
+    stages of one name.
+    ``checks``: {scratchpad word address: expected 512-bit word} of core 0, compared bit
+    for bit after the step's HALT. ``label``: e.g. ``"step 0"``. ``tokens``: tokens this
+    step produces (the batch size). ``cores``: :class:`CoreProgram` of cores 1, 2, ...
+    (an NPU of several cores; they start together and the step ends when all are done)."""
     program: list
     marks: list = field(default_factory=list)
     checks: dict = field(default_factory=dict)
     label: str = ""
     tokens: int = 0
+    cores: list = field(default_factory=list)
 
     def instructions(self) -> list[Instruction]:
-        return [ins if isinstance(ins, Instruction) else decode_instruction(int(ins))
-                for ins in self.program]
+        return _instructions(self.program)
+
+    def core_programs(self) -> list:
+        """(instructions, checks) of every core, core 0 first."""
+        return [(self.instructions(), self.checks)] + [(c.instructions(), c.checks)
+                                                       for c in self.cores]
 
     def validate(self, config: DeviceConfig | None = None) -> None:
         """Raise ValueError when the step cannot be run or its marks cannot be observed."""
         name = self.label or "step"
+        if config is not None and len(self.cores) + 1 != config.npu.arrays:
+            raise ValueError(f"{name}: programs for {len(self.cores) + 1} core(s), the NPU "
+                             f"has {config.npu.arrays}")
+        for core, (program, _) in enumerate(self.core_programs()):
+            where = f"{name}, core {core}"
+            if not program or program[-1].op is not NpuOp.HALT:
+                raise ValueError(f"{where}: the program must end with HALT")
+            if config is not None and len(program) > config.npu.instruction_words:
+                raise ValueError(f"{where}: {len(program)} instructions do not fit the "
+                                 f"{config.npu.instruction_words}-word instruction memory")
         program = self.instructions()
-        if not program or program[-1].op is not NpuOp.HALT:
-            raise ValueError(f"{name}: the program must end with HALT")
-        if config is not None and len(program) > config.npu.instruction_words:
-            raise ValueError(f"{name}: {len(program)} instructions do not fit the "
-                             f"{config.npu.instruction_words}-word instruction memory")
         last = -1
         for stage, index in self.marks:
             if not 0 <= index < len(program):
@@ -59,16 +86,17 @@ class StepProgram:
             if index <= last:
                 raise ValueError(f"{name}: mark {stage!r} at instruction {index} is not after "
                                  f"the previous mark ({last})")
-            if program[index].op not in (NpuOp.WAIT, NpuOp.HALT):
+            if program[index].op not in (NpuOp.WAIT, NpuOp.SYNC, NpuOp.HALT):
                 raise ValueError(f"{name}: mark {stage!r} at instruction {index} is a "
-                                 f"{program[index].op.name}, not a WAIT or the HALT")
+                                 f"{program[index].op.name}, not a WAIT, SYNC or the HALT")
             last = index
         if config is not None:
             words = config.npu.scratchpad_words
-            bad = [a for a in self.checks if not 0 <= a < words]
-            if bad:
-                raise ValueError(f"{name}: check address {bad[0]} outside the "
-                                 f"{words}-word scratchpad")
+            for core, (_, checks) in enumerate(self.core_programs()):
+                bad = [a for a in checks if not 0 <= a < words]
+                if bad:
+                    raise ValueError(f"{name}, core {core}: check address {bad[0]} outside "
+                                     f"the {words}-word scratchpad")
 
 
 @dataclass

@@ -14,14 +14,17 @@ same clocks as the full RTL, so later steps and refreshes line up) but not compa
 Measured from RTL signals only:
 - per step, the differences of the NPU's ``counters`` and of every channel's controller
   ``ctrl_counters`` over the step (``refresh_late_max``: its value, a maximum);
-- stage ends: a mark at instruction i (a WAIT) ends on the clock the core's ``pc`` port
+- stage ends: a mark at instruction i (a WAIT or SYNC) ends on the clock the core's ``pc`` port
   becomes i + 1 (the WAIT released; observed with a value-change trigger on ``pc``, the
   clock read from ``counters.cycles``); a mark at the HALT ends when ``done`` rises,
   i.e. at the step's last clock (``cycles``);
 - the timeline: every ``period`` clocks (64, doubled while a step has more than
   ``NEUPIMS_DECODE_MAX_SAMPLES`` windows) the counters are read; each window gives the
-  busy fraction of the systolic array (``array_busy``), DMA, GEMM, vector unit and the
-  PIM of each channel (controller ``pim_busy_cycles``).
+  busy fraction (the mean over the cores) of the systolic array (``array_busy``), DMA,
+  GEMM, vector unit and the PIM of each channel (controller ``pim_busy_cycles``).
+- several cores: each core's program is loaded, they start together, the step ends when
+  all are done; stage ends are core 0's marks (its stage barriers are SYNCs, so every
+  core is there); every core's checks are read and compared.
 
 Environment: ``NEUPIMS_DECODE_RUN`` (pickled DecodeRun), ``NEUPIMS_DECODE_RESULTS``
 (JSON written after every step and at the end), ``NEUPIMS_DECODE_PROGRESS`` (optional
@@ -90,6 +93,7 @@ class StepRecorder:
         self.tb, self.step = tb, step
         self.program = step.instructions()
         self.period, self.max_samples = period, max_samples
+        self.cores = tb.cores
         self.show, self.every = show, every
         self.channels = tb.channels
         self.npu0 = tb.counters()
@@ -155,8 +159,8 @@ class StepRecorder:
                 continue
             line["start"].append(c0)
             line["end"].append(c1)
-            for k in SERIES:
-                line[k].append(round(((n1[k] - n0[k]) & NPU_MASK) / span, 4))
+            for k in SERIES:       # several cores: the mean over the cores
+                line[k].append(round(((n1[k] - n0[k]) & NPU_MASK) / (span * self.cores), 4))
             for c in range(self.channels):
                 line["pim"][c].append(round(((p1[c] - p0[c]) & CTRL_MASK) / span, 4))
         return line
@@ -171,7 +175,9 @@ def _instruction_at(program, pc: int) -> str:
 async def _run_step(tb: NpuTB, step, index: int, show, max_cycles: int, period: int,
                     max_samples: int, every: int) -> dict:
     label = step.label or f"step {index}"
-    await tb.load_program(step.program)
+    cores = step.core_programs()
+    for core, (program, _) in enumerate(cores):
+        await tb.load_program(program, core)
     commands0 = [sum(c.values()) for c in tb.commands]
     rec = StepRecorder(tb, step, period, max_samples, show, every)
     began = time.perf_counter()
@@ -184,20 +190,25 @@ async def _run_step(tb: NpuTB, step, index: int, show, max_cycles: int, period: 
     wall = time.perf_counter() - began
     code, pc = tb.error()
     if code is not NpuError.NONE:
-        raise AssertionError(f"{label}: NPU error {code.name} at {_instruction_at(rec.program, pc)}")
+        core = tb.error_core()
+        raise AssertionError(f"{label}: NPU error {code.name} on core {core} at "
+                             f"{_instruction_at(cores[core][0], pc)}")
     npu, ctrl = rec.final
     counters = _npu_delta(npu, rec.npu0)
     assert counters["cycles"] == cycles, (counters["cycles"], cycles)
     controllers = [_ctrl_delta(ctrl[c], rec.ctrl0[c]) for c in range(tb.channels)]
     commands = [sum(c.values()) - c0 for c, c0 in zip(tb.commands, commands0)]
     stages = rec.stages(cycles)
-    # the checks, bit for bit (read in both elaborations: the same clocks; compared only
-    # when the RTL has its datapath)
-    addresses = sorted(step.checks)
-    words = await tb.read_words(addresses) if addresses else []
+    # the checks of every core, bit for bit (read in both elaborations: the same clocks;
+    # compared only when the RTL has its datapath)
     compared = tb.config.datapath
-    bad = [(a, int(step.checks[a]), w) for a, w in zip(addresses, words)
-           if compared and w != int(step.checks[a])]
+    bad, checked = [], 0
+    for core, (_, checks) in enumerate(cores):
+        addresses = sorted(checks)
+        words = await tb.read_words(addresses, core) if addresses else []
+        checked += len(addresses)
+        bad += [(core, a, int(checks[a]), w) for a, w in zip(addresses, words)
+                if compared and w != int(checks[a])]
     return {
         "label": label, "index": index, "tokens": step.tokens,
         "instructions": len(rec.program), "cycles": cycles,
@@ -206,11 +217,11 @@ async def _run_step(tb: NpuTB, step, index: int, show, max_cycles: int, period: 
         "command_digests": [tb.command_digest(c) for c in range(tb.channels)],
         "timing_violations": 0,
         "stages": stages, "timeline": rec.timeline(),
-        "checks": len(addresses), "mismatches": len(bad) if compared else None,
+        "checks": checked, "mismatches": len(bad) if compared else None,
         "bit_exact": not bad if compared else None,
-        "first_mismatches": [{"address": a, "expected": f"{e:#x}", "actual": f"{w:#x}",
-                              "bits_differing": bin(int(e) ^ w).count("1")}
-                             for a, e, w in bad[:SHOWN_MISMATCHES]],
+        "first_mismatches": [{"core": core, "address": a, "expected": f"{e:#x}",
+                              "actual": f"{w:#x}", "bits_differing": bin(int(e) ^ w).count("1")}
+                             for core, a, e, w in bad[:SHOWN_MISMATCHES]],
         "wall_s": round(wall, 3), "cycles_per_s": round(cycles / wall, 1) if wall else 0.0,
     }
 

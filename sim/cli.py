@@ -91,6 +91,9 @@ def cmd_sim(args):
             config = (config or preset("decode")).replace(datapath=False)
         if args.refresh_rate != 1:
             config = (config or preset("decode")).replace(refresh_rate=args.refresh_rate)
+        if args.cores != 1:
+            from sim.decode.compiler import with_cores
+            config = with_cores(config or preset("decode"), args.cores)
         log(f"neupims sim: {workload.model.summary()}")
         log(f"  workload: {source}")
         log(f"  KV lengths: {list(workload.kv_lens)}, {workload.steps} step(s)")
@@ -254,6 +257,7 @@ def cmd_bitstream(args):
 
 def cmd_reproduce(args):
     from sim.reproduce import GRIDS, ReproduceError, run_grid, format_report, write_outputs
+    from sim.decode.workload import DecodeError
     import dataclasses
     grid = GRIDS["quick" if args.quick else "full"]
     changes = {}
@@ -273,8 +277,13 @@ def cmd_reproduce(args):
         (lambda *a, **k: print(*a, flush=True, **k))
     out = Path(args.out)
     try:
-        report = run_grid(grid, out, jobs=args.jobs, log=log, precheck=True)
-    except (ReproduceError, RuntimeError) as error:
+        config = None
+        if args.cores != 1:
+            from sim.decode.compiler import with_cores
+            from sim.reproduce import slice_config
+            config = with_cores(slice_config(), args.cores)
+        report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
+    except (ReproduceError, RuntimeError, DecodeError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
     if args.json:
@@ -317,6 +326,9 @@ def main(argv=None):
     p.add_argument("--refresh-rate", type=int, choices=REFRESH_RATES, default=1,
                    help="refresh every tREFI / N clocks (2: HBM's hot refresh; the same "
                         "Verilator build: a run-time input of the controllers)")
+    p.add_argument("--cores", type=int, default=1,
+                   help="NPU cores sharing the GEMMs (columns) and the attention (channels); "
+                        "default %(default)s")
     p.add_argument("--out", default="build/sim", help="folder for sim.json and timeline.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_sim)
@@ -330,6 +342,9 @@ def main(argv=None):
     p.add_argument("--length-scale", type=float, help="multiply every dataset's lengths by "
                                                       "this (default: 1, azure-conv 1/8)")
     p.add_argument("--jobs", type=int, help="points run at once (default: the CPU count)")
+    p.add_argument("--cores", type=int, default=1,
+                   help="NPU cores of the slice (each a 16 x 16 array and 16 vector lanes; "
+                        "default %(default)s)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
                                                       "on stderr)")

@@ -264,9 +264,9 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
             "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
             "mac_util": busy["macs"] / (s["cycles"] * config.npu.macs_per_cycle),
-            "vector_util": busy["vector_busy"] / s["cycles"],
-            "dma_util": busy["dma_busy"] / s["cycles"],
-            "gemm_util": busy["gemm_busy"] / s["cycles"],
+            "vector_util": busy["vector_busy"] / (s["cycles"] * config.npu.arrays),
+            "dma_util": busy["dma_busy"] / (s["cycles"] * config.npu.arrays),
+            "gemm_util": busy["gemm_busy"] / (s["cycles"] * config.npu.arrays),
             "normal_during_pim": s["normal_during_pim"],
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
@@ -427,7 +427,12 @@ def format_report(report: dict) -> str:
     cfg, grid = report["config"], report["config"]["grid"]
     lines = ["NeuPIMs reproduction on the RTL (every DRAM command timing-checked)",
              f"  device        {cfg['device']}",
-             f"  clock         {cfg['clock_hz'] / 1e9:g} GHz",
+             f"  clock         {cfg['clock_hz'] / 1e9:g} GHz"]
+    npu = cfg["device_config"]["npu"]
+    if npu["arrays"] > 1:
+        lines.append(f"  npu           {npu['arrays']} cores, each a {npu['array_rows']} x "
+                     f"{npu['array_cols']} array and {npu['vector_lanes']} vector lanes")
+    lines += [
              f"  models        {', '.join(grid['models'])}",
              f"  batches       {', '.join(map(str, grid['batches']))}",
              "  datasets      " + ", ".join(f"{d} (lengths x {grid['length_scale'][d]:g})"

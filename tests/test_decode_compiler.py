@@ -7,7 +7,7 @@ import pytest
 
 from rtl.config import preset
 from rtl.isa.npu import NpuOp
-from sim.decode.compiler import _weave, compile_decode, weave
+from sim.decode.compiler import _weave, compile_decode, weave, with_cores
 from sim.decode.golden import MODES, golden_decode, reference_decode
 from sim.decode.interpret import Interpreter
 from sim.decode.workload import DecodeError, DecodeWorkload, random_data
@@ -197,3 +197,94 @@ def test_limits_of_the_slice():
     assert error.value.field == "scratchpad"
     with pytest.raises(DecodeError, match="unknown mode"):
         compile_decode(DecodeWorkload("tiny-gpt", (2,)), "gpu")
+
+
+# ----------------------------------------------------------------------------- several cores
+
+#: A model whose every GEMM splits into whole FP16 words over four cores (three: uneven).
+WIDE_GPT = ModelShape("wide-gpt", 128, 4, 2, ffn=256, d_head=32, max_seq_len=256)
+CORE_CASES = {"tiny-gpt x2": ("tiny-gpt", 2, (40, 63, 12, 55, 5, 70), 2),
+              "tiny-gpt-h64 x2": ("tiny-gpt-h64", 2, (1, 30, 7), 1),
+              "wide-gpt x4": (WIDE_GPT, 4, (5, 40, 17), 1),
+              "wide-gpt x3": (WIDE_GPT, 3, (22, 9, 31, 2), 1)}   # shares of 1, 1, 2 words
+
+
+def _cores_run(case, mode):
+    model, cores, lens, steps = CORE_CASES[case]
+    return compile_decode(DecodeWorkload(model, lens, steps=steps, seed=len(lens)), mode,
+                          with_cores(preset("decode"), cores))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CORE_CASES)
+def test_several_cores_match_golden(case, mode):
+    """Every core's programs on the interpreter: every core's hidden states and its share
+    of the logits bit for bit (the exchanges interleaved at the SYNCs, as on the RTL)."""
+    run = _cores_run(case, mode)
+    cores = run.config.npu.arrays
+    run.validate()
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        assert len(step.core_programs()) == cores
+        it.run_step(step)
+        assert all(checks for _, checks in step.core_programs())
+        assert it.step_mismatches(step) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cores_share_the_work(mode):
+    """Each core runs 1 / cores of every GEMM's columns (the MACs add up to one core's),
+    loads its share of the weights, issues PIM commands only to its own channels, stops
+    at the same number of SYNCs, and core 0's stage ends are SYNCs."""
+    base = preset("decode")      # one core holds all of wide-gpt's weights in 16 Ki words
+    base = base.replace(npu=dataclasses.replace(base.npu, scratchpad_words=1 << 14))
+    one = compile_decode(DecodeWorkload(WIDE_GPT, (5, 40, 17), seed=3), mode, base)
+    run = compile_decode(DecodeWorkload(WIDE_GPT, (5, 40, 17), seed=3), mode,
+                         with_cores(base, 4))
+    cores, channels = run.config.npu.arrays, run.config.geometry.channels
+
+    def gemms(program):
+        return [(i["m"], i["k"], i["n"]) for i in program if i.op is NpuOp.GEMM]
+
+    def loaded(program):
+        return sum(i["count"] for i in program if i.op is NpuOp.DMA_LOAD)
+
+    step, solo = run.steps[0], one.steps[0].instructions()
+    programs = [p for p, _ in step.core_programs()]
+    if mode != "npu-only":      # npu-only: attention GEMMs belong to the request's core
+        macs = sum(m * k * n for p in programs for m, k, n in gemms(p))
+        assert macs == sum(m * k * n for m, k, n in gemms(solo))
+    for core, program in enumerate(programs):
+        linear = [g for g in gemms(program) if g[2] > 1]
+        assert [n for _, _, n in linear][:1] == [3 * WIDE_GPT.d_model // cores]
+        pim = {i["channel"] for i in program if i.op is NpuOp.PIM}
+        assert pim <= {c for c in range(channels) if c % cores == core}
+        assert sum(i.op is NpuOp.SYNC for i in program) == \
+            sum(i.op is NpuOp.SYNC for i in programs[0])
+    assert not any(i.op is NpuOp.SYNC for i in solo)
+    assert all(programs[0][i].op in (NpuOp.SYNC, NpuOp.HALT) for _, i in step.marks)
+    assert loaded(programs[2]) < loaded(solo)       # core 2 has no channel: no KV, 1/4 weights
+
+
+def test_cores_exchange_through_the_hbm():
+    """Run each core to its end, one after the other, instead of meeting at the SYNCs:
+    core 0 then reads exchange rows the others have not written, and the checks fail."""
+    run = _cores_run("tiny-gpt x2", "npu+pim")
+    it = Interpreter(run.config, run.image.words)
+    step = run.steps[0]
+    programs = [p for p, _ in step.core_programs()]
+    for core, program in enumerate(programs):
+        it._segment([i for i in program if i.op is not NpuOp.SYNC], 0, it.sps[core])
+    assert it.step_mismatches(step)
+
+
+def test_bad_core_counts_name_the_field():
+    with pytest.raises(DecodeError) as error:
+        compile_decode(DecodeWorkload("tiny-gpt", (3,)), "neupims",
+                       with_cores(preset("decode"), 4))
+    assert error.value.field == "config.npu.arrays"
+    assert "w_o has 64 columns, 2 word(s)" in str(error.value)
+    with pytest.raises(DecodeError) as error:
+        with_cores(preset("decode"), 0)
+    assert error.value.field == "cores"
+    assert with_cores(preset("decode"), 4).npu.dma_in_flight == 16     # 64 tags / 4 cores

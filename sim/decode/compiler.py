@@ -50,6 +50,7 @@ into pieces of ``accumulator_rows`` tokens.)
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ from .golden import MODES, golden_decode, softmax_scale_bits
 from .run import CoreProgram, DecodeRun, StepProgram
 from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data
 
-__all__ = ["compile_decode", "mode_config", "weave", "Plan", "ALL_UNITS"]
+__all__ = ["compile_decode", "mode_config", "with_cores", "weave", "Plan", "ALL_UNITS"]
 
 ALL_UNITS = ("dma", "gemm", "vector", "pim")
 FP32_WORD, FP16_WORD = 16, 32
@@ -93,6 +94,17 @@ def mode_config(mode: str, config=None):
                           f"{config.geometry.burst_bytes}-byte burst, got "
                           f"{config.npu.word_bytes} bytes")
     return config.replace(mode=RowBufferMode.BLOCKED if mode == "npu+pim" else RowBufferMode.DUAL)
+
+
+def with_cores(config, cores: int):
+    """``config`` with ``cores`` NPU cores (``NpuConfig.arrays``), each core's DMA limited
+    to its share of the controllers' tags (``dma_in_flight``: at most tags / cores)."""
+    if cores < 1:
+        raise DecodeError("cores", f"must be >= 1, got {cores}")
+    npu = config.npu
+    share = 1 << max(0, (config.controller.tags // cores).bit_length() - 1)
+    return config.replace(npu=dataclasses.replace(npu, arrays=cores,
+                                                  dma_in_flight=min(npu.dma_in_flight, share)))
 
 
 # ----------------------------------------------------------------------------- streams
@@ -321,6 +333,11 @@ class Plan:
     def layout(self) -> KVLayout:
         return self.kv[0].layout
 
+    def columns(self, n: int, core: int) -> tuple[int, int]:
+        """Output columns [c0, c1) of ``core`` in a GEMM of ``n`` columns: the FP16 words
+        of a row dealt out as evenly as whole words allow (one core: all of them)."""
+        return columns(n, core, self.cores)
+
     def core_of(self, row: int) -> int:
         """The core that runs the attention of scratchpad row ``row``: channel c's
         requests belong to core ``c mod cores`` (one core per channel's PIM)."""
@@ -398,19 +415,32 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
                 slots=slots, cores=cores)
 
 
+def columns(n: int, core: int, cores: int) -> tuple[int, int]:
+    """Output columns [c0, c1) of ``core`` of ``cores`` in a GEMM of ``n`` columns (a
+    multiple of 32): whole FP16 words, core i the words [W i / cores, W (i + 1) / cores)
+    of the W = n / 32 (rounded down)."""
+    words = n // FP16_WORD
+    return (FP16_WORD * (words * core // cores), FP16_WORD * (words * (core + 1) // cores))
+
+
+def _split_widths(workload: DecodeWorkload) -> dict:
+    """The output columns of each split GEMM (a weight matrix's columns)."""
+    m = workload.model
+    return {"w_qkv": 3 * m.d_model, "w_o": m.d_model, "w_1": m.ffn, "w_2": m.d_model,
+            "w_lm": workload.vocab}
+
+
 def _check_split(workload: DecodeWorkload, cores: int) -> None:
-    """Several cores split every GEMM by output columns: each core's share of every
-    weight matrix must be whole FP16 words."""
+    """Several cores split every GEMM by output columns in whole FP16 words: every core
+    needs at least one word of every matrix."""
     if cores == 1:
         return
-    m = workload.model
-    for name, n in (("3 x d_model (W_qkv)", 3 * m.d_model), ("d_model (W_o, W_2)", m.d_model),
-                    ("ffn (W_1)", m.ffn), ("vocab (W_lm)", workload.vocab)):
-        if n % (cores * FP16_WORD):
+    for name, n in _split_widths(workload).items():
+        if n // FP16_WORD < cores:
             raise DecodeError("config.npu.arrays",
-                              f"{cores} cores split the GEMMs by output columns: {name} = {n} "
-                              f"is not a multiple of {cores} x {FP16_WORD} (whole FP16 words "
-                              f"per core)")
+                              f"{cores} cores split the GEMMs by output columns in whole "
+                              f"words of {FP16_WORD} FP16: {name} has {n} columns, "
+                              f"{n // FP16_WORD} word(s)")
 
 
 def _head_words(model) -> int:
@@ -451,14 +481,24 @@ def _exchange_words(workload, name: str) -> int:
     return workload.batch * cols(workload.model) // (FP32_WORD if fp32 else FP16_WORD)
 
 
-def _core_words(workload: DecodeWorkload, cores: int) -> dict:
-    """Words of one core's weight block per layer and of its LM head: the LayerNorm
-    parameters whole, each matrix's share of the output columns."""
+def _core_words(workload: DecodeWorkload, cores: int, core: int) -> dict:
+    """Words of ``core``'s weight block per layer and of its LM head: the LayerNorm
+    parameters whole, its share of each matrix's output columns (all K rows)."""
+    m = workload.model
+    rows = {"w_qkv": m.d_model, "w_o": m.d_model, "w_1": m.d_model, "w_2": m.ffn,
+            "w_lm": m.d_model}
+    share = {name: rows[name] * (lambda c: (c[1] - c[0]) // FP16_WORD)(columns(n, core, cores))
+             for name, n in _split_widths(workload).items()}
     sizes = _linear_words(workload)
-    layer = {name: words if name == "ln" else words // cores
-             for name, words in sizes["layer"].items()}
-    head = {"ln_f": sizes["head"]["ln_f"], "w_lm": sizes["head"]["w_lm"] // cores}
+    layer = {"ln": sizes["layer"]["ln"], **{k: share[k] for k in ("w_qkv", "w_o", "w_1", "w_2")}}
+    head = {"ln_f": sizes["head"]["ln_f"], "w_lm": share["w_lm"]}
     return {"layer": layer, "head": head}
+
+
+def _largest_core_words(workload: DecodeWorkload, cores: int) -> dict:
+    """The largest core's block sizes (what every core's buffers hold)."""
+    blocks = [_core_words(workload, cores, core) for core in range(cores)]
+    return {part: max(sum(b[part].values()) for b in blocks) for part in ("layer", "head")}
 
 
 def _weight_row(workload, config) -> int:
@@ -495,8 +535,8 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
         at += len(words) * burst
 
     def share(values, core):
-        n = values.shape[1] // P
-        return values[:, core * n:(core + 1) * n]
+        c0, c1 = plan.columns(values.shape[1], core)
+        return values[:, c0:c1]
 
     # per layer: the LayerNorm parameters, then each core's column share of W_qkv, W_o,
     # W_1, W_2 (one core: the whole matrices, in that order)
@@ -564,15 +604,16 @@ def _scratchpad(plan: Plan) -> dict:
                         ("l32", math.ceil(Lmax / FP32_WORD)), ("e", math.ceil(Lmax / FP32_WORD)),
                         ("p", math.ceil(Lmax / FP32_WORD)), ("mx", 1), ("sm", 1), ("rc", 1),
                         ("v32", f32(d)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
-        if name == "logits":
-            words //= plan.cores                # each core's share of the vocabulary
+        if name == "logits":                    # each core's share of the vocabulary
+            words = Bt * f32(_largest_share(plan, V))
         s[name] = sp.take(name, words)
     if plan.cores > 1:      # each core's share of a split GEMM's output, before the exchange
-        P = plan.cores
-        for name, words in (("qkv_p", Bt * f16(3 * d) // P), ("o_p", Bt * f32(d) // P),
-                            ("f1_p", Bt * f32(f) // P), ("g16_p", Bt * f16(f) // P),
-                            ("f2_p", Bt * f32(d) // P)):
-            s[name] = sp.take(name, words)
+        for name, words in (("qkv_p", f16(_largest_share(plan, 3 * d))),
+                            ("o_p", f32(_largest_share(plan, d))),
+                            ("f1_p", f32(_largest_share(plan, f))),
+                            ("g16_p", f16(_largest_share(plan, f))),
+                            ("f2_p", f32(_largest_share(plan, d)))):
+            s[name] = sp.take(name, Bt * words)
     if plan.mode == "npu-only":
         chunks = math.ceil(Lmax / layout.burst_elements)
         for i in range(2):
@@ -592,14 +633,17 @@ def _scratchpad(plan: Plan) -> dict:
         s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / layout.burst_elements))
         if chunks > 1:
             s["c32"] = sp.take("c32", f32(dh))      # a chunk's partial output in FP32
-    sizes = _core_words(w, plan.cores)
-    layer_words = sum(sizes["layer"].values())
+    sizes = _largest_core_words(w, plan.cores)
     for i in range(min(2, w.layers)):
-        s[f"wbuf{i}"] = sp.take(f"wbuf{i}", layer_words)
-    s["head"] = sp.take("head", sum(sizes["head"].values()))
+        s[f"wbuf{i}"] = sp.take(f"wbuf{i}", sizes["layer"])
+    s["head"] = sp.take("head", sizes["head"])
     s["end"] = sp.next
     plan.sp = s
     return s
+
+
+def _largest_share(plan: Plan, n: int) -> int:
+    return max(c1 - c0 for c0, c1 in (plan.columns(n, core) for core in range(plan.cores)))
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -619,7 +663,7 @@ class Builder:
         self.sp = plan.sp
         self.layout = plan.layout
         self.chunks = _score_chunks(self.w, self.layout)
-        sizes = _core_words(self.w, self.cores)["layer"]
+        sizes = _core_words(self.w, self.cores, core)["layer"]
         self.offsets, at = {}, 0
         for name in ("ln", "w_qkv", "w_o", "w_1", "w_2"):
             self.offsets[name] = at
@@ -663,7 +707,7 @@ class Builder:
         return self._load_pieces(pieces)
 
     def load_head(self) -> Stream:
-        words = _core_words(self.w, self.cores)["head"]
+        words = _core_words(self.w, self.cores, self.core)["head"]
         return self._load_pieces([
             (self.plan.hbm["head"], self.sp["head"], words["ln_f"]),
             (self.plan.hbm["head_core"][self.core], self.sp["head"] + words["ln_f"],
@@ -673,35 +717,43 @@ class Builder:
     def _linear(self, s: Stream, a, a_pitch, w, k, n, out, out_pitch, part, r0, rows_n,
                 fp32=False) -> None:
         """out[r0 .. r0 + rows_n) = A . W (``n`` columns). One core: the whole GEMM into
-        ``out``. Several: this core's n / cores columns (its share of W, laid out by
-        itself) into ``part``, whose rows are that share (the exchange assembles ``out``)."""
+        ``out``. Several: this core's columns (``Plan.columns``; its share of W, laid out
+        by itself) into ``part``, whose rows are that share (the exchange assembles
+        ``out``)."""
         if self.cores == 1:
             s.gemm(a + r0 * a_pitch, w, out + r0 * out_pitch, rows_n, k, n, a_pitch,
                    n // FP16_WORD, out_pitch, fp32=fp32)
             return
-        share = n // self.cores
-        pitch = out_pitch // self.cores
-        s.gemm(a + r0 * a_pitch, w, part + r0 * pitch, rows_n, k, share, a_pitch,
-               share // FP16_WORD, pitch, fp32=fp32)
+        c0, c1 = self.plan.columns(n, self.core)
+        pitch = (c1 - c0) // (FP32_WORD if fp32 else FP16_WORD)
+        s.gemm(a + r0 * a_pitch, w, part + r0 * pitch, rows_n, k, c1 - c0, a_pitch,
+               (c1 - c0) // FP16_WORD, pitch, fp32=fp32)
+
+    def _part_words(self, n: int, fp32: bool) -> tuple[int, int]:
+        """(first word in a full row, words) of this core's columns of an ``n``-column
+        output."""
+        c0, c1 = self.plan.columns(n, self.core)
+        width = FP32_WORD if fp32 else FP16_WORD
+        return c0 // width, (c1 - c0) // width
 
     def exchange(self, name: str, layer: int, rows: list, full: int, full_pitch: int,
                  part: int | None = None, mine=None) -> Stream:
         """Several cores: each stores its part of ``rows`` into the HBM region of
         (``name``, ``layer``), a SYNC (every core's stores acknowledged), then every core
-        loads all the rows into ``full``. ``part`` (a split GEMM's share, ``full_pitch /
-        cores`` words per row) or, without it, this core's whole rows of ``full`` (those
-        ``mine`` accepts: the attention). One core: nothing."""
+        loads all the rows into ``full``. ``part`` (a split GEMM's share of the
+        columns: :meth:`_part_words` per row) or, without it, this core's whole rows of
+        ``full`` (those ``mine`` accepts: the attention). One core: nothing."""
         s = self.stream()
         if self.cores == 1 or not rows:
             return s
         burst = self.config.geometry.burst_bytes
         base = self.plan.hbm["exchange"][name, layer]
         r0, n = rows[0], len(rows)
+        cols, fp32 = EXCHANGES[name]
+        first, pitch = self._part_words(cols(self.w.model), fp32)
         for row in rows:
             if part is not None:
-                pitch = full_pitch // self.cores
-                s.store(base + (row * full_pitch + self.core * pitch) * burst,
-                        part + row * pitch, pitch)
+                s.store(base + (row * full_pitch + first) * burst, part + row * pitch, pitch)
             elif mine(row):
                 s.store(base + row * full_pitch * burst, full + row * full_pitch, full_pitch)
         s.sync("dma")
@@ -776,9 +828,11 @@ class Builder:
         s.wait("gemm")
         # GELU on this core's columns only (several cores: its share, then the exchange)
         f1, g16 = (sp["f1"], sp["g16"]) if P == 1 else (sp["f1_p"], sp["g16_p"])
-        s.vec(VectorOp.GELU, a=f1 + r0 * pf // P, d=f1 + r0 * pf // P, length=n * f // P)
-        s.vec(VectorOp.CVT32TO16, a=f1 + r0 * pf // P, d=g16 + r0 * pfh // P,
-              length=n * f // P)
+        fc = f if P == 1 else self._part_words(f, False)[1] * FP16_WORD    # this core's
+        s.vec(VectorOp.GELU, a=f1 + r0 * fc // FP32_WORD, d=f1 + r0 * fc // FP32_WORD,
+              length=n * fc)
+        s.vec(VectorOp.CVT32TO16, a=f1 + r0 * fc // FP32_WORD, d=g16 + r0 * fc // FP16_WORD,
+              length=n * fc)
         s.wait("vector")
         s += self.exchange("g16", layer, rows, sp["g16"], pfh, sp.get("g16_p"))
         self._linear(s, sp["g16"], pfh, self.wbuf(layer, "w_2"), f, d, sp["f2"], pd,
@@ -1136,8 +1190,8 @@ def _checks(plan: Plan, golden, core: int = 0) -> dict:
     checks = {}
     hidden = golden.hidden[plan.row_order]
     logits = golden.logits[plan.row_order]
-    share = logits.shape[1] // plan.cores
-    logits = logits[:, core * share:(core + 1) * share]
+    c0, c1 = plan.columns(logits.shape[1], core)
+    logits = logits[:, c0:c1]
     for base, values in ((sp["x"], hidden), (sp["logits"], logits)):
         words = matrix_words(values, 32, values.shape[1] // FP32_WORD)
         checks.update({base + i: word for i, word in enumerate(words)})

@@ -84,9 +84,12 @@ def run_modes(workload: DecodeWorkload, modes=MODES, out_dir: Path = Path("build
     results = {}
     for i, (mode, run) in enumerate(runs.items(), 1):
         began = time.perf_counter()
+        cores = run.config.npu.arrays
+        count = sum(len(p) for s in run.steps for p, _ in s.core_programs())
         log(f"[{i}/{len(modes)}] {mode}: {run.config.mode.value} row buffers, "
-            f"{sum(len(s.program) for s in run.steps)} instructions in {len(run.steps)} "
-            f"step(s); building (cached) and running on Verilator ...")
+            f"{count} instructions in {len(run.steps)} step(s)"
+            + (f" on {cores} cores" if cores > 1 else "")
+            + "; building (cached) and running on Verilator ...")
         results[mode] = run_on_rtl(run, out_dir / f"{mode.replace('+', '_')}.json")
         r = results[mode]
         log(f"      {mode}: {r.get('cycles', '?')} cycles, bit-exact "

@@ -6,7 +6,8 @@ counters in those results:
 
 - tokens/s: the tokens of all steps over the time of all steps' cycles at the
   configured clock (``config.timing.clock_hz``);
-- NPU util: the systolic array's busy clocks (``array_busy``) over the cycles;
+- NPU util: the systolic arrays' busy clocks (``array_busy``, summed over the cores)
+  over the cycles times the cores;
 - PIM util: per channel, the controller's ``pim_busy_cycles`` over the cycles, the mean
   over channels;
 - normal during PIM: the controllers' ``normal_during_pim`` (normal commands issued
@@ -53,6 +54,7 @@ def summarize(result: dict) -> dict:
     seconds = cycles / clock if clock else 0.0
     channels = len(steps[0]["controllers"]) if steps else 0
     array = sum(s["counters"]["array_busy"] for s in steps)
+    cores = result.get("config", {}).get("npu", {}).get("arrays", 1)
     pim = [sum(s["controllers"][c]["pim_busy_cycles"] for s in steps) for c in range(channels)]
     per_channel = [p / cycles if cycles else 0.0 for p in pim]
     return {
@@ -61,7 +63,8 @@ def summarize(result: dict) -> dict:
         "cycles": cycles,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds else 0.0,
-        "npu_util": array / cycles if cycles else 0.0,
+        "cores": cores,
+        "npu_util": array / (cycles * cores) if cycles else 0.0,
         "pim_util": sum(per_channel) / channels if channels else 0.0,
         "pim_util_per_channel": per_channel,
         "normal_during_pim": sum(s["controllers"][c]["normal_during_pim"]
@@ -95,6 +98,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
+def _npu_line(result: dict) -> str:
+    npu = result.get("config", {}).get("npu")
+    if not npu:
+        return ""
+    cores = npu["arrays"]
+    return (f"{cores} core{'s' if cores > 1 else ''}, each a {npu['array_rows']} x "
+            f"{npu['array_cols']} array and {npu['vector_lanes']} vector lanes")
+
+
 def format_table(results_by_mode: dict, description: dict | None = None) -> str:
     """The configuration lines, one row per mode (tokens/s, cycles, NPU and PIM util,
     normal commands during PIM, bit-exact), then the stage cycles (mode x stage)."""
@@ -108,6 +120,9 @@ def format_table(results_by_mode: dict, description: dict | None = None) -> str:
             lines.append(f"  {'device (' + mode + ')':<18} {s['device']}")
     if len(devices) == 1:
         lines.append(f"  {'device':<18} {devices.pop()}")
+    npus = {_npu_line(r) for r in results_by_mode.values()} - {""}
+    if len(npus) == 1:
+        lines.append(f"  {'npu':<18} {npus.pop()}")
     lines.append("")
     rows = []
     for mode, s in summaries.items():

@@ -30,9 +30,9 @@ The results (returned, and the JSON file; cycles are NPU clocks, ``counters.cycl
         timeline: {period (clocks per window), start: [...], end: [...] (window bounds),
                    array, dma, gemm, vector, pim_port: [busy fraction per window],
                    pim: [[controller pim_busy_cycles fraction per window] per channel]},
-        checks (words compared), mismatches, bit_exact,
-        first_mismatches: [{address, expected, actual (hex strings), bits_differing}]
-                          (at most 8),
+        checks (words compared, every core's), mismatches, bit_exact,
+        first_mismatches: [{core, address,
+                          expected, actual (hex strings), bits_differing}] (at most 8),
         wall_s, cycles_per_s}]
 
 Timing-only runs: with ``run.config.datapath`` False, ``NpuTop`` is elaborated without

@@ -30,6 +30,7 @@ def _matches_golden(run):
     for step in run.steps:
         it.run(step.instructions())
         assert step.checks and it.mismatches(step.checks) == []
+    assert it.hazards == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -42,6 +43,7 @@ def test_program_matches_golden(mode, name):
         assert step.program[-1].op is NpuOp.HALT
         it.run(step.instructions())
         assert step.checks and it.mismatches(step.checks) == []
+    assert it.hazards == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -113,6 +115,31 @@ def test_a_wrong_program_is_caught():
     it = Interpreter(run.config, run.image.words)
     it.run(program)
     assert it.mismatches(run.steps[0].checks)
+
+
+def test_unordered_units_are_caught():
+    """The interpreter's hazard check: a VECTOR reading words a DMA load may still be
+    writing needs a WAIT on the DMA between them; so does a DMA store of words the vector
+    unit writes, and a DMA load of HBM that an earlier store of the same DMA writes."""
+    from rtl.isa.npu import dma_load, dma_store, halt, vector, wait
+    from rtl.npu.vector import VectorOp
+    config = preset("decode")
+    add = vector(VectorOp.ADD.value, a=0, b=4, d=8, length=16)
+
+    def hazards(*program):
+        it = Interpreter(config, {0: 1, 64: 2})
+        it.run([*program, halt()])
+        return [(h["unit"], h["other"], h["kind"], h["space"]) for h in it.hazards]
+
+    assert hazards(dma_load(0, 4, 1), add) == [("vector", "dma", "read after write",
+                                                "scratchpad")]
+    assert hazards(dma_load(0, 4, 1), wait("dma"), add) == []
+    assert hazards(dma_load(0, 4, 1), wait("gemm"), add)        # the wrong unit
+    assert hazards(add, dma_store(128, 8, 1)) == [("dma", "vector", "read after write",
+                                                   "scratchpad")]
+    assert hazards(dma_store(0, 8, 1), dma_load(0, 12, 1)) == [("dma", "dma",
+                                                                "read after write", "HBM")]
+    assert hazards(dma_store(0, 8, 1), wait("dma"), dma_load(0, 12, 1)) == []
 
 
 def test_golden_is_close_to_float64():
@@ -229,6 +256,7 @@ def test_several_cores_match_golden(case, mode):
         it.run_step(step)
         assert all(checks for _, checks in step.core_programs())
         assert it.step_mismatches(step) == []
+    assert it.hazards == []
 
 
 @pytest.mark.parametrize("mode", MODES)

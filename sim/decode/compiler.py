@@ -750,6 +750,7 @@ class Builder:
         base = self.plan.hbm["exchange"][name, layer]
         r0, n = rows[0], len(rows)
         cols, fp32 = EXCHANGES[name]
+        s.wait("gemm", "vector")        # the DMA reads what they wrote
         first, pitch = self._part_words(cols(self.w.model), fp32)
         for row in rows:
             if part is not None:
@@ -796,9 +797,11 @@ class Builder:
         r0, n = rows[0], len(rows)
         pd, ph = d // FP32_WORD, d // FP16_WORD
         g1 = self.wbuf(layer, "ln")
+        if weights_pending:         # the LayerNorm parameters come with the weights
+            s.wait("dma")
         self._layernorm(s, sp["x"], g1, g1 + pd, sp["h"], rows)
         s.vec(VectorOp.CVT32TO16, a=sp["h"] + r0 * pd, d=sp["h16"] + r0 * ph, length=n * d)
-        s.wait("vector", "dma") if weights_pending else s.wait("vector")
+        s.wait("vector")
         self._linear(s, sp["h16"], ph, self.wbuf(layer, "w_qkv"), d, 3 * d, sp["qkv"], 3 * ph,
                      sp.get("qkv_p"), r0, n)
         if self.cores > 1:

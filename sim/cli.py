@@ -277,13 +277,17 @@ def cmd_reproduce(args):
         (lambda *a, **k: print(*a, flush=True, **k))
     out = Path(args.out)
     try:
-        config = None
-        if args.cores != 1:
-            from sim.decode.compiler import with_cores
-            from sim.reproduce import slice_config
-            config = with_cores(slice_config(), args.cores)
+        from sim.reproduce import slice_config
+        array = None
+        if args.array:
+            try:
+                array = tuple(int(v) for v in args.array.lower().split("x"))
+                assert len(array) == 2
+            except (ValueError, AssertionError):
+                sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
+        config = slice_config(args.cores, array)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
-    except (ReproduceError, RuntimeError, DecodeError) as error:
+    except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
     if args.json:
@@ -343,8 +347,9 @@ def main(argv=None):
                                                       "this (default: 1, azure-conv 1/8)")
     p.add_argument("--jobs", type=int, help="points run at once (default: the CPU count)")
     p.add_argument("--cores", type=int, default=1,
-                   help="NPU cores of the slice (each a 16 x 16 array and 16 vector lanes; "
-                        "default %(default)s)")
+                   help="NPU cores of the slice (GEMMs split by columns, attention by "
+                        "channel; default %(default)s)")
+    p.add_argument("--array", help="each core's systolic array, ROWSxCOLS (default 16x16)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
                                                       "on stderr)")

@@ -164,17 +164,27 @@ def batch_factor(config: DeviceConfig) -> float:
     return macs_per_byte(preset("neupims")) / macs_per_byte(config)
 
 
-def slice_config() -> DeviceConfig:
+def slice_config(cores: int = 1, array: tuple | None = None) -> DeviceConfig:
     """The slice (see the module docstring): two channels of the paper's geometry (32 banks
     = 2 ranks x 4 bank groups x 4, 1 KiB rows, 16 PIM lanes; the ``decode`` preset's
-    timing), 8,192 rows per bank, a 16 x 16 array, 16 vector lanes, timing-only."""
+    timing), 8,192 rows per bank, a 16 x 16 array, 16 vector lanes, timing-only.
+    ``cores``: NPU cores (``sim.decode.compiler.with_cores``), each with ``array`` (rows,
+    columns; default 16 x 16) and 16 vector lanes."""
+    from .decode.compiler import with_cores
     base = preset("decode")
-    return base.replace(
+    rows, cols = array or (16, 16)
+    config = base.replace(
         name="reproduce-slice", stored_rows=8192, datapath=False,
         geometry=dataclasses.replace(base.geometry, bankgroups=4, banks_per_group=4,
                                      rows=8192, columns=64),
-        npu=dataclasses.replace(base.npu, array_rows=16, array_cols=16, vector_lanes=16,
+        npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=16,
                                 instruction_words=65536, scratchpad_words=1 << 18))
+    config = config if cores == 1 else with_cores(config, cores)
+    from rtl.npu.gemm_engine import check_array_shape
+    from rtl.npu.top import check_cores
+    check_array_shape(config)           # fail here, naming the field, not in a worker
+    check_cores(config)
+    return config
 
 
 def paper_scale_status() -> list[dict]:
@@ -429,9 +439,9 @@ def format_report(report: dict) -> str:
              f"  device        {cfg['device']}",
              f"  clock         {cfg['clock_hz'] / 1e9:g} GHz"]
     npu = cfg["device_config"]["npu"]
-    if npu["arrays"] > 1:
-        lines.append(f"  npu           {npu['arrays']} cores, each a {npu['array_rows']} x "
-                     f"{npu['array_cols']} array and {npu['vector_lanes']} vector lanes")
+    lines.append(f"  npu           {npu['arrays']} core{'s' if npu['arrays'] > 1 else ''}, "
+                 f"each: {npu['array_rows']} x {npu['array_cols']} array, "
+                 f"{npu['vector_lanes']} vector lanes")
     lines += [
              f"  models        {', '.join(grid['models'])}",
              f"  batches       {', '.join(map(str, grid['batches']))}",

@@ -103,8 +103,8 @@ def _npu_line(result: dict) -> str:
     if not npu:
         return ""
     cores = npu["arrays"]
-    return (f"{cores} core{'s' if cores > 1 else ''}, each a {npu['array_rows']} x "
-            f"{npu['array_cols']} array and {npu['vector_lanes']} vector lanes")
+    return (f"{cores} core{'s' if cores > 1 else ''}, each: {npu['array_rows']} x "
+            f"{npu['array_cols']} array, {npu['vector_lanes']} vector lanes")
 
 
 def format_table(results_by_mode: dict, description: dict | None = None) -> str:

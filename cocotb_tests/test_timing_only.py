@@ -58,6 +58,7 @@ def run_both(workload: DecodeWorkload, mode: str, base, tmp_path):
     assert runs[0].config.mode == runs[1].config.mode
     for a, b in zip(runs[0].steps, runs[1].steps):
         assert a.program == b.program and a.marks == b.marks and a.checks == b.checks
+        assert a.cores == b.cores                   # several cores: the others' programs
     assert runs[0].image.words == runs[1].image.words
     return tuple(run_on_rtl(run, tmp_path / f"{'full' if run.config.datapath else 'timing'}.json")
                  for run in runs)

@@ -270,6 +270,8 @@ def cmd_reproduce(args):
             sys.exit(f"neupims reproduce: batches: {args.batches!r} is not a comma list of integers")
     if args.datasets:
         changes["datasets"] = tuple(args.datasets.split(","))
+    if args.modes:
+        changes["modes"] = tuple(args.modes.split(","))
     if args.length_scale is not None:
         changes["length_scale"] = {d: args.length_scale for d in changes.get("datasets", grid.datasets)}
     grid = dataclasses.replace(grid, **changes)
@@ -343,6 +345,8 @@ def main(argv=None):
     p.add_argument("--models", help="comma list (default: the grid's)")
     p.add_argument("--batches", help="comma list of batch sizes (default: the grid's)")
     p.add_argument("--datasets", help="comma list of sharegpt-like, alpaca-like, azure-conv")
+    p.add_argument("--modes", help="comma list of " + ", ".join(MODES) + " (default: all; the "
+                   "ratios need all three)")
     p.add_argument("--length-scale", type=float, help="multiply every dataset's lengths by "
                                                       "this (default: 1, azure-conv 1/8)")
     p.add_argument("--jobs", type=int, help="points run at once (default: the CPU count)")

@@ -415,12 +415,13 @@ def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
 def interpret(config, program, hbm: dict) -> tuple[dict, dict]:
     """Run ``program`` on a Python model (:func:`execute_npu` per instruction, up to the
     HALT): (scratchpad {word: int}, HBM {address: int}) afterwards. Units run one
-    instruction at a time in program order (the program's WAITs make the RTL's overlap
-    equivalent)."""
-    sp: dict[int, int] = {}
-    hbm = dict(hbm)
-    for ins in program:
-        if ins.op is NpuOp.HALT:
-            break
-        execute_npu(config, sp, hbm, ins)
-    return sp, hbm
+    instruction at a time in program order, which is what the RTL computes when the
+    program's WAITs order every dependency between units: a ValueError names the first
+    instruction that touches words another unit may still be using
+    (``sim.decode.interpret``'s hazard check)."""
+    from .decode.interpret import Interpreter
+    it = Interpreter(config, hbm)
+    it.run(program)
+    if it.hazards:
+        raise ValueError(f"{len(it.hazards)} hazard(s), the first: {it.hazards[0]}")
+    return dict(it.sp), dict(it.hbm)

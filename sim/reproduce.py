@@ -439,8 +439,8 @@ def format_report(report: dict) -> str:
              f"  device        {cfg['device']}",
              f"  clock         {cfg['clock_hz'] / 1e9:g} GHz"]
     npu = cfg["device_config"]["npu"]
-    lines.append(f"  npu           {npu['arrays']} core{'s' if npu['arrays'] > 1 else ''}, "
-                 f"each: {npu['array_rows']} x {npu['array_cols']} array, "
+    lines.append(f"  npu           {npu['arrays']} core{'s, each' if npu['arrays'] > 1 else ''}: "
+                 f"{npu['array_rows']} x {npu['array_cols']} array, "
                  f"{npu['vector_lanes']} vector lanes")
     lines += [
              f"  models        {', '.join(grid['models'])}",

@@ -103,7 +103,7 @@ def _npu_line(result: dict) -> str:
     if not npu:
         return ""
     cores = npu["arrays"]
-    return (f"{cores} core{'s' if cores > 1 else ''}, each: {npu['array_rows']} x "
+    return (f"{cores} core{'s, each' if cores > 1 else ''}: {npu['array_rows']} x "
             f"{npu['array_cols']} array, {npu['vector_lanes']} vector lanes")
 
 

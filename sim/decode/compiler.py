@@ -36,6 +36,16 @@ then rounded into the attention output. Staging rows: with S request slots in a 
 scores of a V chunk (so chunk 0 is row i); the PIM queue is waited for before a staging
 row is rewritten.
 
+Several cores (``config.npu.arrays``, :func:`with_cores`): every core runs its own program
+of the same shape. A GEMM is split by output columns (:func:`columns`: whole FP16 words,
+as even as they allow), each core's share of a weight matrix laid out by itself in the
+HBM; the attention of a request runs on the core of its channel (``c mod cores``, so
+each channel's PIM has one master); LayerNorms and residuals run on every core over
+whole rows. After each split GEMM and after the attention the cores exchange through the
+HBM (:data:`EXCHANGES`): stores of their parts, ``sync dma``, loads of the whole rows.
+Stage barriers are SYNCs. The golden decode is unchanged: the same operations in the
+same order. One core: no SYNC, no exchange, the programs of a single-core NPU.
+
 Data layout: rows of the activation matrices are the requests in ``row_order`` (for
 ``neupims`` sub-batch 1 first). HBM: the KV pages (``sim.kv_layout``) in rows below
 ``weight_row``; from ``weight_row`` on, the weights (per layer one block: LayerNorm
@@ -487,8 +497,10 @@ def _core_words(workload: DecodeWorkload, cores: int, core: int) -> dict:
     m = workload.model
     rows = {"w_qkv": m.d_model, "w_o": m.d_model, "w_1": m.d_model, "w_2": m.ffn,
             "w_lm": m.d_model}
-    share = {name: rows[name] * (lambda c: (c[1] - c[0]) // FP16_WORD)(columns(n, core, cores))
-             for name, n in _split_widths(workload).items()}
+    share = {}
+    for name, n in _split_widths(workload).items():
+        c0, c1 = columns(n, core, cores)
+        share[name] = rows[name] * (c1 - c0) // FP16_WORD
     sizes = _linear_words(workload)
     layer = {"ln": sizes["layer"]["ln"], **{k: share[k] for k in ("w_qkv", "w_o", "w_1", "w_2")}}
     head = {"ln_f": sizes["head"]["ln_f"], "w_lm": share["w_lm"]}

@@ -79,6 +79,23 @@ def test_slice_has_the_paper_channel_geometry_timing_only():
     assert batch_factor(config) == 32          # 4 MACs per byte here, the paper 128
 
 
+def test_slice_of_several_cores():
+    """``--cores 2 --array 16x8``: the same MACs per byte, two cores sharing the tags; a
+    bad array or core count fails before any run, naming the field."""
+    from rtl.config import ConfigError
+    two = slice_config(2, (16, 8))
+    assert two.npu.arrays == 2 and (two.npu.array_rows, two.npu.array_cols) == (16, 8)
+    assert batch_factor(two) == batch_factor(slice_config())
+    assert 2 * two.npu.dma_in_flight <= two.controller.tags
+    with pytest.raises(ConfigError, match="array_cols"):
+        slice_config(array=(16, 7))
+    for args, word in ((["--array", "16"], "array"), (["--cores", "0"], "cores"),
+                       (["--modes", "gpu"], "modes")):
+        with pytest.raises(SystemExit) as stop:
+            main(["reproduce", *args, "--out", "/nonexistent/never-written"])
+        assert word in str(stop.value)
+
+
 def test_slice_models_keep_the_papers_traffic_ratio():
     """d / 32 with batch / 32: L B / (6 d) unchanged."""
     for name in SLICE_MODELS:

@@ -294,6 +294,27 @@ def test_cores_share_the_work(mode):
     assert loaded(programs[2]) < loaded(solo)       # core 2 has no channel: no KV, 1/4 weights
 
 
+def test_cores_stream_their_weights_from_the_same_rows():
+    """Several cores' weight shares are dealt out in pieces of a row set / cores, so the
+    cores' k-th words of a block lie in the same DRAM row of the same bank (different
+    columns): streaming at once, they do not thrash each bank between two rows. One
+    core: its block right after the LayerNorm parameters."""
+    from sim.decode.compiler import CoreBlocks
+    run = _cores_run("tiny-gpt x2", "neupims")
+    config, g = run.config, run.config.geometry
+    amap = config.address_map
+    blocks = run.plan.hbm["layers"][0]["core"]
+    assert blocks.piece * blocks.cores == g.channels * g.banks * g.bursts_per_row
+    for word in (0, 5, blocks.piece - 1, blocks.piece + 3):
+        where = [amap.decode(g, blocks.address(core, word)) for core in (0, 1)]
+        assert where[0]["row"] == where[1]["row"]
+        assert where[0]["column"] != where[1]["column"]
+    runs = blocks.runs(1, 3, blocks.piece + 2)
+    assert [n for _, _, n in runs] == [blocks.piece - 3, 2]
+    one = CoreBlocks(config, 4096, [100])
+    assert one.address(0, 7) == 4096 + 7 * g.burst_bytes and one.end == 4096 + 100 * g.burst_bytes
+
+
 def test_cores_exchange_through_the_hbm():
     """Run each core to its end, one after the other, instead of meeting at the SYNCs:
     core 0 then reads exchange rows the others have not written, and the checks fail."""

@@ -513,12 +513,61 @@ def _largest_core_words(workload: DecodeWorkload, cores: int) -> dict:
     return {part: max(sum(b[part].values()) for b in blocks) for part in ("layer", "head")}
 
 
-def _weight_row(workload, config) -> int:
+class CoreBlocks:
+    """Where the cores' shares of one weight block lie in the HBM. One core: its block
+    right after ``base``. Several: from the first row set (one row in every bank of
+    every channel) at or after ``base``, the cores' blocks dealt out in pieces of a row
+    set / cores bursts, piece j of core i in slot j x cores + i; so the cores, streaming
+    their shares at once, read the same DRAM rows (different columns) instead of
+    thrashing each bank between two rows."""
+
+    def __init__(self, config, base: int, words: list):
+        g, burst = config.geometry, config.geometry.burst_bytes
+        self.cores, self.burst = len(words), burst
+        if self.cores == 1:
+            self.start, self.piece, self.slots = base, max(words[0], 1), 1
+        else:
+            row_set = g.channels * g.banks * g.bursts_per_row * burst
+            self.start = -(-base // row_set) * row_set
+            self.piece = row_set // burst // self.cores
+            self.slots = self.cores * max(-(-w // self.piece) for w in words)
+        self.end = self.start + self.slots * self.piece * burst if self.cores > 1 \
+            else base + words[0] * burst
+
+    def address(self, core: int, word: int) -> int:
+        """HBM address of word ``word`` of ``core``'s block."""
+        piece, rest = divmod(word, self.piece)
+        return self.start + ((piece * self.cores + core) * self.piece + rest) * self.burst
+
+    def runs(self, core: int, first: int, end: int) -> list:
+        """(HBM address, first word, words) of the contiguous runs of words [first, end)."""
+        out, word = [], first
+        while word < end:
+            n = min(end, (word // self.piece + 1) * self.piece) - word
+            out.append((self.address(core, word), word, n))
+            word += n
+        return out
+
+
+def _weight_bursts(workload, config) -> int:
+    """Bursts from the first weight row to the end of the inputs and exchange regions
+    (the layout of :func:`_image`, padding included)."""
     sizes = _linear_words(workload)
-    bursts = (workload.layers * sum(sizes["layer"].values()) + sum(sizes["head"].values())
-              + workload.steps * sizes["input"])
-    if config.npu.arrays > 1:
+    P = config.npu.arrays
+    at = 0
+    for part in ("layer",) * workload.layers + ("head",):
+        at += sizes[part]["ln" if part == "layer" else "ln_f"] * config.geometry.burst_bytes
+        words = [sum(v for k, v in _core_words(workload, P, c)[part].items()
+                     if k not in ("ln", "ln_f")) for c in range(P)]
+        at = CoreBlocks(config, at, words).end
+    bursts = at // config.geometry.burst_bytes + workload.steps * sizes["input"]
+    if P > 1:
         bursts += workload.layers * sum(_exchange_words(workload, n) for n in EXCHANGES)
+    return bursts
+
+
+def _weight_row(workload, config) -> int:
+    bursts = _weight_bursts(workload, config)
     g = config.geometry
     row_bursts = g.channels * g.banks * g.bursts_per_row
     rows = math.ceil(bursts / row_bursts)
@@ -550,25 +599,34 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
         c0, c1 = plan.columns(values.shape[1], core)
         return values[:, c0:c1]
 
+    def blocks(matrices) -> CoreBlocks:
+        """Each core's column shares of ``matrices``, one block per core (CoreBlocks)."""
+        nonlocal at
+        per_core = [[w for values in matrices
+                     for w in matrix_words(share(values, core), 16,
+                                           share(values, core).shape[1] // FP16_WORD)]
+                    for core in range(P)]
+        placed = CoreBlocks(config, at, [len(words) for words in per_core])
+        for core, words in enumerate(per_core):
+            for address, first, n in placed.runs(core, 0, len(words)):
+                image.write(address, words[first:first + n])
+        at = placed.end
+        return placed
+
     # per layer: the LayerNorm parameters, then each core's column share of W_qkv, W_o,
     # W_1, W_2 (one core: the whole matrices, in that order)
     plan.hbm["layers"] = []
     for lw in data.layers:
-        block = {"ln": at, "core": []}
+        ln = at
         put(lw.ln, 32)
-        for core in range(P):
-            block["core"].append(at)
-            for values in (lw.w_qkv, lw.w_o, lw.w_1, lw.w_2):
-                put(share(values, core), 16)
-        plan.hbm["layers"].append(block)
+        plan.hbm["layers"].append({"ln": ln, "core": blocks((lw.w_qkv, lw.w_o, lw.w_1,
+                                                             lw.w_2))})
     plan.hbm["head"] = at
     put(data.ln_f, 32)
-    plan.hbm["head_core"] = []
-    for core in range(P):
-        plan.hbm["head_core"].append(at)
-        put(share(data.w_lm, core), 16)
-    assert at - base == (w.layers * sum(sizes["layer"].values())
-                         + sum(sizes["head"].values())) * burst
+    plan.hbm["head_core"] = blocks((data.w_lm,))
+    if P == 1:
+        assert at - base == (w.layers * sum(sizes["layer"].values())
+                             + sum(sizes["head"].values())) * burst
     plan.hbm["inputs"] = []
     d = w.model.d_model
     for step in range(w.steps):
@@ -715,15 +773,17 @@ class Builder:
         if start < ln:
             pieces.append((block["ln"], buf, ln))
         lo = max(start, ln)
-        pieces.append((block["core"][self.core] + (lo - ln) * burst, buf + lo, end - lo))
+        pieces += [(address, buf + ln + first, n)
+                   for address, first, n in block["core"].runs(self.core, lo - ln, end - ln)]
         return self._load_pieces(pieces)
 
     def load_head(self) -> Stream:
         words = _core_words(self.w, self.cores, self.core)["head"]
-        return self._load_pieces([
-            (self.plan.hbm["head"], self.sp["head"], words["ln_f"]),
-            (self.plan.hbm["head_core"][self.core], self.sp["head"] + words["ln_f"],
-             words["w_lm"])])
+        lm = self.sp["head"] + words["ln_f"]
+        return self._load_pieces(
+            [(self.plan.hbm["head"], self.sp["head"], words["ln_f"])]
+            + [(address, lm + first, n) for address, first, n
+               in self.plan.hbm["head_core"].runs(self.core, 0, words["w_lm"])])
 
     # -- several cores: split GEMMs and exchanges through the HBM --
     def _linear(self, s: Stream, a, a_pitch, w, k, n, out, out_pitch, part, r0, rows_n,

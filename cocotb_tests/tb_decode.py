@@ -191,7 +191,8 @@ async def _run_step(tb: NpuTB, step, index: int, show, max_cycles: int, period: 
     code, pc = tb.error()
     if code is not NpuError.NONE:
         core = tb.error_core()
-        raise AssertionError(f"{label}: NPU error {code.name} on core {core} at "
+        where = f" on core {core}" if len(cores) > 1 else ""
+        raise AssertionError(f"{label}: NPU error {code.name}{where} at "
                              f"{_instruction_at(cores[core][0], pc)}")
     npu, ctrl = rec.final
     counters = _npu_delta(npu, rec.npu0)

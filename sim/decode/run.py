@@ -71,7 +71,7 @@ class StepProgram:
             raise ValueError(f"{name}: programs for {len(self.cores) + 1} core(s), the NPU "
                              f"has {config.npu.arrays}")
         for core, (program, _) in enumerate(self.core_programs()):
-            where = f"{name}, core {core}"
+            where = f"{name}, core {core}" if self.cores else name
             if not program or program[-1].op is not NpuOp.HALT:
                 raise ValueError(f"{where}: the program must end with HALT")
             if config is not None and len(program) > config.npu.instruction_words:

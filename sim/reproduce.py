@@ -60,6 +60,7 @@ from pathlib import Path
 from rtl.config import ConfigError, DeviceConfig, preset
 
 from .decode.golden import MODES
+from .decode.report import npu_line
 
 __all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config",
            "paper_scale_status", "run_grid", "ratios", "format_report", "to_json",
@@ -439,9 +440,7 @@ def format_report(report: dict) -> str:
              f"  device        {cfg['device']}",
              f"  clock         {cfg['clock_hz'] / 1e9:g} GHz"]
     npu = cfg["device_config"]["npu"]
-    lines.append(f"  npu           {npu['arrays']} core{'s, each' if npu['arrays'] > 1 else ''}: "
-                 f"{npu['array_rows']} x {npu['array_cols']} array, "
-                 f"{npu['vector_lanes']} vector lanes")
+    lines.append(f"  npu           {npu_line(npu)}")
     lines += [
              f"  models        {', '.join(grid['models'])}",
              f"  batches       {', '.join(map(str, grid['batches']))}",

@@ -11,7 +11,7 @@ from sim.decode.compiler import _weave, compile_decode, weave, with_cores
 from sim.decode.golden import MODES, golden_decode, reference_decode
 from sim.decode.interpret import Interpreter
 from sim.decode.workload import DecodeError, DecodeWorkload, random_data
-from sim.models import ModelError, ModelShape
+from sim.models import ModelError, ModelShape, get_model
 
 #: (kv_lens, steps): batch sizes 2, 4, 6; short, spread and long-ish contexts
 WORKLOADS = {
@@ -338,3 +338,66 @@ def test_bad_core_counts_name_the_field():
     assert error.value.field == "cores"
     config = preset("decode")
     assert with_cores(config, 4).npu.dma_in_flight == config.controller.tags // 4
+
+
+# ----------------------------------------------------------------------------- tensor / pipeline parallel
+
+#: wide-gpt split over 2 devices by tensor parallelism (2 of its 4 heads, 128 of its 256
+#: FFN columns each) and over 2 pipeline stages (1 of its 2 layers each)
+TP_GPT = ModelShape("wide-gpt-tp2-pp2", 128, 4, 2, ffn=256, d_head=32, tp=2, pp=2,
+                    max_seq_len=256)
+
+
+def test_a_device_of_a_parallel_model_runs_its_share():
+    w = DecodeWorkload(TP_GPT, (5, 40, 17), steps=2)
+    assert (w.heads, w.d_attn, w.ffn, w.layers) == (2, 64, 128, 1)
+    data = random_data(w)
+    assert len(data.layers) == 1
+    lw = data.layers[0]
+    assert lw.w_qkv.shape == (128, 3 * 64) and lw.w_o.shape == (64, 128)
+    assert lw.w_1.shape == (128, 128) and lw.w_2.shape == (128, 128)
+    assert data.keys[0][0].shape == (5, 2, 32)
+    # the golden of the device's share is still close to float64
+    ref = reference_decode(w, data)
+    config = compile_decode.__globals__["mode_config"]("neupims")
+    for step, (x, _) in zip(golden_decode(w, data, "neupims", config), ref):
+        assert np.abs(step.hidden.view(np.float32) - x).max() < 0.01 * np.abs(x).max()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cores", [1, 2])
+def test_parallel_model_matches_golden(mode, cores):
+    """One device of a TP 2 / PP 2 model: its heads, FFN columns and layer, bit for bit,
+    on one core and split over two."""
+    run = compile_decode(DecodeWorkload(TP_GPT, (5, 40, 17, 2), steps=2, seed=4), mode,
+                         with_cores(preset("decode"), cores))
+    run.validate()
+    assert run.description["device"] == {"heads": 2, "layers": 1, "ffn": 128}
+    pims = sum(ins.op is NpuOp.PIM for ins in run.steps[0].program)
+    assert (pims > 0) == (mode != "npu-only")
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        it.run_step(step)
+        assert all(checks for _, checks in step.core_programs())
+        assert it.step_mismatches(step) == []
+    assert it.hazards == []
+
+
+def test_parallel_model_moves_a_share_of_the_weights():
+    """A TP 2 device streams half of each matrix but W_o's and W_2's output columns
+    (d_model) whole; a PP 2 device half of the layers."""
+    tiny_tp = dataclasses.replace(get_model("tiny-gpt"), name="tiny-gpt-tp2-pp2", tp=2, pp=2)
+    whole = compile_decode(DecodeWorkload("tiny-gpt", (5, 9)), "npu+pim")
+    share = compile_decode(DecodeWorkload(tiny_tp, (5, 9)), "npu+pim")
+    gemms = lambda run: [(i["m"], i["k"], i["n"]) for i in run.steps[0].instructions()  # noqa: E731
+                         if i.op is NpuOp.GEMM]
+    assert gemms(whole)[:4] == [(2, 64, 192), (2, 64, 64), (2, 64, 256), (2, 256, 64)]
+    assert gemms(share)[:4] == [(2, 64, 96), (2, 32, 64), (2, 64, 128), (2, 128, 64)]
+    assert len(gemms(whole)) == 2 * 4 + 1 and len(gemms(share)) == 4 + 1
+
+
+def test_parallel_model_limits_name_the_field():
+    odd_ffn = ModelShape("gpt-ffn-tp", 128, 4, 2, ffn=192, d_head=32, tp=4, max_seq_len=256)
+    with pytest.raises(DecodeError, match="ffn / tp") as error:
+        DecodeWorkload(odd_ffn, (3,))
+    assert error.value.field == "model"

@@ -379,11 +379,13 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     _check_map(config)
     layout = KVLayout(config, m)
     B = layout.banks
-    if m.heads > B // 2:
-        raise DecodeError("model.heads", f"{m.heads} heads need a staging bank each among the "
-                          f"upper {B // 2} banks")
+    heads = workload.heads
+    if heads > B // 2:
+        raise DecodeError("model.heads", f"{heads} heads{_per_device(m)} need a staging bank "
+                          f"each among the upper {B // 2} banks")
     if layout.k_groups > 1:
-        raise DecodeError("model.heads", f"{m.heads} heads of {m.d_head} exceed one K row of "
+        raise DecodeError("model.heads", f"{heads} heads{_per_device(m)} of {m.d_head} exceed "
+                          f"one K row of "
                           f"{layout.row_elements} FP16 ({layout.heads_per_row} heads): the "
                           f"compiler lays out one K group")
     cores = config.npu.arrays
@@ -410,7 +412,7 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     weight_row = _weight_row(workload, config)
     kv = []
     for c in range(C):
-        channel = ChannelKV(layout, c, rows=weight_row, layers=m.layers)
+        channel = ChannelKV(layout, c, rows=weight_row, layers=workload.layers)
         try:
             if staging > 1:
                 channel.allocator.allocate(staging - 1, "staging rows")
@@ -425,6 +427,11 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
                 slots=slots, cores=cores)
 
 
+def _per_device(model) -> str:
+    """" per device (of tp)" for a tensor-parallel model's messages."""
+    return f" per device (of tp {model.tp})" if model.tp > 1 else ""
+
+
 def columns(n: int, core: int, cores: int) -> tuple[int, int]:
     """Output columns [c0, c1) of ``core`` of ``cores`` in a GEMM of ``n`` columns (a
     multiple of 32): whole FP16 words, core i the words [W i / cores, W (i + 1) / cores)
@@ -435,8 +442,8 @@ def columns(n: int, core: int, cores: int) -> tuple[int, int]:
 
 def _split_widths(workload: DecodeWorkload) -> dict:
     """The output columns of each split GEMM (a weight matrix's columns)."""
-    m = workload.model
-    return {"w_qkv": 3 * m.d_model, "w_o": m.d_model, "w_1": m.ffn, "w_2": m.d_model,
+    d = workload.model.d_model
+    return {"w_qkv": 3 * workload.d_attn, "w_o": d, "w_1": workload.ffn, "w_2": d,
             "w_lm": workload.vocab}
 
 
@@ -470,33 +477,31 @@ def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
 
 
 def _linear_words(workload: DecodeWorkload) -> dict:
-    m = workload.model
-    d, f, V = m.d_model, m.ffn, workload.vocab
-    layer = {"ln": 4 * d // FP32_WORD, "w_qkv": d * 3 * d // FP16_WORD,
-             "w_o": d * d // FP16_WORD, "w_1": d * f // FP16_WORD, "w_2": f * d // FP16_WORD}
+    d, a, f, V = workload.model.d_model, workload.d_attn, workload.ffn, workload.vocab
+    layer = {"ln": 4 * d // FP32_WORD, "w_qkv": d * 3 * a // FP16_WORD,
+             "w_o": a * d // FP16_WORD, "w_1": d * f // FP16_WORD, "w_2": f * d // FP16_WORD}
     head = {"ln_f": 2 * d // FP32_WORD, "w_lm": d * V // FP16_WORD}
     return {"layer": layer, "head": head, "input": workload.batch * d // FP32_WORD}
 
 
 #: What several cores exchange through the HBM after a split GEMM (or the attention):
-#: name -> (columns of a row, given the model; FP32?)
-EXCHANGES = {"qkv": (lambda m: 3 * m.d_model, False), "attn": (lambda m: m.d_model, False),
-             "o": (lambda m: m.d_model, True), "g16": (lambda m: m.ffn, False),
-             "f2": (lambda m: m.d_model, True)}
+#: name -> (columns of a row, given the workload; FP32?)
+EXCHANGES = {"qkv": (lambda w: 3 * w.d_attn, False), "attn": (lambda w: w.d_attn, False),
+             "o": (lambda w: w.model.d_model, True), "g16": (lambda w: w.ffn, False),
+             "f2": (lambda w: w.model.d_model, True)}
 
 
 def _exchange_words(workload, name: str) -> int:
     """Words (bursts) of the HBM region of one exchange: every row of the batch."""
     cols, fp32 = EXCHANGES[name]
-    return workload.batch * cols(workload.model) // (FP32_WORD if fp32 else FP16_WORD)
+    return workload.batch * cols(workload) // (FP32_WORD if fp32 else FP16_WORD)
 
 
 def _core_words(workload: DecodeWorkload, cores: int, core: int) -> dict:
     """Words of ``core``'s weight block per layer and of its LM head: the LayerNorm
     parameters whole, its share of each matrix's output columns (all K rows)."""
-    m = workload.model
-    rows = {"w_qkv": m.d_model, "w_o": m.d_model, "w_1": m.d_model, "w_2": m.ffn,
-            "w_lm": m.d_model}
+    d = workload.model.d_model
+    rows = {"w_qkv": d, "w_o": workload.d_attn, "w_1": d, "w_2": workload.ffn, "w_lm": d}
     share = {}
     for name, n in _split_widths(workload).items():
         c0, c1 = columns(n, core, cores)
@@ -658,7 +663,8 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
 def _scratchpad(plan: Plan) -> dict:
     cfg, w = plan.config, plan.workload
     m = w.model
-    Bt, d, f, V, dh, heads = w.batch, m.d_model, m.ffn, w.vocab, m.d_head, m.heads
+    Bt, d, f, V, dh, heads = w.batch, m.d_model, w.ffn, w.vocab, m.d_head, w.heads
+    a = w.d_attn
     layout = plan.layout
     Lmax = max(w.kv_lens) + w.steps
     sp = Scratchpad(cfg.npu.scratchpad_words)
@@ -666,19 +672,19 @@ def _scratchpad(plan: Plan) -> dict:
     f32, f16 = (lambda cols: cols // FP32_WORD), (lambda cols: cols // FP16_WORD)
     # vector operands first: the VECTOR range check counts `length` in words
     for name, words in (("x", Bt * f32(d)), ("h", Bt * f32(d)), ("h16", Bt * f16(d)),
-                        ("qkv", Bt * f16(3 * d)), ("attn", Bt * f16(d)), ("o", Bt * f32(d)),
+                        ("qkv", Bt * f16(3 * a)), ("attn", Bt * f16(a)), ("o", Bt * f32(d)),
                         ("r1", Bt * f32(d)), ("h2", Bt * f32(d)), ("h2_16", Bt * f16(d)),
                         ("f1", Bt * f32(f)), ("g16", Bt * f16(f)), ("f2", Bt * f32(d)),
                         ("logits", Bt * f32(V)), ("t", 1), ("dv", f32(d)), ("sq", f32(d)),
                         # attention scratch shared in vector-engine order
                         ("l32", math.ceil(Lmax / FP32_WORD)), ("e", math.ceil(Lmax / FP32_WORD)),
                         ("p", math.ceil(Lmax / FP32_WORD)), ("mx", 1), ("sm", 1), ("rc", 1),
-                        ("v32", f32(d)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
+                        ("v32", f32(a)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
         if name == "logits":                    # each core's share of the vocabulary
             words = Bt * f32(_largest_share(plan, V))
         s[name] = sp.take(name, words)
     if plan.cores > 1:      # each core's share of a split GEMM's output, before the exchange
-        for name, words in (("qkv_p", f16(_largest_share(plan, 3 * d))),
+        for name, words in (("qkv_p", f16(_largest_share(plan, 3 * a))),
                             ("o_p", f32(_largest_share(plan, d))),
                             ("f1_p", f32(_largest_share(plan, f))),
                             ("g16_p", f16(_largest_share(plan, f))),
@@ -727,7 +733,8 @@ class Builder:
         self.config = plan.config
         self.w = plan.workload
         m = self.w.model
-        self.d, self.f, self.dh, self.heads = m.d_model, m.ffn, m.d_head, m.heads
+        self.d, self.f, self.dh, self.heads = m.d_model, self.w.ffn, m.d_head, self.w.heads
+        self.a = self.w.d_attn             # this device's q width (d at tensor parallel 1)
         self.hw = _head_words(m)
         self.costs = Costs(self.config)
         self.sp = plan.sp
@@ -823,7 +830,7 @@ class Builder:
         r0, n = rows[0], len(rows)
         cols, fp32 = EXCHANGES[name]
         s.wait("gemm", "vector")        # the DMA reads what they wrote
-        first, pitch = self._part_words(cols(self.w.model), fp32)
+        first, pitch = self._part_words(cols(self.w), fp32)
         for row in rows:
             if part is not None:
                 s.store(base + (row * full_pitch + first) * burst, part + row * pitch, pitch)
@@ -841,7 +848,7 @@ class Builder:
     def attn_exchange(self, layer: int, rows: list) -> tuple[Stream, Stream]:
         """The attention outputs of ``rows`` from the cores that ran them to every core:
         (the stores, the SYNC and loads): a stage barrier goes between the two."""
-        s = self.exchange("attn", layer, rows, self.sp["attn"], self.d // FP16_WORD,
+        s = self.exchange("attn", layer, rows, self.sp["attn"], self.a // FP16_WORD,
                           mine=self.mine)
         sync_at = next((i for i, op in enumerate(s.ops) if op.ins.op is NpuOp.SYNC), len(s.ops))
         stores, rest = self.stream(), self.stream()
@@ -874,11 +881,12 @@ class Builder:
         self._layernorm(s, sp["x"], g1, g1 + pd, sp["h"], rows)
         s.vec(VectorOp.CVT32TO16, a=sp["h"] + r0 * pd, d=sp["h16"] + r0 * ph, length=n * d)
         s.wait("vector")
-        self._linear(s, sp["h16"], ph, self.wbuf(layer, "w_qkv"), d, 3 * d, sp["qkv"], 3 * ph,
-                     sp.get("qkv_p"), r0, n)
+        pa = self.a // FP16_WORD
+        self._linear(s, sp["h16"], ph, self.wbuf(layer, "w_qkv"), d, 3 * self.a, sp["qkv"],
+                     3 * pa, sp.get("qkv_p"), r0, n)
         if self.cores > 1:
             s.wait("gemm")
-            s += self.exchange("qkv", layer, rows, sp["qkv"], 3 * ph, sp["qkv_p"])
+            s += self.exchange("qkv", layer, rows, sp["qkv"], 3 * pa, sp["qkv_p"])
         return s
 
     def proj_ffn(self, layer: int, rows: list) -> Stream:
@@ -889,8 +897,8 @@ class Builder:
         pd, ph, pf, pfh = d // FP32_WORD, d // FP16_WORD, f // FP32_WORD, f // FP16_WORD
         g2 = self.wbuf(layer, "ln") + 2 * pd
         P = self.cores
-        self._linear(s, sp["attn"], ph, self.wbuf(layer, "w_o"), d, d, sp["o"], pd,
-                     sp.get("o_p"), r0, n, fp32=True)
+        self._linear(s, sp["attn"], self.a // FP16_WORD, self.wbuf(layer, "w_o"), self.a, d,
+                     sp["o"], pd, sp.get("o_p"), r0, n, fp32=True)
         s.wait("gemm")
         s += self.exchange("o", layer, rows, sp["o"], pd, sp.get("o_p"))
         s.vec(VectorOp.ADD, a=sp["x"] + r0 * pd, b=sp["o"] + r0 * pd, d=sp["r1"] + r0 * pd,
@@ -940,11 +948,11 @@ class Builder:
         return self.plan.kv[self.plan.channel_of[r]].requests[r].layers[layer]
 
     def _qkv_word(self, row: int, part: int, head: int) -> int:
-        return (self.sp["qkv"] + row * 3 * self.d // FP16_WORD + part * self.d // FP16_WORD
+        return (self.sp["qkv"] + row * 3 * self.a // FP16_WORD + part * self.a // FP16_WORD
                 + head * self.hw)
 
     def _attn_word(self, row: int, head: int) -> int:
-        return self.sp["attn"] + row * self.d // FP16_WORD + head * self.hw
+        return self.sp["attn"] + row * self.a // FP16_WORD + head * self.hw
 
     def _v_burst(self, channel: int, pages, head: int, v_tile: int, burst: int) -> int:
         """HBM address of V burst ``burst`` (32 tokens, counted over all chunks) of one
@@ -974,9 +982,9 @@ class Builder:
         for row in rows:
             r = plan.row_order[row]
             t = self._token(r)
-            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 2, 0), d=sp["v32"], length=self.d)
+            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 2, 0), d=sp["v32"], length=self.a)
             s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=sp["vrmw"] + row * self.heads * dh,
-                  length=self.d, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
+                  length=self.a, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
         s.wait("vector")
         for row in rows:
             r = plan.row_order[row]

@@ -5,7 +5,8 @@ proven against (``sim.golden.gemm`` for the systolic array, ``sim.golden.vector`
 the vector unit, ``sim.kv_layout.golden_logits`` / ``golden_attention`` for the PIM
 GEMVs) in the order of operations the compiler emits:
 
-per step, per layer (rows = requests)::
+per step, per layer (rows = requests; a tensor-parallel model: one device's heads and FFN
+columns, ``sim.decode.workload``)::
 
     h = LayerNorm1(x); qkv = fp16(h) . W_qkv (FP16 out); q, k, v = thirds of qkv
     append k, v to every request's cache; per request and head:
@@ -119,7 +120,7 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
     npu = config.npu
     H, W, lanes = npu.array_rows, npu.array_cols, npu.vector_lanes
     layout = KVLayout(config, m)
-    d, heads, dh = m.d_model, m.heads, m.d_head
+    heads, dh, a = workload.heads, m.d_head, workload.d_attn
     keys = [[k.copy() for k in r] for r in data.keys]
     values = [[v.copy() for v in r] for r in data.values]
     steps = []
@@ -129,12 +130,12 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
         for layer, w in enumerate(data.layers):
             h = _layernorm(x, w.ln[0], w.ln[1], lanes)
             qkv = gemm(_cvt(h), w.w_qkv, H, W)[1]
-            attn = np.zeros((workload.batch, d), dtype=np.uint16)
+            attn = np.zeros((workload.batch, a), dtype=np.uint16)
             for r in range(workload.batch):
-                q = qkv[r, :d].reshape(heads, dh)
-                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, d:2 * d].reshape(1, heads, dh)])
+                q = qkv[r, :a].reshape(heads, dh)
+                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, a:2 * a].reshape(1, heads, dh)])
                 values[r][layer] = np.concatenate([values[r][layer],
-                                                   qkv[r, 2 * d:].reshape(1, heads, dh)])
+                                                   qkv[r, 2 * a:].reshape(1, heads, dh)])
                 if mode == "npu-only":
                     out = _attention_npu(keys[r][layer], values[r][layer], q, H, W, lanes,
                                          layout.burst_elements)
@@ -158,7 +159,7 @@ def reference_decode(workload: DecodeWorkload, data: DecodeData) -> list[tuple[n
     """The same decode in float64 from the same FP16 / FP32 inputs, no intermediate
     rounding: (hidden, logits) per step. The golden's distance from it is its rounding."""
     m = workload.model
-    d, heads, dh = m.d_model, m.heads, m.d_head
+    heads, dh, a = workload.heads, m.d_head, workload.d_attn
     f32 = lambda bits: np.asarray(bits, np.uint32).view(np.float32).astype(np.float64)  # noqa: E731
     f16 = lambda bits: np.asarray(bits, np.uint16).view(np.float16).astype(np.float64)  # noqa: E731
 
@@ -177,11 +178,11 @@ def reference_decode(workload: DecodeWorkload, data: DecodeData) -> list[tuple[n
         x = f32(data.inputs[step])
         for layer, w in enumerate(data.layers):
             qkv = ln(x, w.ln[0], w.ln[1]) @ f16(w.w_qkv)
-            attn = np.zeros((workload.batch, d))
+            attn = np.zeros((workload.batch, a))
             for r in range(workload.batch):
-                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, d:2 * d].reshape(1, heads, dh)])
-                values[r][layer] = np.concatenate([values[r][layer], qkv[r, 2 * d:].reshape(1, heads, dh)])
-                q = qkv[r, :d].reshape(heads, dh)
+                keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, a:2 * a].reshape(1, heads, dh)])
+                values[r][layer] = np.concatenate([values[r][layer], qkv[r, 2 * a:].reshape(1, heads, dh)])
+                q = qkv[r, :a].reshape(heads, dh)
                 for h in range(heads):
                     logits = keys[r][layer][:, h, :] @ q[h] / np.sqrt(dh)
                     p = np.exp(logits - logits.max())

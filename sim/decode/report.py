@@ -20,7 +20,7 @@ its device line says "timing-only".
 """
 from __future__ import annotations
 
-__all__ = ["summarize", "format_table", "to_json", "plot_timeline"]
+__all__ = ["summarize", "format_table", "to_json", "plot_timeline", "npu_line"]
 
 
 def _clock_hz(result: dict) -> float:
@@ -100,8 +100,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _npu_line(result: dict) -> str:
     npu = result.get("config", {}).get("npu")
-    if not npu:
-        return ""
+    return npu_line(npu) if npu else ""
+
+
+def npu_line(npu: dict) -> str:
+    """"N cores, each: R x C array, L vector lanes" from an NpuConfig's dict."""
     cores = npu["arrays"]
     return (f"{cores} core{'s, each' if cores > 1 else ''}: {npu['array_rows']} x "
             f"{npu['array_cols']} array, {npu['vector_lanes']} vector lanes")

@@ -5,6 +5,13 @@ Decode is teacher-forced: the input of request r at step s is a given embedding 
 (``DecodeData.inputs[s, r]``), so every step is known before the run and the device
 runs alone. Each step appends one token per request to every layer's KV cache and
 attends over ``kv_len + s + 1`` tokens.
+
+A tensor- or pipeline-parallel model (``tp``, ``pp`` > 1, as the paper's GPT-3 shapes)
+runs as the share of one device: heads / tp heads, ffn / tp FFN columns, layers / pp
+layers, and the LM head. The all-reduce of the output projection's and FC2's partial sums
+over the tp devices is not modelled, nor the hand-over between pipeline stages: the
+device's own partial sums stand for the reduced ones, so its results are what the golden
+computes for that one device, and no time is spent on communication.
 """
 from __future__ import annotations
 
@@ -54,8 +61,10 @@ class DecodeWorkload:
         if self.vocab < 1 or self.vocab % 32:
             raise DecodeError("vocab", f"must be a positive multiple of 32, got {self.vocab}")
         m = model
-        if m.d_model % 32 or m.ffn % 32:
-            raise DecodeError("model", f"{m.name}: d_model and ffn must be multiples of 32")
+        if m.d_model % 32 or m.ffn_per_device % 32:
+            raise DecodeError("model", f"{m.name}: d_model and the FFN width per device "
+                              f"(ffn / tp) must be multiples of 32, got {m.d_model} and "
+                              f"{m.ffn_per_device}")
         if m.d_head % 32:
             raise DecodeError("model.d_head", f"{m.name}: the compiler needs d_head a multiple "
                               f"of 32 (whole scratchpad words per head), got {m.d_head}")
@@ -65,9 +74,6 @@ class DecodeWorkload:
         if m.activation != "gelu":
             raise DecodeError("model.activation", f"{m.name}: only GELU FFNs are compiled, "
                               f"got {m.activation}")
-        if m.tp != 1 or m.pp != 1:
-            raise DecodeError("model", f"{m.name}: tensor/pipeline parallel models are for "
-                              f"the timing path, not the RTL slice")
         longest = max(self.kv_lens) + self.steps
         if longest > m.max_seq_len:
             raise DecodeError("kv_lens", f"{longest} tokens exceed {m.name}'s max_seq_len "
@@ -77,9 +83,26 @@ class DecodeWorkload:
     def batch(self) -> int:
         return len(self.kv_lens)
 
+    # -- what one device runs (tensor parallel tp, pipeline parallel pp: sim.models) --
     @property
     def layers(self) -> int:
-        return self.model.layers
+        """Layers on this device: the model's / pp."""
+        return self.model.layers_per_device
+
+    @property
+    def heads(self) -> int:
+        """Attention heads on this device: the model's / tp."""
+        return self.model.heads_per_device
+
+    @property
+    def d_attn(self) -> int:
+        """Width of this device's q (and of K, V, the attention output): heads x d_head."""
+        return self.heads * self.model.d_head
+
+    @property
+    def ffn(self) -> int:
+        """FFN columns on this device: the model's / tp."""
+        return self.model.ffn_per_device
 
     def attention_len(self, request: int, step: int) -> int:
         """Tokens request ``request`` attends over at ``step`` (its cache + the new one)."""
@@ -88,15 +111,19 @@ class DecodeWorkload:
     def describe(self) -> dict:
         m = self.model
         return {"model": m.name, "d_model": m.d_model, "heads": m.heads, "layers": m.layers,
-                "ffn": m.ffn, "d_head": m.d_head, "vocab": self.vocab, "batch": self.batch,
+                "ffn": m.ffn, "d_head": m.d_head, "tp": m.tp, "pp": m.pp,
+                "device": {"heads": self.heads, "layers": self.layers, "ffn": self.ffn},
+                "vocab": self.vocab, "batch": self.batch,
                 "kv_lens": list(self.kv_lens), "steps": self.steps, "seed": self.seed,
                 "source": self.source}
 
 
 @dataclass
 class LayerWeights:
-    """FP16 bits: ``w_qkv`` [d, 3d], ``w_o`` [d, d], ``w_1`` [d, f], ``w_2`` [f, d];
-    FP32 bits: ``ln`` [4, d] = gamma1, beta1, gamma2, beta2."""
+    """One device's share of a layer (d = d_model; a = its heads x d_head and f its FFN
+    columns: the whole model's at tp 1). FP16 bits: ``w_qkv`` [d, 3a] (q, k, v of its
+    heads), ``w_o`` [a, d], ``w_1`` [d, f], ``w_2`` [f, d]; FP32 bits: ``ln`` [4, d] =
+    gamma1, beta1, gamma2, beta2."""
     w_qkv: np.ndarray
     w_o: np.ndarray
     w_1: np.ndarray
@@ -122,7 +149,8 @@ def random_data(workload: DecodeWorkload) -> DecodeData:
     1.5), beta ~ U(-0.5, 0.5), inputs ~ N(0, 1), cached K and V ~ N(0, 1) in FP16."""
     rng = np.random.default_rng(workload.seed)
     m = workload.model
-    d, f, h, dh = m.d_model, m.ffn, m.heads, m.d_head
+    d, f, h, dh = m.d_model, workload.ffn, workload.heads, m.d_head
+    a = workload.d_attn
 
     def w(rows, cols):
         return (rng.standard_normal((rows, cols)) / math.sqrt(rows)).astype(np.float16).view(np.uint16)
@@ -136,13 +164,14 @@ def random_data(workload: DecodeWorkload) -> DecodeData:
             rows += [rng.uniform(0.5, 1.5, d), rng.uniform(-0.5, 0.5, d)]
         return f32(np.stack(rows))
 
-    layers = [LayerWeights(w(d, 3 * d), w(d, d), w(d, f), w(f, d), ln(2)) for _ in range(m.layers)]
+    layers = [LayerWeights(w(d, 3 * a), w(a, d), w(d, f), w(f, d), ln(2))
+              for _ in range(workload.layers)]
     ln_f, w_lm = ln(1), w(d, workload.vocab)
     inputs = f32(rng.standard_normal((workload.steps, workload.batch, d)))
 
     def cache(n):
         return rng.standard_normal((n, h, dh)).astype(np.float16).view(np.uint16)
 
-    keys = [[cache(n) for _ in range(m.layers)] for n in workload.kv_lens]
-    values = [[cache(n) for _ in range(m.layers)] for n in workload.kv_lens]
+    keys = [[cache(n) for _ in range(workload.layers)] for n in workload.kv_lens]
+    values = [[cache(n) for _ in range(workload.layers)] for n in workload.kv_lens]
     return DecodeData(layers, ln_f, w_lm, inputs, keys, values)

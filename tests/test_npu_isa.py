@@ -7,7 +7,7 @@ from amaranth.lib import data
 
 from rtl.controller.interface import PimOp
 from rtl.isa.npu import (ARGUMENTS, INSTRUCTION_BITS, PIM_OPS, AsmError, Instruction, NpuOp,
-                         NpuUnit, assemble, decode, disassemble, dma_load, encode, gemm, halt,
+                         NpuUnit, assemble, decode, disassemble, dma_load, dma_store, encode, gemm, halt,
                          instruction_layout, pim, wait)
 
 pytestmark = pytest.mark.xdist_group("npu")
@@ -89,6 +89,10 @@ def test_assembler():
     assert program[6]["pim_op"] == PIM_OPS["gemv"] and program[6]["comps"] == 8
     assert program[-1] == halt()
     assert assemble(disassemble(program)) == program
+    # a DMA from the middle of a wide word: the slice is written only when it is not 0
+    sliced = assemble("dma_store hbm=0x40 sp=2 count=1 slice=3")
+    assert sliced == [dma_store(0x40, 2, 1, slice=3)] and sliced[0]["slice"] == 3
+    assert "slice=3" in disassemble(sliced) and "slice" not in disassemble(program[:1])
 
 
 @pytest.mark.parametrize("source,line,message", [

@@ -117,6 +117,56 @@ def test_dma_and_pim_burst_slices(word_bytes):
         assert split_words([word], word_bytes)[1:] == loaded[w * k + 1:(w + 1) * k]
 
 
+@pytest.mark.parametrize("word_bytes", [256])
+def test_dma_from_a_burst_slice(word_bytes):
+    """``slice``: a transfer that starts in the middle of a word. Loads into slices 3.. of
+    word 2 (over into word 3) and into slice 1 of word 6 alone; stores from slice 2 of
+    word 2 and from slice 3 of word 6 (one burst each: a K burst of a head in the middle
+    of a wide word); the slices around them keep their value; execute_npu agrees. A
+    slice >= k is BAD_SHAPE; the range check counts the slice; the timing-only core
+    keeps the clocks."""
+    config = wide_config(word_bytes, array_cols=4, array_rows=4)
+    k, burst = word_bursts(config), config.geometry.burst_bytes
+    spw = config.npu.scratchpad_words
+    rng = np.random.default_rng(7)
+    image = HbmImage(config)
+    background = _bursts(rng, 8 * k)
+    data = _bursts(rng, k + 2)
+    image.write(0, background)
+    image.write(0x2000, data)
+    image.write(0x3000, data[:1])
+    program = [dma_load(0, 0, 8 * k), wait("dma"),
+               dma_load(0x2000, 2, k + 2, slice=3),         # slices 3 .. k-1 of 2, 3, 0..
+               dma_load(0x3000, 6, 1, slice=1), wait("dma"),
+               dma_store(0x4000, 2, 1, slice=2),
+               dma_store(0x4000 + 7 * burst, 6, 2, slice=k - 1), wait("dma"), halt()]
+    bad_slice = [dma_load(0, 0, 1, slice=k), halt()]
+    past_end = [dma_load(0, spw - 1, k, slice=1), halt()]
+    in_range = [dma_load(0, spw - 1, k - 1, slice=1), wait("dma"), halt()]
+    runs = [(program, image, list(range(8))), (bad_slice, None, []), (past_end, None, []),
+            (in_range, None, [])]
+    bench = CoreBench(config, seed=2, accept=0.7)
+    results = bench.run(runs)
+    timing = CoreBench(config.replace(datapath=False), seed=2, accept=0.7).run(runs)
+    for full, twin in zip(results, timing):
+        assert (full[0], full[1], full[2], full[4]) == (twin[0], twin[1], twin[2], twin[4])
+    (code, pc, counters, words, _), bad, past, ok = results
+    assert code is NpuError.NONE, (code, pc)
+    want = background[:]
+    want[2 * k + 3:2 * k + 3 + k + 2] = data
+    want[6 * k + 1] = data[0]
+    assert split_words(words, word_bytes, burst) == want
+    sp, hbm = {}, dict(image.words)
+    for ins in program[:-1]:
+        execute_npu(config, sp, hbm, ins)
+    assert [sp.get(a, 0) for a in range(8)] == words
+    for memory in (hbm, bench.memory):
+        assert memory.get(0x4000) == want[2 * k + 2]
+        assert [memory.get(0x4000 + (7 + i) * burst) for i in range(2)] == want[7 * k - 1:7 * k + 1]
+    assert bad[0] is NpuError.BAD_SHAPE and past[0] is NpuError.SCRATCHPAD_RANGE
+    assert ok[0] is NpuError.NONE
+
+
 def _gemm_wide(H, W, shapes, seed):
     config = wide_config(128, array_rows=H, array_cols=W)
     bench, results = _gemm_run(config, shapes, seed=seed)

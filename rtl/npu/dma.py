@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import ConfigError
 from ..controller.interface import read_response_layout, request_layout, write_response_layout
-from ..isa.npu import COUNT_BITS, HBM_BITS, SP_BITS
+from ..isa.npu import COUNT_BITS, HBM_BITS, SLICE_BITS, SP_BITS
 from .scratchpad import (burst_lanes, read_port_signature, word_bursts, word_lanes,
                          write_port_signature)
 
@@ -18,9 +18,11 @@ COUNTER_WIDTH = 48
 
 def dma_command_layout() -> data.StructLayout:
     """``store`` (0: HBM -> scratchpad, 1: scratchpad -> HBM), ``hbm`` (byte address, a
-    multiple of the burst), ``sp`` (first word), ``count`` (bursts; burst ``i`` is burst
-    slice ``i % k`` of word ``sp + i // k`` for ``k`` bursts per word)."""
-    return data.StructLayout({"store": 1, "hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS})
+    multiple of the burst), ``sp`` (first word), ``count`` (bursts), ``slice`` (the first
+    burst slice, < k): burst ``i`` is burst slice ``(slice + i) % k`` of word
+    ``sp + (slice + i) // k`` for ``k`` bursts per word."""
+    return data.StructLayout({"store": 1, "hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS,
+                              "slice": SLICE_BITS})
 
 
 def burst_fields(config) -> dict[str, tuple[int, int]]:
@@ -65,11 +67,12 @@ def first_set(bits):
 
 
 class DmaEngine(wiring.Component):
-    """Moves ``count`` bursts between HBM bytes [hbm, hbm + 64 count) and scratchpad words
-    [sp, sp + ceil(count / k)) through the controllers of ``config.geometry.channels``
-    channels, for ``k`` = :func:`word_bursts` bursts per scratchpad word (1 by default):
-    burst ``i`` of a transfer is burst slice ``i % k`` (FP16 lanes [32 (i % k), +32) for
-    64-byte bursts) of word ``sp + i // k``. A load writes only that slice (lane enables:
+    """Moves ``count`` bursts between HBM bytes [hbm, hbm + 64 count) and the scratchpad's
+    burst slices from slice ``slice`` of word ``sp`` on, through the controllers of
+    ``config.geometry.channels`` channels, for ``k`` = :func:`word_bursts` bursts per
+    scratchpad word (1 by default): burst ``i`` of a transfer is burst slice
+    ``j = (slice + i) % k`` (FP16 lanes [32 j, +32) for 64-byte bursts) of word
+    ``sp + (slice + i) // k``. A load writes only that slice (lane enables:
     the rest of the word keeps its value); a store reads the word and sends that slice.
 
     Each burst index is decoded in RTL by slicing the address map's fields
@@ -158,7 +161,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += start.eq(cmd.hbm >> offset_bits)
         with m.If(take):
             m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
-                         sp_base.eq(cmd.sp if k == 1 else Cat(Const(0, kb), cmd.sp))]
+                         sp_base.eq(cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp))]
             for c in range(C):
                 first = self._first(start, c, q, cw)
                 m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]

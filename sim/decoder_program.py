@@ -375,8 +375,8 @@ def _read_matrix(mem, base, rows, cols, pitch, bits, word_bits=512):
 def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
     """One DMA, GEMM or VECTOR instruction on a Python scratchpad ({word: int}, words of
     ``NpuConfig.word_bytes`` = k bursts) and HBM ({burst address: int}), in place: DMA
-    copies bursts (burst i to / from slice j % k of word sp + j // k, j = slice + i, the
-    word's other slices kept), GEMM uses ``sim.golden.gemm`` (C written column by column, neighbours
+    copies bursts (burst i to / from slice j % k of word sp + j // k, j = slice + i, or
+    slice + i k with ``spread``; the word's other slices kept), GEMM uses ``sim.golden.gemm`` (C written column by column, neighbours
     kept), VECTOR ``sim.npu_vector_programs.execute_instruction``; other opcodes do
     nothing."""
     npu, burst = config.npu, config.geometry.burst_bytes
@@ -385,7 +385,7 @@ def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
     if ins.op is NpuOp.DMA_LOAD:
         mask = (1 << bb) - 1
         for i in range(ins["count"]):
-            at = ins["slice"] + i
+            at = ins["slice"] + i * (k if ins["spread"] else 1)
             addr, shift = ins["sp"] + at // k, bb * (at % k)
             value = hbm.get(ins["hbm"] + i * burst, 0)
             if k == 1:
@@ -395,7 +395,7 @@ def execute_npu(config, sp: dict, hbm: dict, ins) -> None:
     elif ins.op is NpuOp.DMA_STORE:
         mask = (1 << bb) - 1
         for i in range(ins["count"]):
-            at = ins["slice"] + i
+            at = ins["slice"] + i * (k if ins["spread"] else 1)
             word = sp.get(ins["sp"] + at // k, 0)
             hbm[ins["hbm"] + i * burst] = word if k == 1 else (word >> (bb * (at % k))) & mask
     elif ins.op is NpuOp.GEMM:

@@ -93,6 +93,9 @@ def test_assembler():
     sliced = assemble("dma_store hbm=0x40 sp=2 count=1 slice=3")
     assert sliced == [dma_store(0x40, 2, 1, slice=3)] and sliced[0]["slice"] == 3
     assert "slice=3" in disassemble(sliced) and "slice" not in disassemble(program[:1])
+    spread = assemble("dma_load hbm=0x40 sp=2 count=4 slice=1 spread")
+    assert spread == [dma_load(0x40, 2, 4, slice=1, spread=True)] and spread[0]["spread"] == 1
+    assert assemble(disassemble(spread)) == spread and "spread" in disassemble(spread)
 
 
 @pytest.mark.parametrize("source,line,message", [

@@ -119,7 +119,8 @@ def test_dma_and_pim_burst_slices(word_bytes):
 
 @pytest.mark.parametrize("word_bytes", [256])
 def test_dma_from_a_burst_slice(word_bytes):
-    """``slice``: a transfer that starts in the middle of a word. Loads into slices 3.. of
+    """``slice``: a transfer that starts in the middle of a word; ``spread``: one burst per
+    word (into / from the same slice of consecutive words). Loads into slices 3.. of
     word 2 (over into word 3) and into slice 1 of word 6 alone; stores from slice 2 of
     word 2 and from slice 3 of word 6 (one burst each: a K burst of a head in the middle
     of a wide word); the slices around them keep their value; execute_npu agrees. A
@@ -139,22 +140,28 @@ def test_dma_from_a_burst_slice(word_bytes):
                dma_load(0x2000, 2, k + 2, slice=3),         # slices 3 .. k-1 of 2, 3, 0..
                dma_load(0x3000, 6, 1, slice=1), wait("dma"),
                dma_store(0x4000, 2, 1, slice=2),
-               dma_store(0x4000 + 7 * burst, 6, 2, slice=k - 1), wait("dma"), halt()]
+               dma_store(0x4000 + 7 * burst, 6, 2, slice=k - 1), wait("dma"),
+               dma_load(0x2000, 4, 3, slice=2, spread=True), wait("dma"),   # a burst a word
+               dma_store(0x5000, 0, 3, slice=1, spread=True), wait("dma"), halt()]
     bad_slice = [dma_load(0, 0, 1, slice=k), halt()]
     past_end = [dma_load(0, spw - 1, k, slice=1), halt()]
-    in_range = [dma_load(0, spw - 1, k - 1, slice=1), wait("dma"), halt()]
+    in_range = [dma_load(0, spw - 1, k - 1, slice=1), wait("dma"),
+                dma_load(0, spw - 2, 2, slice=k - 1, spread=True), wait("dma"), halt()]
+    spread_past_end = [dma_load(0, spw - 2, 3, spread=True), halt()]
     runs = [(program, image, list(range(8))), (bad_slice, None, []), (past_end, None, []),
-            (in_range, None, [])]
+            (in_range, None, []), (spread_past_end, None, [])]
     bench = CoreBench(config, seed=2, accept=0.7)
     results = bench.run(runs)
     timing = CoreBench(config.replace(datapath=False), seed=2, accept=0.7).run(runs)
     for full, twin in zip(results, timing):
         assert (full[0], full[1], full[2], full[4]) == (twin[0], twin[1], twin[2], twin[4])
-    (code, pc, counters, words, _), bad, past, ok = results
+    (code, pc, counters, words, _), bad, past, ok, spread_past = results
     assert code is NpuError.NONE, (code, pc)
     want = background[:]
     want[2 * k + 3:2 * k + 3 + k + 2] = data
     want[6 * k + 1] = data[0]
+    for i in range(3):
+        want[(4 + i) * k + 2] = data[i]
     assert split_words(words, word_bytes, burst) == want
     sp, hbm = {}, dict(image.words)
     for ins in program[:-1]:
@@ -163,8 +170,9 @@ def test_dma_from_a_burst_slice(word_bytes):
     for memory in (hbm, bench.memory):
         assert memory.get(0x4000) == want[2 * k + 2]
         assert [memory.get(0x4000 + (7 + i) * burst) for i in range(2)] == want[7 * k - 1:7 * k + 1]
+        assert [memory.get(0x5000 + i * burst) for i in range(3)] == want[1:3 * k:k]
     assert bad[0] is NpuError.BAD_SHAPE and past[0] is NpuError.SCRATCHPAD_RANGE
-    assert ok[0] is NpuError.NONE
+    assert ok[0] is NpuError.NONE and spread_past[0] is NpuError.SCRATCHPAD_RANGE
 
 
 def _gemm_wide(H, W, shapes, seed):

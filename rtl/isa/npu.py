@@ -13,12 +13,13 @@ FP16 or 16 FP32; E16 = 32 k FP16 or E32 = 16 k FP32 per word), pitches are in wo
 opcode     arguments and meaning
 =========  ==================================================================================
 NOP        none
-DMA_LOAD   ``hbm``, ``sp``, ``count``, ``slice``: HBM bursts [hbm, hbm + 64 count) ->
-           scratchpad burst slices from slice ``slice`` (< k) of word ``sp`` on: burst i
-           goes to word sp + (slice + i) // k, burst slice j = (slice + i) % k (FP16 lanes
-           [32 j, +32)); the words' other lanes keep their value
-DMA_STORE  ``hbm``, ``sp``, ``count``, ``slice``: scratchpad burst slices -> HBM bursts,
-           burst i from slice (slice + i) % k of word sp + (slice + i) // k
+DMA_LOAD   ``hbm``, ``sp``, ``count``, ``slice``, ``spread``: HBM bursts [hbm, hbm + 64
+           count) -> scratchpad burst slices from slice ``slice`` (< k) of word ``sp`` on:
+           burst i goes to word sp + (slice + i) // k, burst slice j = (slice + i) % k (FP16
+           lanes [32 j, +32)); with ``spread``, one burst per word: burst i to slice
+           ``slice`` of word sp + i. The words' other lanes keep their value
+DMA_STORE  ``hbm``, ``sp``, ``count``, ``slice``, ``spread``: scratchpad burst slices -> HBM
+           bursts, burst i from where a DMA_LOAD would put it
 GEMM       C = A . B (+ C): A [m x k] FP16 at word ``a`` (row r at a + r a_pitch, element
            j in word j // E16, lane j % E16), B [k x n] FP16 at ``b`` (``b_pitch``),
            C [m x n] at ``c`` (``c_pitch``): FP16 (E16 per word) or, with ``fp32``, FP32
@@ -56,7 +57,7 @@ from amaranth.lib import data, enum
 __all__ = ["NpuOp", "NpuUnit", "PIM_OPS", "INSTRUCTION_BITS", "OP_BITS", "ARGUMENTS",
            "instruction_layout", "Instruction", "AsmError", "encode", "decode", "assemble",
            "disassemble", "nop", "dma_load", "dma_store", "gemm", "vector", "pim", "wait",
-           "halt", "sync", "SP_BITS", "HBM_BITS", "COUNT_BITS", "SLICE_BITS", "DIM_BITS",
+           "halt", "sync", "SP_BITS", "HBM_BITS", "COUNT_BITS", "SLICE_BITS", "DMA_FIELDS", "DIM_BITS",
            "PITCH_BITS"]
 
 OP_BITS = 4
@@ -65,6 +66,8 @@ SP_BITS = 20        # scratchpad word addresses
 HBM_BITS = 40       # HBM byte addresses
 COUNT_BITS = 20     # DMA bursts
 SLICE_BITS = 4      # a DMA's first burst slice in its first word (k <= 16 bursts per word)
+DMA_FIELDS = {"hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS, "slice": SLICE_BITS,
+              "spread": 1}
 DIM_BITS = 16       # GEMM M, K, N; VECTOR length
 PITCH_BITS = 12     # row pitches, in words
 
@@ -95,8 +98,8 @@ PIM_OPS = {"gwrite": 0, "header": 1, "gemv": 2}
 #: The argument fields of each opcode and their widths, in layout order.
 ARGUMENTS: dict[NpuOp, dict[str, int]] = {
     NpuOp.NOP: {},
-    NpuOp.DMA_LOAD: {"hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS, "slice": SLICE_BITS},
-    NpuOp.DMA_STORE: {"hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS, "slice": SLICE_BITS},
+    NpuOp.DMA_LOAD: DMA_FIELDS,
+    NpuOp.DMA_STORE: DMA_FIELDS,
     NpuOp.GEMM: {"fp32": 1, "acc": 1, "a": SP_BITS, "b": SP_BITS, "c": SP_BITS,
                  "a_pitch": PITCH_BITS, "b_pitch": PITCH_BITS, "c_pitch": PITCH_BITS,
                  "m": DIM_BITS, "k": DIM_BITS, "n": DIM_BITS},
@@ -201,18 +204,22 @@ def nop() -> Instruction:
     return Instruction(NpuOp.NOP)
 
 
-def dma_load(hbm: int, sp: int, count: int, slice: int = 0) -> Instruction:
+def _dma(op, hbm, sp, count, slice, spread) -> Instruction:
+    extra = {name: int(value) for name, value in (("slice", slice), ("spread", spread))
+             if value}
+    return Instruction(op, {"hbm": hbm, "sp": sp, "count": count, **extra})
+
+
+def dma_load(hbm: int, sp: int, count: int, slice: int = 0, spread: bool = False) -> Instruction:
     """``count`` bursts from HBM byte ``hbm`` to the scratchpad, the first into burst slice
-    ``slice`` of word ``sp``."""
-    return Instruction(NpuOp.DMA_LOAD, {"hbm": hbm, "sp": sp, "count": count,
-                                        **({"slice": slice} if slice else {})})
+    ``slice`` of word ``sp``; ``spread``: one burst per word (slice ``slice`` of each)."""
+    return _dma(NpuOp.DMA_LOAD, hbm, sp, count, slice, spread)
 
 
-def dma_store(hbm: int, sp: int, count: int, slice: int = 0) -> Instruction:
-    """``count`` bursts to HBM byte ``hbm`` from the scratchpad, the first from burst slice
-    ``slice`` of word ``sp``."""
-    return Instruction(NpuOp.DMA_STORE, {"hbm": hbm, "sp": sp, "count": count,
-                                         **({"slice": slice} if slice else {})})
+def dma_store(hbm: int, sp: int, count: int, slice: int = 0, spread: bool = False) -> Instruction:
+    """``count`` bursts to HBM byte ``hbm`` from the scratchpad, as :func:`dma_load` places
+    them."""
+    return _dma(NpuOp.DMA_STORE, hbm, sp, count, slice, spread)
 
 
 def gemm(a: int, b: int, c: int, m: int, k: int, n: int, a_pitch: int, b_pitch: int,
@@ -259,7 +266,8 @@ class AsmError(ValueError):
         super().__init__(f"line {line}: {message}: {text.strip()!r}")
 
 
-_FLAGS = {NpuOp.GEMM: ("fp32", "acc")}
+_FLAGS = {NpuOp.GEMM: ("fp32", "acc"), NpuOp.DMA_LOAD: ("spread",),
+          NpuOp.DMA_STORE: ("spread",)}
 _UNIT_OPS = (NpuOp.WAIT, NpuOp.SYNC)
 _NUMBER = re.compile(r"^(0x[0-9a-fA-F_]+|0b[01_]+|[0-9_]+)$")
 

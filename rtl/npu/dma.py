@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import ConfigError
 from ..controller.interface import read_response_layout, request_layout, write_response_layout
-from ..isa.npu import COUNT_BITS, HBM_BITS, SLICE_BITS, SP_BITS
+from ..isa.npu import DMA_FIELDS, HBM_BITS, SP_BITS
 from .scratchpad import (burst_lanes, read_port_signature, word_bursts, word_lanes,
                          write_port_signature)
 
@@ -19,10 +19,10 @@ COUNTER_WIDTH = 48
 def dma_command_layout() -> data.StructLayout:
     """``store`` (0: HBM -> scratchpad, 1: scratchpad -> HBM), ``hbm`` (byte address, a
     multiple of the burst), ``sp`` (first word), ``count`` (bursts), ``slice`` (the first
-    burst slice, < k): burst ``i`` is burst slice ``(slice + i) % k`` of word
-    ``sp + (slice + i) // k`` for ``k`` bursts per word."""
-    return data.StructLayout({"store": 1, "hbm": HBM_BITS, "sp": SP_BITS, "count": COUNT_BITS,
-                              "slice": SLICE_BITS})
+    burst slice, < k), ``spread``: burst ``i`` is burst slice ``(slice + i) % k`` of word
+    ``sp + (slice + i) // k`` for ``k`` bursts per word; with ``spread`` slice ``slice``
+    of word ``sp + i``."""
+    return data.StructLayout({"store": 1, **DMA_FIELDS})
 
 
 def burst_fields(config) -> dict[str, tuple[int, int]]:
@@ -72,7 +72,8 @@ class DmaEngine(wiring.Component):
     ``config.geometry.channels`` channels, for ``k`` = :func:`word_bursts` bursts per
     scratchpad word (1 by default): burst ``i`` of a transfer is burst slice
     ``j = (slice + i) % k`` (FP16 lanes [32 j, +32) for 64-byte bursts) of word
-    ``sp + (slice + i) // k``. A load writes only that slice (lane enables:
+    ``sp + (slice + i) // k``; with ``spread``, slice ``slice`` of word ``sp + i`` (one
+    burst per word). A load writes only that slice (lane enables:
     the rest of the word keeps its value); a store reads the word and sends that slice.
 
     Each burst index is decoded in RTL by slicing the address map's fields
@@ -133,6 +134,7 @@ class DmaEngine(wiring.Component):
         b0 = Signal(bits + 2)
         end = Signal(bits + 2)
         sp_base = Signal(SP_BITS + kb, name="sp_base")   # sp in burst slices (sp k)
+        spread = Signal()                                 # one burst per word: slice i k
 
         cur = [Signal(bits + 2, name=f"cur{c}") for c in range(C)]
         active = Signal(C)
@@ -161,7 +163,8 @@ class DmaEngine(wiring.Component):
         m.d.comb += start.eq(cmd.hbm >> offset_bits)
         with m.If(take):
             m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
-                         sp_base.eq(cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp))]
+                         sp_base.eq(cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp)),
+                         spread.eq(cmd.spread)]
             for c in range(C):
                 first = self._first(start, c, q, cw)
                 m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]
@@ -177,7 +180,7 @@ class DmaEngine(wiring.Component):
             m.d.comb += can[c].eq(active[c] & free[c].any() & credit)
         st_pointer = Signal(range(max(C, 2)))
         st_winner, st_any = round_robin(m, can, st_pointer, "store")
-        st_slice = sp_base + (Array(cur)[st_winner] - b0)
+        st_slice = sp_base + self._step(Array(cur)[st_winner] - b0, spread, kb)
         if k == 1:
             m.d.comb += [self.sp_read.en.eq(store & st_any),
                          self.sp_read.addr.eq(st_slice)]
@@ -205,7 +208,8 @@ class DmaEngine(wiring.Component):
             with m.If(issue[c]):
                 for t in range(T):
                     with m.If(lowest[c] == t):
-                        m.d.sync += table[c][t].eq(sp_base + (cur[c] - b0))
+                        m.d.sync += table[c][t].eq(sp_base + self._step(cur[c] - b0,
+                                                                        spread, kb))
                 m.d.sync += [cur[c].eq(self._next(cur[c], c, q, cw)),
                              pend_req[c].eq(Cat(*(self._field(req_layout, name, here, store,
                                                               lowest[c])
@@ -274,6 +278,11 @@ class DmaEngine(wiring.Component):
         if len(value) >= width:
             return value[:width]
         return Cat(value, Const(0, width - len(value)))
+
+    @staticmethod
+    def _step(i, spread, kb):
+        """Burst slices from the transfer's first to its burst ``i``: i, or i k spread."""
+        return i if kb == 0 else Mux(spread, i << kb, i)
 
     @staticmethod
     def _first(start, c, q, cw):

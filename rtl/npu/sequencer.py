@@ -81,7 +81,7 @@ class Sequencer(wiring.Component):
     Checks (first failing wins, ``NpuError``): unknown opcode; DMA: HBM address not a
     multiple of the burst (HBM_ALIGN), count 0 or ``slice`` >= k, for k bursts per word
     (BAD_SHAPE), bursts beyond the capacity (HBM_RANGE), words [sp, sp + ceil((slice +
-    count) / k)) beyond the scratchpad (SCRATCHPAD_RANGE); GEMM: M, K or N zero, a
+    count) / k)) (``spread``: [sp, sp + count)) beyond the scratchpad (SCRATCHPAD_RANGE); GEMM: M, K or N zero, a
     pitch shorter than its matrix row, ``acc`` without ``fp32``, M > ``accumulator_rows``
     with K > H (BAD_SHAPE), A, B or C reaching past the scratchpad (SCRATCHPAD_RANGE);
     VECTOR: ``STRIDED_A`` / ``STRIDED_D`` flags (``rtl.npu.vector_engine``) on a binary
@@ -139,7 +139,7 @@ class Sequencer(wiring.Component):
 
         a = ins.args
         m.d.comb += [self.dma_cmd.payload.eq(Cat(ins.op == NpuOp.DMA_STORE, a.dma.hbm, a.dma.sp,
-                                                 a.dma.count, a.dma.slice)),
+                                                 a.dma.count, a.dma.slice, a.dma.spread)),
                      self.gemm_cmd.payload.eq(a.gemm),
                      self.vector_ops.payload.eq(a.vector),
                      self.pim_cmd.payload.eq(a.pim)]
@@ -208,9 +208,11 @@ class Sequencer(wiring.Component):
         m.d.comb += known.eq(Cat(*(op == o for o in NpuOp)).any())
 
         d = ins.args.dma
-        # slices [sp k + slice, + count): the last word is sp + (slice + count - 1) // k
+        # slices [sp k + slice, + count): the last word is sp + (slice + count - 1) // k;
+        # spread (one burst per word): sp + count - 1
         sp_bad = ((d.sp + d.count > spw) if kb == 0
-                  else (d.sp + ((d.slice + d.count - 1) >> kb) >= spw))
+                  else Mux(d.spread, d.sp + d.count > spw,
+                           d.sp + ((d.slice + d.count - 1) >> kb) >= spw))
         dma_fault = Mux(d.hbm[:offset_bits] != 0, NpuError.HBM_ALIGN.value,
                         Mux((d.count == 0) | (d.slice >= (1 << kb)), NpuError.BAD_SHAPE.value,
                             Mux((d.hbm >> offset_bits) + d.count > bursts, NpuError.HBM_RANGE.value,

@@ -11,7 +11,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, Timer
 
 from rtl.channel import ChannelError
-from rtl.config import DeviceConfig
+from rtl.config import DeviceConfig, RowBufferMode
 from rtl.isa import decode_command, encode_command
 from sim.golden.fp import random16
 from sim.golden.pim import gemv
@@ -74,6 +74,7 @@ class ChannelTB:
         dut = self.dut
         for name in ("prog_load_en", "prog_wload_en", "prog_start", "backdoor_en", "log_clear"):
             getattr(dut, name).value = 0
+        dut.blocked.value = int(self.config.mode is RowBufferMode.BLOCKED)
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0

@@ -130,6 +130,7 @@ class ControllerTB:
                      "write_responses__ready", "pim_responses__ready", "backdoor_en"):
             getattr(dut, name).value = 0
         dut.refresh_rate.value = RefreshRate.of(self.config.refresh_rate).value
+        dut.blocked.value = int(self.config.mode is RowBufferMode.BLOCKED)
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0

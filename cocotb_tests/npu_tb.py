@@ -20,6 +20,7 @@ from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer, Val
 from sim.harness import COMMAND_LOG
 
 from rtl.channel import ChannelError
+from rtl.config import RowBufferMode
 from rtl.controller import ControllerError, RefreshRate
 from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
 from rtl.controller.interface import counters_layout as ctrl_counters_layout
@@ -95,6 +96,7 @@ class NpuTB:
             dut.program_core.value = 0
             dut.ext_core.value = 0
         dut.refresh_rate.value = RefreshRate.of(self.config.refresh_rate).value
+        dut.blocked.value = int(self.config.mode is RowBufferMode.BLOCKED)
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
         dut.rst.value = 0

@@ -96,10 +96,10 @@ def test_timing_only_matches_full_rtl_32_banks(mode, tmp_path):
     compare(full, timing)
 
 
-#: the decode builds' pytest-xdist groups (test_decode_modes.GROUPED): runs of a mode share
-#: its build pair, whatever the refresh rate (a run-time input)
-REFRESH_GROUPED = [pytest.param(mode, marks=pytest.mark.xdist_group(
-    "decode-blocked" if mode == "npu+pim" else "decode")) for mode in MODES]
+#: the decode builds' pytest-xdist group (test_decode_modes.GROUPED): every mode shares
+#: them, whatever the refresh rate (like the row-buffer mode, a run-time input)
+REFRESH_GROUPED = [pytest.param(mode, marks=pytest.mark.xdist_group("decode"))
+                   for mode in MODES]
 
 
 @pytest.mark.parametrize("mode", REFRESH_GROUPED)

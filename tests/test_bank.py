@@ -62,16 +62,20 @@ def address(config, row, burst):
     return row * config.geometry.bursts_per_row + burst
 
 
-def run_bank(config, schedule, total, backdoor=None, position=POSITION):
+def run_bank(config, schedule, total, backdoor=None, position=POSITION, blocked=None):
     """Play ``schedule`` ({cycle: {"op", "row", "column", "wdata", "target", "comp",
     "readres", "comp_column"}}) for ``total`` cycles after loading ``backdoor``
-    ({address: burst}). Returns one snapshot dict per cycle, read during that cycle."""
+    ({address: burst}). Returns one snapshot dict per cycle, read during that cycle.
+    ``blocked``: drive the row-buffer mode input (default: its reset value, the
+    configuration's mode)."""
     dut = Bank(config)
     home = coords(config, position)
     trace = []
 
     async def bench(ctx):
         ctx.set(dut.position, position)
+        if blocked is not None:
+            ctx.set(dut.blocked, blocked)
         for addr, value in (backdoor or {}).items():
             ctx.set(dut.backdoor_en, 1)
             ctx.set(dut.backdoor_addr, addr)
@@ -324,6 +328,27 @@ def test_row_in_both_buffers(mode, first, second, same_row):
         assert trace[at + 1]["mem_open"] == 1 and trace[at + 1]["pim_open"] == 1
         key = "mem_row" if second is Opcode.ACT else "pim_row"
         assert trace[at + 1][key] == second_row
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_row_buffer_mode_is_a_run_time_input(mode):
+    """A bank built for either PIM mode behaves as the other when its ``blocked`` input
+    says so: the same ready flags, states and errors, clock for clock, over a schedule
+    that tells the modes apart (G_ACT, ACT of another row, both precharges, ACT again);
+    and both modes elaborate to the same Verilog."""
+    config = config_for(mode)
+    other = config_for("blocked" if mode == "dual" else "dual")
+    t = config.timing
+    pim_pre = t.tRAS + 5
+    schedule = {0: cmd(Opcode.G_ACT, row=1), 1: cmd(Opcode.ACT, row=2),
+                pim_pre: cmd(Opcode.PIM_PRECHARGE), pim_pre + 1: cmd(Opcode.PRE),
+                pim_pre + 2: cmd(Opcode.ACT, row=3)}
+    total = pim_pre + t.tRC + 4
+    as_other = run_bank(config, schedule, total, blocked=int(other.mode is RowBufferMode.BLOCKED))
+    assert as_other == run_bank(other, schedule, total)
+    assert as_other != run_bank(config, schedule, total)
+    from sim.harness import to_verilog
+    assert to_verilog(Bank(config), "b") == to_verilog(Bank(other), "b")
 
 
 # ---------------------------------------------------------------------------------------

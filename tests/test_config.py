@@ -3,7 +3,7 @@ rejected with a message naming the field."""
 import pytest
 
 from rtl.config import (ConfigError, DeviceConfig, DramGeometry, DramTiming, NpuConfig, PimUnit,
-                        PRESETS, preset)
+                        PRESETS, RowBufferMode, preset)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -77,6 +77,9 @@ def test_refresh_rate_is_a_run_time_setting():
     from rtl.controller import ChannelController
     from sim.harness import to_verilog
     assert to_verilog(ChannelController(base), "c") == to_verilog(ChannelController(fast), "c")
+    # likewise the PIM row-buffer mode (the controller's and the banks' ``blocked`` input)
+    blocked = base.replace(mode=RowBufferMode.BLOCKED)
+    assert to_verilog(ChannelController(base), "c") == to_verilog(ChannelController(blocked), "c")
 
 
 @pytest.mark.parametrize("build, field, words", BAD, ids=[b[1] or b[2] for b in BAD])

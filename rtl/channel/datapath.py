@@ -5,6 +5,7 @@ from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import DelayLine, shared_instance
+from ..common.row_buffers import blocked_input
 from ..config import RowBufferMode
 from ..dram import Bank, BankError
 from ..dram.bank import bank_status_layout
@@ -38,6 +39,7 @@ class ChannelDatapath(wiring.Component):
       ``error`` (Out, sticky) with ``error_code``, ``error_bank``, ``error_cycle`` of the first
         illegal command the banks or the channel saw.
       ``pim_busy`` (Out): a PIM_GEMV expansion is running.
+      ``blocked`` (In): the banks' row-buffer mode at run time (``rtl.dram.Bank``).
       ``banks`` (Out): every bank's ready flags and row-buffer state (for a controller).
       ``backdoor_*`` (In): testbench write access to bank storage.
 
@@ -59,7 +61,7 @@ class ChannelDatapath(wiring.Component):
         super().__init__({
             "cmd": In(command_layout(config)), "cmd_valid": In(1), "wdata": In(self.burst_bits),
             "rdata": Out(self.burst_bits), "rdata_valid": Out(1), "rdata_pim": Out(1),
-            "cycle": Out(32), "pim_busy": Out(1),
+            "cycle": Out(32), "pim_busy": Out(1), "blocked": blocked_input(config),
             "banks": Out(data.ArrayLayout(bank_status_layout(config), g.banks)),
             "error": Out(1), "error_code": Out(ChannelError), "error_bank": Out(range(g.banks)),
             "error_cycle": Out(32),
@@ -97,6 +99,7 @@ class ChannelDatapath(wiring.Component):
             m.d.comb += [
                 bank.cmd.eq(cmd), bank.cmd_valid.eq(self.cmd_valid), bank.wdata.eq(self.wdata),
                 bank.comp.eq(comp), bank.comp_column.eq(comp_column), bank.readres.eq(readres),
+                bank.blocked.eq(self.blocked),
                 bank.gbuf_chunk.eq(gbuf.read_chunk),
                 bank.backdoor_en.eq(self.backdoor_en & (self.backdoor_bank == index)),
                 bank.backdoor_addr.eq(self.backdoor_addr), bank.backdoor_data.eq(self.backdoor_data),

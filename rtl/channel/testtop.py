@@ -4,6 +4,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import TraceRecorder
+from ..common.row_buffers import blocked_input
 from .datapath import ChannelDatapath, ChannelError
 from .player import CommandPlayer
 
@@ -30,6 +31,7 @@ class ChannelTestTop(wiring.Component):
         super().__init__({
             **{f"prog_{name}": member for name, member in player_ports.items()},
             "running": Out(1), "late": Out(1), "cycle": Out(32), "pim_busy": Out(1),
+            "blocked": blocked_input(config),
             "error": Out(1), "error_code": Out(ChannelError), "error_bank": Out(range(config.geometry.banks)),
             "error_cycle": Out(32),
             "backdoor_en": In(1), "backdoor_bank": In(range(config.geometry.banks)),
@@ -58,6 +60,7 @@ class ChannelTestTop(wiring.Component):
                 m.d.comb += getattr(player, name[5:]).eq(getattr(self, name))
         m.d.comb += [
             dp.cmd.eq(player.cmd), dp.cmd_valid.eq(player.cmd_valid), dp.wdata.eq(player.wdata),
+            dp.blocked.eq(self.blocked),
             self.running.eq(player.running), self.late.eq(player.late),
             self.cycle.eq(dp.cycle), self.pim_busy.eq(dp.pim_busy),
             self.error.eq(dp.error), self.error_code.eq(dp.error_code),

@@ -3,7 +3,7 @@ from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..config import RowBufferMode
+from ..common.row_buffers import blocked_input
 from ..dram.bank import bank_status_layout
 from ..isa import Opcode
 
@@ -50,12 +50,12 @@ class BankQueue(wiring.Component):
             "block": In(1), "hold_act": In(1), "reserved": In(1),
             "reserved_row": In(range(config.geometry.rows)), "allow_pim_pre": In(1),
             "grant": In(1), "candidate": Out(candidate_layout(config)),
+            "blocked": blocked_input(config),
         })
 
     def elaborate(self, platform):
         m = Module()
         depth, limit = self.depth, self.config.controller.row_hit_limit
-        blocked = self.config.mode is RowBufferMode.BLOCKED
         layout = entry_layout(self.config)
         entries = [Signal(layout, name=f"entry{i}") for i in range(depth)]
         count = Signal(range(depth + 1))
@@ -80,7 +80,7 @@ class BankQueue(wiring.Component):
         head = entries[0]
 
         cand = self.candidate
-        row_in_pim = st.pim_open if blocked else st.pim_open & (st.pim_row == head.row)
+        row_in_pim = st.pim_open & (self.blocked | (st.pim_row == head.row))
         m.d.comb += [cand.row.eq(head.row), cand.column.eq(pick.column), cand.tag.eq(pick.tag),
                      cand.hit.eq(~fresh)]
         with m.If(any_hit):

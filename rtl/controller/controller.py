@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common import DelayLine
+from ..common.row_buffers import blocked_input
 from ..dram.bank import bank_status_layout
 from ..isa import Opcode, command_layout, command_value
 from .bank_queue import BankQueue
@@ -54,6 +55,8 @@ class ChannelController(wiring.Component):
       running; ``refresh_due`` (Out); ``error``/``error_code`` (Out, sticky).
       ``refresh_rate`` (In, :class:`RefreshRate`): the refresh interval, ``tREFI`` divided
       by 1, 2 or 4 (HBM's temperature-compensated refresh), taken at reset and at each REF.
+      ``blocked`` (In): the banks have one row buffer (the Newton-like baseline: PIM locks
+      the bank) instead of two; a run-time input, so both modes are one design.
     """
 
     def __init__(self, config):
@@ -71,6 +74,7 @@ class ChannelController(wiring.Component):
             "rdata": In(g.burst_bytes * 8), "rdata_valid": In(1), "rdata_pim": In(1),
             "counters": Out(counters_layout()), "pim_active": Out(1), "refresh_due": Out(1),
             "cmd_source": Out(CommandSource), "refresh_rate": In(RefreshRate),
+            "blocked": blocked_input(config),
             "error": Out(1), "error_code": Out(ControllerError),
         })
 
@@ -82,13 +86,15 @@ class ChannelController(wiring.Component):
 
         m.submodules.timers = timers = RankTimers(cfg)
         m.submodules.refresher = refresher = Refresher(cfg)
-        m.d.comb += refresher.rate.eq(self.refresh_rate)
+        m.d.comb += [refresher.rate.eq(self.refresh_rate), timers.blocked.eq(self.blocked)]
         m.submodules.pim = seq = PimSequencer(cfg)
+        m.d.comb += seq.blocked.eq(self.blocked)
         m.submodules.pim_queue = pim_queue = SyncFIFOBuffered(
             width=Shape.cast(pim_request_layout(cfg)).width, depth=cc.pim_queue)
         queues = [BankQueue(cfg) for _ in range(nb)]
         for b, q in enumerate(queues):
             m.submodules[f"queue{b}"] = q
+            m.d.comb += q.blocked.eq(self.blocked)
 
         # -- responses --
         read_fifo = m.submodules.read_fifo = SyncFIFOBuffered(

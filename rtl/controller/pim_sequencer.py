@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter
+from ..common.row_buffers import blocked_input
 from ..config import RowBufferMode
 from ..dram.bank import bank_status_layout
 from ..isa import Opcode, command_layout, command_value
@@ -48,7 +49,7 @@ class PimSequencer(wiring.Component):
             "banks": In(data.ArrayLayout(bank_status_layout(config), g.banks)),
             "act_ok": In(self.groups), "gact_ok": In(self.groups),
             "refresh_due": In(1), "until_due": In(range(config.timing.tREFI + 1)),
-            "refresh_issued": In(1), "result_space": In(1),
+            "refresh_issued": In(1), "result_space": In(1), "blocked": blocked_input(config),
             "gemv_tag": Out(config.controller.tag_bits),
             "gemv_busy": Out(1), "gwrite_busy": Out(1), "gwrite_rank": Out(field_bits(g.ranks)),
             "gwrite_reserved": Out(1), "gwrite_bank": Out(range(g.banks)),
@@ -59,7 +60,7 @@ class PimSequencer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg, g, t, bus = self.config, self.config.geometry, self.config.timing, self.config.bus
-        blocked = cfg.mode is RowBufferMode.BLOCKED
+        blocked = self.blocked
         banks, bpg = self.banks, g.banks_per_group
         head, req = self.requests.payload, self.requests
         cmd = self.command
@@ -96,7 +97,7 @@ class PimSequencer(wiring.Component):
             valid = Signal(name=f"open_valid_g{grp}")
             choice = Signal(command_layout(cfg), name=f"open_cmd_g{grp}")
             pim_pre_need = [banks[b].pim_open for b in members]
-            mem_need = [banks[b].mem_open & (Const(1) if blocked else banks[b].mem_row == cur_row)
+            mem_need = [banks[b].mem_open & (blocked | (banks[b].mem_row == cur_row))
                         for b in members]
             with m.If(Cat(*pim_pre_need).any()):
                 for i in reversed(range(bpg)):
@@ -194,15 +195,13 @@ class PimSequencer(wiring.Component):
                     m.d.sync += gemvs_left.eq(gemvs_left - 1)
                     with m.If(gemvs_left == 1):
                         m.d.sync += active.eq(0)
-                        if blocked:
-                            m.d.sync += closing.eq(1)
+                        m.d.sync += closing.eq(blocked)
             with m.Else():
                 m.d.comb += [self.candidate.eq(open_valid), cmd.eq(open_cmd)]
         with m.Elif(is_gwrite):
             m.d.comb += [cmd.rank.eq(head.rank), cmd.bankgroup.eq(head.bankgroup),
                          cmd.bank.eq(head.bank), cmd.row.eq(head.row)]
-            row_in_pim = target.pim_open if blocked else (
-                target.pim_open & (target.pim_row == head.row))
+            row_in_pim = target.pim_open & (blocked | (target.pim_row == head.row))
             with m.If(target.mem_open & (target.mem_row != head.row)):
                 m.d.comb += [self.candidate.eq(target.ready.pre), cmd.op.eq(Opcode.PRE)]
             with m.Elif(target.mem_open):

@@ -4,7 +4,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter
-from ..config import RowBufferMode
+from ..common.row_buffers import blocked_input
 from ..isa import Opcode, command_layout
 
 #: Activations allowed in one tFAW window.
@@ -26,14 +26,14 @@ class RankTimers(wiring.Component):
         self.config = config
         self.groups = config.geometry.ranks * config.geometry.bankgroups
         super().__init__({"issue": In(1), "cmd": In(command_layout(config)),
+                          "blocked": blocked_input(config),
                           "act_ok": Out(self.groups), "gact_ok": Out(self.groups),
                           "rd_ok": Out(self.groups), "wr_ok": Out(self.groups)})
 
     def elaborate(self, platform):
         m = Module()
         cfg, g, t, bus = self.config, self.config.geometry, self.config.timing, self.config.bus
-        blocked = cfg.mode is RowBufferMode.BLOCKED
-        act_gact = t.tRC if blocked else t.tRRD_L
+        act_gact = Mux(self.blocked, t.tRC, t.tRRD_L)   # one buffer: ACT <-> G_ACT is tRC
         weight = min(g.banks_per_group, FAW_ACTIVATIONS)
         longest = max(t.tFAW, t.tRC, bus.rd_to_wr, bus.wr_to_rd(True), bus.rank_switch) + 1
         cmd, op = self.cmd, self.cmd.op

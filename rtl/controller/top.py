@@ -5,6 +5,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..channel import ChannelDatapath
 from ..channel.datapath import ChannelError
+from ..common.row_buffers import blocked_input
 from ..isa import command_layout
 from .controller import ChannelController, ControllerError
 
@@ -14,7 +15,8 @@ class ControllerTop(wiring.Component):
 
     Ports: the controller's request and response streams (``requests``,
     ``read_responses``, ``write_responses``, ``pim_requests``, ``pim_responses``) and
-    ``counters``; ``refresh_rate`` (the controller's refresh interval divider); the
+    ``counters``; ``refresh_rate`` (the controller's refresh interval divider);
+    ``blocked`` (the row-buffer mode: one buffer, or two; controller and banks); the
     command bus as issued (``cmd``, ``cmd_valid``) with the channel's
     ``cycle`` for monitors; ``pim_active``, ``refresh_due``; both error reports
     (``error``/``error_code`` of the controller, ``channel_error*`` of the datapath);
@@ -32,7 +34,7 @@ class ControllerTop(wiring.Component):
             "write_responses": c["write_responses"], "pim_requests": c["pim_requests"],
             "pim_responses": c["pim_responses"], "counters": c["counters"],
             "pim_active": Out(1), "refresh_due": Out(1), "cmd_source": c["cmd_source"],
-            "refresh_rate": c["refresh_rate"],
+            "refresh_rate": c["refresh_rate"], "blocked": blocked_input(config),
             "cmd": Out(command_layout(config)), "cmd_valid": Out(1), "cycle": Out(32),
             "error": Out(1), "error_code": Out(ControllerError),
             "channel_error": Out(1), "channel_error_code": Out(ChannelError),
@@ -57,6 +59,7 @@ class ControllerTop(wiring.Component):
             dp.cmd.eq(ctrl.cmd), dp.cmd_valid.eq(ctrl.cmd_valid), dp.wdata.eq(ctrl.wdata),
             ctrl.banks.eq(dp.banks), ctrl.rdata.eq(dp.rdata), ctrl.rdata_valid.eq(dp.rdata_valid),
             ctrl.rdata_pim.eq(dp.rdata_pim), ctrl.refresh_rate.eq(self.refresh_rate),
+            ctrl.blocked.eq(self.blocked), dp.blocked.eq(self.blocked),
             self.counters.eq(ctrl.counters), self.pim_active.eq(ctrl.pim_active),
             self.refresh_due.eq(ctrl.refresh_due), self.cmd_source.eq(ctrl.cmd_source),
             self.cmd.eq(ctrl.cmd), self.cmd_valid.eq(ctrl.cmd_valid), self.cycle.eq(dp.cycle),

@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common import TimingCounter
+from ..common.row_buffers import blocked_input
 from ..config import RowBufferMode
 from ..isa import Opcode, command_layout
 from ..pim import PimMacUnit
@@ -35,6 +36,9 @@ class Bank(wiring.Component):
 
     Ports:
       ``position`` (In): the bank's flat number in the channel (a constant in a channel).
+      ``blocked`` (In): one row buffer for both sides (the Newton-like baseline) instead
+        of two: a run-time input, so DUAL and BLOCKED are one design (its reset value
+        follows ``config.mode``).
       ``cmd``/``cmd_valid`` (In): the channel's command bus; the bank acts on commands
         addressed to it (ACT, RD, WR, PRE, GWRITE, PIM_PRECHARGE by bank; G_ACT by bank
         group; REF to all).
@@ -67,7 +71,7 @@ class Bank(wiring.Component):
         self.mac = PimMacUnit.for_config(config)   # its timing checked by DeviceConfig
         layout = command_layout(config)
         super().__init__({
-            "position": In(range(g.banks)),
+            "position": In(range(g.banks)), "blocked": blocked_input(config),
             "cmd": In(layout), "cmd_valid": In(1), "wdata": In(self.burst_bits),
             "comp": In(1), "comp_column": In(range(config.bus.comps_per_row)), "readres": In(1),
             "gbuf_chunk": In(self.chunk_bits),
@@ -89,7 +93,7 @@ class Bank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg, g, t, bus = self.config, self.config.geometry, self.config.timing, self.config.bus
-        blocked = cfg.mode is RowBufferMode.BLOCKED
+        blocked = self.blocked
         cmd = self.cmd
         op = cmd.op
 
@@ -133,11 +137,10 @@ class Bank(wiring.Component):
         after(Opcode.G_ACT, "comp", t.tRCDRD)
         after(Opcode.G_ACT, "pim_pre", t.tRAS)
         loads["pim_pre"].append((self.comp | self.readres, t.tRTP))
-        if blocked:  # one row buffer: both sides share precharge/activate spacing
-            after(Opcode.PRE, "gact", t.tRP)
-            after(Opcode.ACT, "gact", t.tRC)
-            after(Opcode.PIM_PRECHARGE, "act", t.tRP)
-            after(Opcode.G_ACT, "act", t.tRC)
+        # one row buffer (blocked): both sides share precharge/activate spacing
+        loads["gact"] += [(hit[Opcode.PRE] & blocked, t.tRP), (hit[Opcode.ACT] & blocked, t.tRC)]
+        loads["act"] += [(hit[Opcode.PIM_PRECHARGE] & blocked, t.tRP),
+                         (hit[Opcode.G_ACT] & blocked, t.tRC)]
         for name, counter in counters.items():
             for strobe, cycles in loads[name]:
                 with m.If(strobe):
@@ -152,13 +155,13 @@ class Bank(wiring.Component):
         same_row_in_mem = mem_open & (mem_row == cmd.row)
         ready = self.ready
         m.d.comb += [
-            ready.act.eq(~mem_open & ~(pim_open if blocked else 0) & counters["act"].ready),
+            ready.act.eq(~mem_open & ~(pim_open & blocked) & counters["act"].ready),
             ready.rd.eq(mem_open & counters["rdwr"].ready),
             ready.wr.eq(mem_open & counters["rdwr"].ready),
             ready.gwrite.eq(mem_open & counters["rdwr"].ready),
             ready.pre.eq(counters["pre"].ready),
             ready.ref.eq(~mem_open & ~pim_open & counters["act"].ready & counters["gact"].ready),
-            ready.gact.eq(~pim_open & ~(mem_open if blocked else 0) & counters["gact"].ready),
+            ready.gact.eq(~pim_open & ~(mem_open & blocked) & counters["gact"].ready),
             ready.comp.eq(pim_open & counters["comp"].ready),
             ready.pim_pre.eq(counters["pim_pre"].ready),
         ]
@@ -181,10 +184,10 @@ class Bank(wiring.Component):
                  Opcode.WR: ready.wr, Opcode.PRE: ready.pre, Opcode.GWRITE: ready.gwrite,
                  Opcode.REF: ready.ref, Opcode.G_ACT: ready.gact & ~same_row_in_mem,
                  Opcode.PIM_PRECHARGE: ready.pim_pre}
-        state_ok = {Opcode.ACT: ~mem_open & ~(pim_open if blocked else same_row_in_pim),
+        state_ok = {Opcode.ACT: ~mem_open & ~Mux(blocked, pim_open, same_row_in_pim),
                     Opcode.RD: mem_open, Opcode.WR: mem_open, Opcode.GWRITE: mem_open,
                     Opcode.PRE: Const(1), Opcode.REF: ~mem_open & ~pim_open,
-                    Opcode.G_ACT: ~pim_open & ~(mem_open if blocked else same_row_in_mem),
+                    Opcode.G_ACT: ~pim_open & ~Mux(blocked, mem_open, same_row_in_mem),
                     Opcode.PIM_PRECHARGE: Const(1)}
         error = Signal(BankError)
         for o, ok in needs.items():

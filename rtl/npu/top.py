@@ -85,6 +85,8 @@ class NpuTop(wiring.Component):
     the cores' barrier is met on the clock every core is at a SYNC with its units idle or
     has stopped; the waiting cores leave on that clock (a lone core passes at once).
     ``refresh_rate`` (In, ``RefreshRate``): every controller's refresh interval divider.
+    ``blocked`` (In): every channel's row-buffer mode (one buffer, the NPU+PIM baseline,
+    or two): a run-time input, so the two PIM modes are one build.
     Per channel c (arrays of ``channels``, Verilog names ``<port>__<c>``): the command bus
     ``cmd``, ``cmd_valid`` and ``cycle`` for the timing monitors; the controller's
     ``ctrl_counters``, ``ctrl_error``/``ctrl_error_code``, the datapath's
@@ -129,7 +131,7 @@ class NpuTop(wiring.Component):
                             "core_done": Out(A), "error_core": Out(range(A)),
                             "core_counters": Out(core["counters"].shape).array(A)})
         members.update({
-            "refresh_rate": ch["refresh_rate"],
+            "refresh_rate": ch["refresh_rate"], "blocked": ch["blocked"],
             "cmd": Out(command_layout(config)).array(C), "cmd_valid": Out(1).array(C),
             "cycle": Out(32).array(C),
             "ctrl_counters": Out(controller_counters_layout()).array(C),
@@ -175,6 +177,7 @@ class NpuTop(wiring.Component):
                 top.backdoor_en.eq(self.backdoor_en[c]), top.backdoor_bank.eq(self.backdoor_bank[c]),
                 top.backdoor_addr.eq(self.backdoor_addr[c]),
                 top.backdoor_data.eq(self.backdoor_data[c]), top.refresh_rate.eq(self.refresh_rate),
+                top.blocked.eq(self.blocked),
             ]
         return m
 

@@ -49,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 
+from rtl.config import RowBufferMode
+
 from .run import DecodeRun
 
 __all__ = ["run_on_rtl", "TOP_NAME"]
@@ -59,7 +61,9 @@ _VERILOG: dict[str, str] = {}      # configuration JSON -> Verilog (elaboration:
 
 
 def _verilog(config) -> str:
-    key = config.replace(refresh_rate=1).to_json()     # a run-time input, not elaborated
+    # refresh rate and the PIM row-buffer mode are run-time inputs, not elaborated
+    mode = RowBufferMode.DUAL if config.mode is RowBufferMode.BLOCKED else config.mode
+    key = config.replace(refresh_rate=1, mode=mode).to_json()
     if key not in _VERILOG:
         from sim.harness import npu_top_verilog
         _VERILOG[key] = npu_top_verilog(config, TOP_NAME)

@@ -41,8 +41,8 @@ Every figure comes from the RTL's counters (``sim.decode.report.summarize``): to
 busy clocks over the cycles), PIM utilization (the controllers' ``pim_busy_cycles`` over
 the cycles, mean over channels), stage cycles (stage ends seen on the sequencer's ``pc``).
 
-Points run in parallel (one process per point, ``jobs`` at a time); the two Verilator
-models (dual and blocked row buffers) are built once and cached.
+Points run in parallel (one process per point, ``jobs`` at a time); the Verilator model is
+built once and cached (the row-buffer mode, dual or blocked, is a run-time input).
 """
 from __future__ import annotations
 

@@ -189,15 +189,23 @@ def slice_config(cores: int = 1, array: tuple | None = None) -> DeviceConfig:
 
 
 def paper_scale_status() -> list[dict]:
-    """Why each of the paper's models is not run on the ``neupims`` preset: the error the
-    decode compiler raises for it (checked, not assumed)."""
-    from .decode.compiler import mode_config
+    """Why each of the paper's models is not run on the ``neupims`` preset: the errors the
+    decode compiler raises for it (checked, not assumed): the configuration check, then
+    the plan of a batch of 64 (100 tokens each, vocabulary 2,048) with the ``decode``
+    preset's address map, which the KV layout needs."""
+    from .decode.compiler import _plan, _scratchpad, mode_config
     from .decode.workload import DecodeError, DecodeWorkload
+    config = preset("neupims")
+    planned = config.replace(address_map=preset("decode").address_map)
     out = []
     for name in PAPER_MODELS:
         reasons = []
-        for check in (lambda: mode_config("neupims", preset("neupims")),
-                      lambda: DecodeWorkload(name, (1,))):
+
+        def plan():
+            p = _plan(DecodeWorkload(name, (100,) * 64, vocab=2048), "neupims", planned)
+            _scratchpad(p)
+
+        for check in (lambda: mode_config("neupims", config), plan):
             try:
                 check()
             except (ConfigError, DecodeError) as error:

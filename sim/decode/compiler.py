@@ -24,8 +24,9 @@ Attention on the PIM (per request: K/V appended, then all requests' logits, soft
 attend). The new token's K is stored burst by burst (a head is d_head / 32 bursts); V is
 read-modify-written: the bursts holding the token are loaded, the new values scattered
 into lane ``t mod 32`` (strided VECTOR), stored. The query is stored into the
-request's staging row (bank 0, head h in the columns of its K slot), GWRITE, then per K
-tile a HEADER and one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
+request's staging row (bank 0, head h in the columns of its K slot; heads past one K row
+in further K groups: a staging row, a GWRITE and the K rows of each group), GWRITE, then
+per K tile (and K group) a HEADER and one GEMV per head, each result (one logit per bank) into its own scratchpad word; the
 logits are gathered (strided VECTOR, 8 per word) and softmaxed; each head's FP16 scores
 go, V token chunk by chunk (``row_elements`` tokens each), to staging rows of bank
 ``B/2 + head``; per chunk a GWRITE, then per V tile a HEADER and a GEMV over the chunk's
@@ -52,10 +53,10 @@ Data layout: rows of the activation matrices are the requests in ``row_order`` (
 parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
 step, laid out linearly (one DMA per block spreads over all channels).
 
-Limits (clear errors): d_head a multiple of 32, heads <= banks / 2, all heads in one K
-row (heads x d_head <= the row's FP16), scratchpad and instruction memory sizes
-(attention buffers grow with the longest L), KV capacity of the stored rows (the pages and
-the staging rows, one per slot and V chunk of the longest L). (The NPU's logit GEMM is cut
+Limits (clear errors): d_head a multiple of 32, heads <= banks / 2, scratchpad and
+instruction memory sizes (attention buffers grow with the longest L), KV capacity of the
+stored rows (the pages and the staging rows, per slot one per V chunk of the longest L or
+per K group, whichever is more). (The NPU's logit GEMM is cut
 into pieces of ``accumulator_rows`` tokens.)
 """
 from __future__ import annotations
@@ -355,7 +356,7 @@ class Plan:
 
     def staging_row(self, request: int, chunk: int = 0) -> int:
         """The staging row of ``request`` for V token chunk ``chunk`` (chunk-major, so
-        chunk 0 is the request's slot)."""
+        chunk 0 is the request's slot); in the query bank, for K group ``chunk``."""
         return chunk * self.slots + self.slot_of[request]
 
 
@@ -383,11 +384,6 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     if heads > B // 2:
         raise DecodeError("model.heads", f"{heads} heads{_per_device(m)} need a staging bank "
                           f"each among the upper {B // 2} banks")
-    if layout.k_groups > 1:
-        raise DecodeError("model.heads", f"{heads} heads{_per_device(m)} of {m.d_head} exceed "
-                          f"one K row of "
-                          f"{layout.row_elements} FP16 ({layout.heads_per_row} heads): the "
-                          f"compiler lays out one K group")
     cores = config.npu.arrays
     _check_split(workload, cores)
     C = g.channels
@@ -408,7 +404,8 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
         for slot, r in enumerate(members):
             slot_of[r] = slot
     slots = max(len(ms) for ms in assignment.channels)
-    staging = slots * _score_chunks(workload, layout)
+    # staging rows per slot: one per V chunk (scores), one per K group (queries)
+    staging = slots * max(_score_chunks(workload, layout), layout.k_groups)
     weight_row = _weight_row(workload, config)
     kv = []
     for c in range(C):
@@ -962,6 +959,12 @@ class Builder:
         return _address(self.config, channel, 0, pages.v[burst // per_row][head][v_tile],
                         burst % per_row)
 
+    def _k_place(self, head: int) -> tuple[int, int]:
+        """(K group, first column) of ``head``'s K bursts in its K row: a row holds
+        ``heads_per_row`` heads side by side, further heads go to further K groups."""
+        group, slot = divmod(head, self.layout.heads_per_row)
+        return group, slot * self.hw
+
     def append(self, layer: int, rows: list) -> Stream:
         """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
         s, sp, lay, cfg = self.stream(), self.sp, self.layout, self.config
@@ -972,7 +975,8 @@ class Builder:
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
             for h in range(self.heads):         # a head's bursts: one column each
                 for j in range(self.hw):
-                    s.store(_address(cfg, c, t % B, pages.k[t // B][0], h * self.hw + j),
+                    group, column = self._k_place(h)
+                    s.store(_address(cfg, c, t % B, pages.k[t // B][group], column + j),
                             self._qkv_word(row, 1, h) + j, 1)
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
@@ -1029,23 +1033,29 @@ class Builder:
         per = lay.burst_elements
         kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / per)
         s += self.append(layer, rows)
-        for row in rows:           # queries into the staging rows (bank 0, a head per burst)
+        for row in rows:           # queries into the staging rows: bank 0, a row per K group
             r = plan.row_order[row]
             for h in range(heads):
+                group, column = self._k_place(h)
                 for j in range(self.hw):
-                    s.store(_address(cfg, plan.channel_of[r], lay.query_bank, plan.slot_of[r],
-                                     h * self.hw + j), self._qkv_word(row, 0, h) + j, 1)
+                    s.store(_address(cfg, plan.channel_of[r], lay.query_bank,
+                                     plan.staging_row(r, group), column + j),
+                            self._qkv_word(row, 0, h) + j, 1)
         s.wait("dma")
         order = self._by_channel(rows)
         for row in order:
             r = plan.row_order[row]
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
-            s.pim("gwrite", c, row=plan.slot_of[r], **lay.bank_coords(lay.query_bank))
-            for kt in range(lay.k_tiles(L)):
-                s.pim("header", c, row=pages.k[kt][0], gemvs=heads, comps=heads * lay.head_comps)
-                for h in range(heads):
-                    s.pim("gemv", c, column=h * lay.head_comps, comps=lay.head_comps,
-                          sp=sp["lres"] + (row * heads + h) * kt_max + kt)
+            for group in range(lay.k_groups):
+                members = lay.group_heads(group)
+                s.pim("gwrite", c, row=plan.staging_row(r, group),
+                      **lay.bank_coords(lay.query_bank))
+                for kt in range(lay.k_tiles(L)):
+                    s.pim("header", c, row=pages.k[kt][group], gemvs=len(members),
+                          comps=len(members) * lay.head_comps)
+                    for slot, h in enumerate(members):
+                        s.pim("gemv", c, column=slot * lay.head_comps, comps=lay.head_comps,
+                              sp=sp["lres"] + (row * heads + h) * kt_max + kt)
         s.wait("pim")
         for row in rows:
             r = plan.row_order[row]
@@ -1120,7 +1130,8 @@ class Builder:
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
             for j in range(self.hw):           # piece j: the tokens' elements 32j .. 32j + 31
                 for kt in range(lay.k_tiles(L)):
-                    s.load(_address(cfg, c, 0, pages.k[kt][0], h * self.hw + j),
+                    group, column = self._k_place(h)
+                    s.load(_address(cfg, c, 0, pages.k[kt][group], column + j),
                            sp[f"kbuf{i % 2}"] + j * span + kt * B, B)
             for chunk in range(math.ceil(L / lay.burst_elements)):
                 for vt in range(lay.v_tiles):

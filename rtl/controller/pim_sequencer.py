@@ -1,6 +1,6 @@
 """PIM transactions in order: GWRITE, PIM_HEADER (row-set admission against the refresh
 deadline), PIM_GEMV; the G_ACTs and PIM_PRECHARGEs a row set needs (NEUPIMS.md 2.4)."""
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 

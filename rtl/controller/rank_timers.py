@@ -32,7 +32,7 @@ class RankTimers(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, g, t, bus = self.config, self.config.geometry, self.config.timing, self.config.bus
+        g, t, bus = self.config.geometry, self.config.timing, self.config.bus
         act_gact = Mux(self.blocked, t.tRC, t.tRRD_L)   # one buffer: ACT <-> G_ACT is tRC
         weight = min(g.banks_per_group, FAW_ACTIVATIONS)
         longest = max(t.tFAW, t.tRC, bus.rd_to_wr, bus.wr_to_rd(True), bus.rank_switch) + 1

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import ConfigError
 from ..controller.interface import read_response_layout, request_layout, write_response_layout
-from ..isa.npu import DMA_FIELDS, HBM_BITS, SP_BITS
+from ..isa.npu import DMA_FIELDS, SP_BITS
 from .scratchpad import (burst_lanes, read_port_signature, word_bursts, word_lanes,
                          write_port_signature)
 

@@ -771,7 +771,7 @@ class Builder:
         first, last = {"all": ("ln", None), "qkv": ("ln", "w_o"), "rest": ("w_o", None)}[part]
         start = self.offsets[first]
         end = self.offsets[last] if last else self.layer_words
-        block, burst = self.plan.hbm["layers"][layer], self.config.geometry.burst_bytes
+        block = self.plan.hbm["layers"][layer]
         buf, ln = self.sp[f"wbuf{layer % 2}"], self.offsets["w_qkv"]
         pieces = []
         if start < ln:

@@ -133,6 +133,21 @@ def _row(config, hbm: int) -> int:
     return config.address_map.decode(config.geometry, hbm)["row"]
 
 
+def test_a_gemv_result_fills_burst_slice_0_of_a_wide_word():
+    """The interpreter as the RTL (``rtl.isa.npu`` PIM): a GEMV's 64-byte result replaces
+    burst slice 0 of its scratchpad word; a 128-byte word keeps its slice 1."""
+    from rtl.isa.npu import pim, wait
+    base = preset("decode")
+    config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128))
+    it = Interpreter(config, {})
+    slice1 = 0x1234 << (8 * 64 + 16)
+    it.sp[5] = slice1 | 0xBEEF
+    it.run([pim("gwrite", channel=0, row=1), pim("header", channel=0, row=2, gemvs=1, comps=1),
+            pim("gemv", channel=0, column=0, comps=1, sp=5), wait("pim")])
+    assert it.sp[5] == slice1            # zero rows: a zero result in slice 0
+    assert it.hazards == []
+
+
 def test_a_wrong_program_is_caught():
     run = compile_decode(DecodeWorkload("tiny-gpt", (4, 9), steps=1), "neupims")
     program = run.steps[0].instructions()

@@ -127,7 +127,10 @@ class Interpreter:
             result = gemv(rows, self.buffer[c], self.config.pim.lanes, ins["column"], ins["comps"])
             word = np.zeros(g.burst_bytes // 2, np.uint16)
             word[:len(result)] = result
-            sp[ins["sp"]] = pack_words(word)
+            # into burst slice 0 of the word; a wider word keeps its other slices (the
+            # RTL writes with lane enables: not a read of the word)
+            keep = dict.get(sp, ins["sp"], 0) & ~((1 << (8 * g.burst_bytes)) - 1)
+            sp[ins["sp"]] = keep | pack_words(word)
 
     def _segment(self, program, pc: int, sp: dict, core: int = 0) -> int | None:
         """Run from ``pc`` up to and including the next SYNC: the pc after it, or None at

@@ -732,6 +732,7 @@ class Builder:
         m = self.w.model
         self.d, self.f, self.dh, self.heads = m.d_model, self.w.ffn, m.d_head, self.w.heads
         self.a = self.w.d_attn             # this device's q width (d at tensor parallel 1)
+        self.pa = self.a // FP16_WORD      # ... in scratchpad words
         self.hw = _head_words(m)
         self.costs = Costs(self.config)
         self.sp = plan.sp
@@ -845,7 +846,7 @@ class Builder:
     def attn_exchange(self, layer: int, rows: list) -> tuple[Stream, Stream]:
         """The attention outputs of ``rows`` from the cores that ran them to every core:
         (the stores, the SYNC and loads): a stage barrier goes between the two."""
-        s = self.exchange("attn", layer, rows, self.sp["attn"], self.a // FP16_WORD,
+        s = self.exchange("attn", layer, rows, self.sp["attn"], self.pa,
                           mine=self.mine)
         sync_at = next((i for i, op in enumerate(s.ops) if op.ins.op is NpuOp.SYNC), len(s.ops))
         stores, rest = self.stream(), self.stream()
@@ -878,12 +879,11 @@ class Builder:
         self._layernorm(s, sp["x"], g1, g1 + pd, sp["h"], rows)
         s.vec(VectorOp.CVT32TO16, a=sp["h"] + r0 * pd, d=sp["h16"] + r0 * ph, length=n * d)
         s.wait("vector")
-        pa = self.a // FP16_WORD
         self._linear(s, sp["h16"], ph, self.wbuf(layer, "w_qkv"), d, 3 * self.a, sp["qkv"],
-                     3 * pa, sp.get("qkv_p"), r0, n)
+                     3 * self.pa, sp.get("qkv_p"), r0, n)
         if self.cores > 1:
             s.wait("gemm")
-            s += self.exchange("qkv", layer, rows, sp["qkv"], 3 * pa, sp["qkv_p"])
+            s += self.exchange("qkv", layer, rows, sp["qkv"], 3 * self.pa, sp["qkv_p"])
         return s
 
     def proj_ffn(self, layer: int, rows: list) -> Stream:
@@ -894,7 +894,7 @@ class Builder:
         pd, ph, pf, pfh = d // FP32_WORD, d // FP16_WORD, f // FP32_WORD, f // FP16_WORD
         g2 = self.wbuf(layer, "ln") + 2 * pd
         P = self.cores
-        self._linear(s, sp["attn"], self.a // FP16_WORD, self.wbuf(layer, "w_o"), self.a, d,
+        self._linear(s, sp["attn"], self.pa, self.wbuf(layer, "w_o"), self.a, d,
                      sp["o"], pd, sp.get("o_p"), r0, n, fp32=True)
         s.wait("gemm")
         s += self.exchange("o", layer, rows, sp["o"], pd, sp.get("o_p"))
@@ -945,11 +945,10 @@ class Builder:
         return self.plan.kv[self.plan.channel_of[r]].requests[r].layers[layer]
 
     def _qkv_word(self, row: int, part: int, head: int) -> int:
-        return (self.sp["qkv"] + row * 3 * self.a // FP16_WORD + part * self.a // FP16_WORD
-                + head * self.hw)
+        return self.sp["qkv"] + (3 * row + part) * self.pa + head * self.hw
 
     def _attn_word(self, row: int, head: int) -> int:
-        return self.sp["attn"] + row * self.a // FP16_WORD + head * self.hw
+        return self.sp["attn"] + row * self.pa + head * self.hw
 
     def _v_burst(self, channel: int, pages, head: int, v_tile: int, burst: int) -> int:
         """HBM address of V burst ``burst`` (32 tokens, counted over all chunks) of one
@@ -974,8 +973,8 @@ class Builder:
             r = plan.row_order[row]
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
             for h in range(self.heads):         # a head's bursts: one column each
+                group, column = self._k_place(h)
                 for j in range(self.hw):
-                    group, column = self._k_place(h)
                     s.store(_address(cfg, c, t % B, pages.k[t // B][group], column + j),
                             self._qkv_word(row, 1, h) + j, 1)
             for h in range(self.heads):
@@ -1128,9 +1127,9 @@ class Builder:
             row, h = items[i]
             r = plan.row_order[row]
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
+            group, column = self._k_place(h)
             for j in range(self.hw):           # piece j: the tokens' elements 32j .. 32j + 31
                 for kt in range(lay.k_tiles(L)):
-                    group, column = self._k_place(h)
                     s.load(_address(cfg, c, 0, pages.k[kt][group], column + j),
                            sp[f"kbuf{i % 2}"] + j * span + kt * B, B)
             for chunk in range(math.ceil(L / lay.burst_elements)):

@@ -97,7 +97,7 @@ class DecodeWorkload:
     @property
     def d_attn(self) -> int:
         """Width of this device's q (and of K, V, the attention output): heads x d_head."""
-        return self.heads * self.model.d_head
+        return self.model.q_dim_per_device
 
     @property
     def ffn(self) -> int:

@@ -6,6 +6,8 @@ counters of every channel and command stream of every channel (cycle by cycle); 
 timing-only run reports no data check (``bit_exact`` None, "n/a" in the table)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rtl.config import preset
@@ -15,6 +17,7 @@ from sim.decode.golden import MODES
 from sim.decode.report import format_table
 from sim.decode.rtl_run import run_on_rtl
 from sim.decode.workload import DecodeWorkload
+from sim.models import ModelShape
 
 #: two steps of a batch of 2 (the device state and the refresh phase carry over a step
 #: boundary) and one step of a batch of 4 with a wide spread of lengths
@@ -118,3 +121,22 @@ def test_timing_only_matches_full_rtl_refresh_heavy(mode, tmp_path):
         assert counters["REF"] >= step["cycles"] // (base.refresh_interval
                                                       + base.timing.refresh_max_late)
         assert counters["REF"] > 2 * step["cycles"] // base.timing.tREFI + 1
+
+
+#: the decode preset with 128-byte scratchpad words (2 bursts): two heads of 64, each one
+#: whole word; K and query bursts stored from their word slices, V and K tiles loaded one
+#: burst per word (``spread``)
+WIDE_MODEL = ModelShape("gpt-2xh64", 128, 2, 2, ffn=256, d_head=64)
+
+
+@pytest.mark.xdist_group("decode-wide")
+def test_wide_words_on_rtl(tmp_path):
+    """The decode compiler on 128-byte scratchpad words, ``neupims`` (sub-batches, PIM and
+    NPU attention pieces): bit-exact on the full RTL, and the timing-only twin in the
+    same clocks."""
+    base = preset("decode")
+    config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128))
+    workload = DecodeWorkload(WIDE_MODEL, (3, 40, 17), steps=2, seed=5, vocab=256)
+    full, timing = run_both(workload, "neupims", config, tmp_path)
+    compare(full, timing)
+    assert full["config"]["npu"]["word_bytes"] == 128

@@ -190,9 +190,10 @@ def slice_config(cores: int = 1, array: tuple | None = None) -> DeviceConfig:
 
 def paper_scale_status() -> list[dict]:
     """Why each of the paper's models is not run on the ``neupims`` preset: the errors the
-    decode compiler raises for it (checked, not assumed): the configuration check, then
-    the plan of a batch of 64 (100 tokens each, vocabulary 2,048) with the ``decode``
-    preset's address map, which the KV layout needs."""
+    decode compiler raises for it (checked, not assumed), planning a batch of 64 (100
+    tokens each, vocabulary 2,048) with the ``decode`` preset's address map, which the KV
+    layout needs: first as the preset is, then, past a head-layout error, with scratchpad
+    words of one head (``2 d_head`` bytes), for what comes next."""
     from .decode.compiler import _plan, _scratchpad, mode_config
     from .decode.workload import DecodeError, DecodeWorkload
     config = preset("neupims")
@@ -200,16 +201,21 @@ def paper_scale_status() -> list[dict]:
     out = []
     for name in PAPER_MODELS:
         reasons = []
+        workload = DecodeWorkload(name, (100,) * 64, vocab=2048)
 
-        def plan():
-            p = _plan(DecodeWorkload(name, (100,) * 64, vocab=2048), "neupims", planned)
-            _scratchpad(p)
-
-        for check in (lambda: mode_config("neupims", config), plan):
+        def plan(config, prefix=""):
             try:
-                check()
+                _scratchpad(_plan(workload, "neupims", mode_config("neupims", config)))
             except (ConfigError, DecodeError) as error:
-                reasons.append(str(error))
+                reasons.append(prefix + str(error))
+                return error
+            return None
+
+        error = plan(planned)
+        if isinstance(error, DecodeError) and error.field == "model.d_head":
+            head_words = dataclasses.replace(planned.npu, word_bytes=2 * workload.model.d_head)
+            plan(planned.replace(npu=head_words),
+                 f"with {2 * workload.model.d_head}-byte words (one head each): ")
         out.append({"model": name, "config": "neupims", "batches": list(PAPER_BATCHES),
                     "run": not reasons, "reason": "; ".join(reasons) or None})
     return out

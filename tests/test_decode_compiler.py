@@ -129,6 +129,59 @@ def test_heads_past_one_k_row(mode):
         assert headers and all(ins["gemvs"] == 1 for ins in headers)
 
 
+#: wide scratchpad words: (model, kv_lens, word_bytes, cores): two heads of 64 in 128-byte
+#: words (2 bursts; one and two cores), a head of 128 in 256-byte words (4 bursts)
+WIDE_WORDS = {
+    "2xh64-w128": (WIDE_HEADS["2xh64"][0], (3, 40, 17), 128, 1),
+    "2xh64-w128-2cores": (WIDE_HEADS["2xh64"][0], (3, 40, 17), 128, 2),
+    "h128-w256": (WIDE_HEADS["h128"][0], (20, 70, 300), 256, 1),
+}
+
+
+def _wide(word_bytes: int, words: int = 8192, cores: int = 1):
+    base = preset("decode")
+    config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=word_bytes,
+                                                  scratchpad_words=words))
+    return with_cores(config, cores) if cores > 1 else config
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", WIDE_WORDS)
+def test_wide_words_match_golden(mode, name):
+    """Scratchpad words of k bursts: matrices in rows of whole wide words, HBM transfers
+    of k bursts per word, a head's K and query bursts stored from their burst slices,
+    K tiles and V bursts loaded one burst per word (``spread``). Bit for bit against the
+    golden (unchanged: the same operations), no hazards."""
+    model, lens, word_bytes, cores = WIDE_WORDS[name]
+    k = word_bytes // 64
+    run = compile_decode(DecodeWorkload(model, lens, steps=2, seed=5, vocab=256), mode,
+                         _wide(word_bytes, 32768, cores))
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        it.run_step(step)
+        assert step.checks and it.step_mismatches(step) == []
+    assert it.hazards == []
+    dmas = [ins for ins in run.steps[0].program if ins.op in (NpuOp.DMA_LOAD, NpuOp.DMA_STORE)]
+    wide = [ins for ins in dmas if not ins["spread"] and ins["count"] > 1]
+    assert wide and all(ins["count"] % k == 0 for ins in wide)     # whole words
+    assert any(ins["spread"] for ins in dmas)                       # K / V bursts
+    if mode != "npu-only":      # a head's K bursts from every slice of its words
+        stores = [ins for ins in dmas if ins.op is NpuOp.DMA_STORE and ins["count"] == 1]
+        assert {ins["slice"] for ins in stores} == set(range(k))
+
+
+def test_wide_words_need_whole_heads():
+    """A head narrower than a word (d_head 32 in 128-byte words) is refused, naming the
+    field; so is a width that is not whole words."""
+    with pytest.raises(DecodeError) as error:
+        compile_decode(DecodeWorkload("tiny-gpt", (4,), steps=1), "neupims", _wide(128))
+    assert error.value.field == "model.d_head" and "128-byte" in str(error.value)
+    with pytest.raises(DecodeError) as error:
+        compile_decode(DecodeWorkload(WIDE_HEADS["2xh64"][0], (4,), steps=1, vocab=96),
+                       "neupims", _wide(128))
+    assert error.value.field == "vocab"
+
+
 def _row(config, hbm: int) -> int:
     return config.address_map.decode(config.geometry, hbm)["row"]
 

@@ -299,13 +299,14 @@ def test_bad_word_bytes_name_the_field():
         check_array_shape(wide_config(128, array_cols=64))
     with pytest.raises(ConfigError, match="NpuConfig.array_rows"):
         check_array_shape(preset("neupims", npu=NpuConfig(array_rows=512, word_bytes=512)))
-    # the decode compiler and the decoder block's layout are for one-burst words
+    # the decode compiler lays wide words out when every head is whole words; the
+    # decoder block's layout is for one-burst words
     from sim.decode.compiler import compile_decode
-    from sim.decode.workload import DecodeWorkload
+    from sim.decode.workload import DecodeError, DecodeWorkload
     from sim.decoder_program import decoder_program
     decode = preset("decode")
     wide = decode.replace(npu=dataclasses.replace(decode.npu, word_bytes=128))
-    with pytest.raises(ConfigError, match="NpuConfig.word_bytes"):
+    with pytest.raises(DecodeError, match="NpuConfig.word_bytes"):
         compile_decode(DecodeWorkload("tiny-gpt", (4,), steps=1), "neupims", config=wide)
     with pytest.raises(ConfigError, match="NpuConfig.word_bytes"):
         decoder_program(wide_config(128), check_stored_rows=False)

@@ -53,7 +53,16 @@ Data layout: rows of the activation matrices are the requests in ``row_order`` (
 parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
 step, laid out linearly (one DMA per block spreads over all channels).
 
-Limits (clear errors): d_head a multiple of 32, heads <= banks / 2, scratchpad and
+Scratchpad words of k bursts (``NpuConfig.word_bytes``, :class:`Words`): every matrix row
+is whole words (E16 = 32 k FP16 or 16 k FP32 each), HBM transfers of data in words are k
+bursts per word; what the DRAM layout cuts into bursts (a head's K and query, 32 scores)
+is stored burst by burst from its slice (``slice`` of DMA_STORE), and a K tile's token
+slots or a V tile's dimensions are loaded one burst per word (``spread``), so the GEMMs
+and gathers over them are those of one-burst words. The golden decode does not depend on
+the word size.
+
+Limits (clear errors): d_head a multiple of 32 and of E16 (a head in whole words),
+d_model, FFN and vocabulary multiples of E16, heads <= banks / 2, scratchpad and
 instruction memory sizes (attention buffers grow with the longest L), KV capacity of the
 stored rows (the pages and the staging rows, per slot one per V chunk of the longest L or
 per K group, whichever is more). (The NPU's logit GEMM is cut
@@ -65,7 +74,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from rtl.config import ConfigError, RowBufferMode, preset
+from rtl.config import RowBufferMode, preset
 from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
                          sync, vector, wait)
 from rtl.npu.vector import VectorOp
@@ -83,7 +92,7 @@ from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data
 __all__ = ["compile_decode", "mode_config", "with_cores", "weave", "Plan", "ALL_UNITS"]
 
 ALL_UNITS = ("dma", "gemm", "vector", "pim")
-FP32_WORD, FP16_WORD = 16, 32
+BURST16 = 32                               # FP16 per 64-byte burst (a K piece, a V burst)
 PIM_QUEUE = 16
 WEIGHTS_AFTER_GEMM = 2
 MAX_VECTOR_LENGTH = (1 << DIM_BITS) - 1    # the VECTOR length field
@@ -99,12 +108,28 @@ def mode_config(mode: str, config=None):
     if mode not in MODES:
         raise DecodeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     config = config or preset("decode")
-    if config.npu.word_bytes != config.geometry.burst_bytes:
-        raise ConfigError("NpuConfig.word_bytes",
-                          f"the decode compiler lays out scratchpad words of one "
-                          f"{config.geometry.burst_bytes}-byte burst, got "
-                          f"{config.npu.word_bytes} bytes")
     return config.replace(mode=RowBufferMode.BLOCKED if mode == "npu+pim" else RowBufferMode.DUAL)
+
+
+@dataclass(frozen=True)
+class Words:
+    """The scratchpad word of ``config``: ``bytes``, ``k`` bursts, ``e16`` FP16 or
+    ``e32`` FP32 elements."""
+    bytes: int
+    k: int
+    e16: int
+    e32: int
+
+    @classmethod
+    def of(cls, config) -> "Words":
+        wb = config.npu.word_bytes
+        return cls(wb, wb // config.geometry.burst_bytes, wb // 2, wb // 4)
+
+    def f16(self, cols: int) -> int:
+        return cols // self.e16
+
+    def f32(self, cols: int) -> int:
+        return cols // self.e32
 
 
 def with_cores(config, cores: int):
@@ -137,16 +162,30 @@ class Stream:
     def __init__(self, costs: "Costs"):
         self.ops: list[Op] = []
         self.costs = costs
+        self.words = Words.of(costs.config)
 
     def __iadd__(self, other: "Stream"):
         self.ops += other.ops
         return self
 
-    def load(self, hbm: int, sp: int, count: int, channels: int = 1):
-        self.ops.append(Op(dma_load(hbm, sp, count), "dma", self.costs.dma(count, channels)))
+    def load(self, hbm: int, sp: int, count: int, channels: int = 1, slice: int = 0,
+             spread: bool = False):
+        """``count`` bursts (``rtl.isa.npu.dma_load``); ``spread`` only with wide words
+        (one burst per word is the plain layout of one-burst words)."""
+        self.ops.append(Op(dma_load(hbm, sp, count, slice, spread and self.words.k > 1), "dma",
+                           self.costs.dma(count, channels)))
 
-    def store(self, hbm: int, sp: int, count: int, channels: int = 1):
-        self.ops.append(Op(dma_store(hbm, sp, count), "dma", self.costs.dma(count, channels)))
+    def store(self, hbm: int, sp: int, count: int, channels: int = 1, slice: int = 0,
+              spread: bool = False):
+        self.ops.append(Op(dma_store(hbm, sp, count, slice, spread and self.words.k > 1),
+                           "dma", self.costs.dma(count, channels)))
+
+    def load_words(self, hbm: int, sp: int, words: int, channels: int = 1):
+        """``words`` whole scratchpad words (``k`` bursts each)."""
+        self.load(hbm, sp, words * self.words.k, channels)
+
+    def store_words(self, hbm: int, sp: int, words: int, channels: int = 1):
+        self.store(hbm, sp, words * self.words.k, channels)
 
     def gemm(self, a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32=False, acc=False):
         self.ops.append(Op(gemm(a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32, acc), "gemm",
@@ -159,10 +198,11 @@ class Stream:
         if length > MAX_VECTOR_LENGTH and op in ELEMENTWISE and not flags & ~FLAG_IMM_B:
             pieces = [(i, min(VECTOR_PIECE, length - i))
                       for i in range(0, length, VECTOR_PIECE)]
-        width_a = FP16_WORD if op is VectorOp.CVT16TO32 else FP32_WORD
-        width_d = FP16_WORD if op is VectorOp.CVT32TO16 else FP32_WORD
+        e16, e32 = self.words.e16, self.words.e32
+        width_a = e16 if op is VectorOp.CVT16TO32 else e32
+        width_d = e16 if op is VectorOp.CVT32TO16 else e32
         for i, n in pieces:
-            self.vec_ins(vector(op.value, a=a + i // width_a, b=b + i // FP32_WORD,
+            self.vec_ins(vector(op.value, a=a + i // width_a, b=b + i // e32,
                                 d=d + i // width_d, length=n, imm=imm, flags=flags))
 
     def vec_ins(self, ins: Instruction):
@@ -344,10 +384,14 @@ class Plan:
     def layout(self) -> KVLayout:
         return self.kv[0].layout
 
+    @property
+    def words(self) -> Words:
+        return Words.of(self.config)
+
     def columns(self, n: int, core: int) -> tuple[int, int]:
         """Output columns [c0, c1) of ``core`` in a GEMM of ``n`` columns: the FP16 words
         of a row dealt out as evenly as whole words allow (one core: all of them)."""
-        return columns(n, core, self.cores)
+        return columns(n, core, self.cores, self.words.e16)
 
     def core_of(self, row: int) -> int:
         """The core that runs the attention of scratchpad row ``row``: channel c's
@@ -385,7 +429,8 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
         raise DecodeError("model.heads", f"{heads} heads{_per_device(m)} need a staging bank "
                           f"each among the upper {B // 2} banks")
     cores = config.npu.arrays
-    _check_split(workload, cores)
+    _check_words(workload, config)
+    _check_split(workload, cores, Words.of(config).e16)
     C = g.channels
     policy = "round-robin" if mode == "npu+pim" else "greedy"
     lengths = [n + 1 for n in workload.kv_lens]
@@ -429,12 +474,30 @@ def _per_device(model) -> str:
     return f" per device (of tp {model.tp})" if model.tp > 1 else ""
 
 
-def columns(n: int, core: int, cores: int) -> tuple[int, int]:
+def columns(n: int, core: int, cores: int, e16: int = BURST16) -> tuple[int, int]:
     """Output columns [c0, c1) of ``core`` of ``cores`` in a GEMM of ``n`` columns (a
-    multiple of 32): whole FP16 words, core i the words [W i / cores, W (i + 1) / cores)
-    of the W = n / 32 (rounded down)."""
-    words = n // FP16_WORD
-    return (FP16_WORD * (words * core // cores), FP16_WORD * (words * (core + 1) // cores))
+    multiple of ``e16``, the FP16 of a word): whole FP16 words, core i the words
+    [W i / cores, W (i + 1) / cores) of the W = n / e16."""
+    words = n // e16
+    return (e16 * (words * core // cores), e16 * (words * (core + 1) // cores))
+
+
+def _check_words(workload: DecodeWorkload, config) -> None:
+    """Every activation row, weight row and head is whole scratchpad words: d_model,
+    the attention and FFN widths per device, the vocabulary and d_head multiples of the
+    FP16 of a word (``NpuConfig.word_bytes`` / 2; 32 with one-burst words)."""
+    e16, m = Words.of(config).e16, workload.model
+    if e16 == BURST16:
+        return                  # the workload's own checks (multiples of 32)
+    where = f"{e16} FP16 per {config.npu.word_bytes}-byte scratchpad word (NpuConfig.word_bytes)"
+    if m.d_head % e16:
+        raise DecodeError("model.d_head", f"{m.name}: the compiler lays every head in whole "
+                          f"scratchpad words: d_head {m.d_head} is not a multiple of {where}")
+    for name, value in (("d_model", m.d_model), ("ffn", workload.ffn),
+                        ("vocab", workload.vocab)):
+        if value % e16:
+            raise DecodeError(name if name == "vocab" else f"model.{name}",
+                              f"{m.name}: {name} {value} is not a multiple of {where}")
 
 
 def _split_widths(workload: DecodeWorkload) -> dict:
@@ -444,22 +507,22 @@ def _split_widths(workload: DecodeWorkload) -> dict:
             "w_lm": workload.vocab}
 
 
-def _check_split(workload: DecodeWorkload, cores: int) -> None:
+def _check_split(workload: DecodeWorkload, cores: int, e16: int) -> None:
     """Several cores split every GEMM by output columns in whole FP16 words: every core
     needs at least one word of every matrix."""
     if cores == 1:
         return
     for name, n in _split_widths(workload).items():
-        if n // FP16_WORD < cores:
+        if n // e16 < cores:
             raise DecodeError("config.npu.arrays",
                               f"{cores} cores split the GEMMs by output columns in whole "
-                              f"words of {FP16_WORD} FP16: {name} has {n} columns, "
-                              f"{n // FP16_WORD} word(s)")
+                              f"words of {e16} FP16: {name} has {n} columns, "
+                              f"{n // e16} word(s)")
 
 
-def _head_words(model) -> int:
-    """Scratchpad words (and bursts) of one head's FP16 vector: d_head / 32."""
-    return model.d_head // FP16_WORD
+def _head_bursts(model) -> int:
+    """Bursts (K pieces, K row columns) of one head's FP16 vector: d_head / 32."""
+    return model.d_head // BURST16
 
 
 def _k_span(layout: KVLayout, tokens: int) -> int:
@@ -473,12 +536,13 @@ def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
     return layout.v_chunks(max(workload.kv_lens) + workload.steps)
 
 
-def _linear_words(workload: DecodeWorkload) -> dict:
+def _linear_words(workload: DecodeWorkload, words: Words) -> dict:
     d, a, f, V = workload.model.d_model, workload.d_attn, workload.ffn, workload.vocab
-    layer = {"ln": 4 * d // FP32_WORD, "w_qkv": d * 3 * a // FP16_WORD,
-             "w_o": a * d // FP16_WORD, "w_1": d * f // FP16_WORD, "w_2": f * d // FP16_WORD}
-    head = {"ln_f": 2 * d // FP32_WORD, "w_lm": d * V // FP16_WORD}
-    return {"layer": layer, "head": head, "input": workload.batch * d // FP32_WORD}
+    f16, f32 = words.f16, words.f32
+    layer = {"ln": f32(4 * d), "w_qkv": d * f16(3 * a), "w_o": a * f16(d),
+             "w_1": d * f16(f), "w_2": f * f16(d)}
+    head = {"ln_f": f32(2 * d), "w_lm": d * f16(V)}
+    return {"layer": layer, "head": head, "input": workload.batch * f32(d)}
 
 
 #: What several cores exchange through the HBM after a split GEMM (or the attention):
@@ -488,58 +552,58 @@ EXCHANGES = {"qkv": (lambda w: 3 * w.d_attn, False), "attn": (lambda w: w.d_attn
              "f2": (lambda w: w.model.d_model, True)}
 
 
-def _exchange_words(workload, name: str) -> int:
-    """Words (bursts) of the HBM region of one exchange: every row of the batch."""
+def _exchange_words(workload, name: str, words: Words) -> int:
+    """Scratchpad words of the HBM region of one exchange: every row of the batch."""
     cols, fp32 = EXCHANGES[name]
-    return workload.batch * cols(workload) // (FP32_WORD if fp32 else FP16_WORD)
+    return workload.batch * (words.f32 if fp32 else words.f16)(cols(workload))
 
 
-def _core_words(workload: DecodeWorkload, cores: int, core: int) -> dict:
+def _core_words(workload: DecodeWorkload, cores: int, core: int, words: Words) -> dict:
     """Words of ``core``'s weight block per layer and of its LM head: the LayerNorm
     parameters whole, its share of each matrix's output columns (all K rows)."""
     d = workload.model.d_model
     rows = {"w_qkv": d, "w_o": workload.d_attn, "w_1": d, "w_2": workload.ffn, "w_lm": d}
     share = {}
     for name, n in _split_widths(workload).items():
-        c0, c1 = columns(n, core, cores)
-        share[name] = rows[name] * (c1 - c0) // FP16_WORD
-    sizes = _linear_words(workload)
+        c0, c1 = columns(n, core, cores, words.e16)
+        share[name] = rows[name] * words.f16(c1 - c0)
+    sizes = _linear_words(workload, words)
     layer = {"ln": sizes["layer"]["ln"], **{k: share[k] for k in ("w_qkv", "w_o", "w_1", "w_2")}}
     head = {"ln_f": sizes["head"]["ln_f"], "w_lm": share["w_lm"]}
     return {"layer": layer, "head": head}
 
 
-def _largest_core_words(workload: DecodeWorkload, cores: int) -> dict:
+def _largest_core_words(workload: DecodeWorkload, cores: int, words: Words) -> dict:
     """The largest core's block sizes (what every core's buffers hold)."""
-    blocks = [_core_words(workload, cores, core) for core in range(cores)]
+    blocks = [_core_words(workload, cores, core, words) for core in range(cores)]
     return {part: max(sum(b[part].values()) for b in blocks) for part in ("layer", "head")}
 
 
 class CoreBlocks:
-    """Where the cores' shares of one weight block lie in the HBM. One core: its block
-    right after ``base``. Several: from the first row set (one row in every bank of
-    every channel) at or after ``base``, the cores' blocks dealt out in pieces of a row
-    set / cores bursts, piece j of core i in slot j x cores + i; so the cores, streaming
-    their shares at once, read the same DRAM rows (different columns) instead of
-    thrashing each bank between two rows."""
+    """Where the cores' shares of one weight block (in scratchpad words) lie in the HBM.
+    One core: its block right after ``base``. Several: from the first row set (one row
+    in every bank of every channel) at or after ``base``, the cores' blocks dealt out in
+    pieces of a row set / cores, piece j of core i in slot j x cores + i; so the cores,
+    streaming their shares at once, read the same DRAM rows (different columns) instead
+    of thrashing each bank between two rows."""
 
     def __init__(self, config, base: int, words: list):
-        g, burst = config.geometry, config.geometry.burst_bytes
-        self.cores, self.burst = len(words), burst
+        g, unit = config.geometry, config.npu.word_bytes
+        self.cores, self.unit = len(words), unit
         if self.cores == 1:
             self.start, self.piece, self.slots = base, max(words[0], 1), 1
         else:
-            row_set = g.channels * g.banks * g.bursts_per_row * burst
+            row_set = g.channels * g.banks * g.bursts_per_row * g.burst_bytes
             self.start = -(-base // row_set) * row_set
-            self.piece = row_set // burst // self.cores
+            self.piece = max(row_set // unit // self.cores, 1)
             self.slots = self.cores * max(-(-w // self.piece) for w in words)
-        self.end = self.start + self.slots * self.piece * burst if self.cores > 1 \
-            else base + words[0] * burst
+        self.end = self.start + self.slots * self.piece * unit if self.cores > 1 \
+            else base + words[0] * unit
 
     def address(self, core: int, word: int) -> int:
         """HBM address of word ``word`` of ``core``'s block."""
         piece, rest = divmod(word, self.piece)
-        return self.start + ((piece * self.cores + core) * self.piece + rest) * self.burst
+        return self.start + ((piece * self.cores + core) * self.piece + rest) * self.unit
 
     def runs(self, core: int, first: int, end: int) -> list:
         """(HBM address, first word, words) of the contiguous runs of words [first, end)."""
@@ -554,18 +618,20 @@ class CoreBlocks:
 def _weight_bursts(workload, config) -> int:
     """Bursts from the first weight row to the end of the inputs and exchange regions
     (the layout of :func:`_image`, padding included)."""
-    sizes = _linear_words(workload)
+    words = Words.of(config)
+    sizes = _linear_words(workload, words)
     P = config.npu.arrays
     at = 0
     for part in ("layer",) * workload.layers + ("head",):
-        at += sizes[part]["ln" if part == "layer" else "ln_f"] * config.geometry.burst_bytes
-        words = [sum(v for k, v in _core_words(workload, P, c)[part].items()
-                     if k not in ("ln", "ln_f")) for c in range(P)]
-        at = CoreBlocks(config, at, words).end
-    bursts = at // config.geometry.burst_bytes + workload.steps * sizes["input"]
+        at += sizes[part]["ln" if part == "layer" else "ln_f"] * words.bytes
+        shares = [sum(v for k, v in _core_words(workload, P, c, words)[part].items()
+                      if k not in ("ln", "ln_f")) for c in range(P)]
+        at = CoreBlocks(config, at, shares).end
+    at += workload.steps * sizes["input"] * words.bytes
     if P > 1:
-        bursts += workload.layers * sum(_exchange_words(workload, n) for n in EXCHANGES)
-    return bursts
+        at += workload.layers * sum(_exchange_words(workload, n, words)
+                                    for n in EXCHANGES) * words.bytes
+    return at // config.geometry.burst_bytes
 
 
 def _weight_row(workload, config) -> int:
@@ -585,17 +651,21 @@ def _weight_row(workload, config) -> int:
 def _image(plan: Plan, data: DecodeData) -> HbmImage:
     config, w = plan.config, plan.workload
     image = HbmImage(config)
-    burst = config.geometry.burst_bytes
+    wd = plan.words
     base = _address(config, 0, 0, _weight_row(w, config), 0)
-    sizes = _linear_words(w)
+    sizes = _linear_words(w, wd)
     P = plan.cores
     at = base
 
+    def matrix(values, bits):
+        """The scratchpad words of ``values``, rows of whole words."""
+        return matrix_words(values, bits, values.shape[1] * bits // (8 * wd.bytes), wd.bytes)
+
     def put(values, bits):
         nonlocal at
-        words = matrix_words(values, bits, values.shape[1] * bits // 512)
-        image.write(at, words)
-        at += len(words) * burst
+        words = matrix(values, bits)
+        image.write_words(at, words)
+        at += len(words) * wd.bytes
 
     def share(values, core):
         c0, c1 = plan.columns(values.shape[1], core)
@@ -604,14 +674,12 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
     def blocks(matrices) -> CoreBlocks:
         """Each core's column shares of ``matrices``, one block per core (CoreBlocks)."""
         nonlocal at
-        per_core = [[w for values in matrices
-                     for w in matrix_words(share(values, core), 16,
-                                           share(values, core).shape[1] // FP16_WORD)]
+        per_core = [[w for values in matrices for w in matrix(share(values, core), 16)]
                     for core in range(P)]
         placed = CoreBlocks(config, at, [len(words) for words in per_core])
         for core, words in enumerate(per_core):
             for address, first, n in placed.runs(core, 0, len(words)):
-                image.write(address, words[first:first + n])
+                image.write_words(address, words[first:first + n])
         at = placed.end
         return placed
 
@@ -628,20 +696,18 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
     plan.hbm["head_core"] = blocks((data.w_lm,))
     if P == 1:
         assert at - base == (w.layers * sum(sizes["layer"].values())
-                             + sum(sizes["head"].values())) * burst
+                             + sum(sizes["head"].values())) * wd.bytes
     plan.hbm["inputs"] = []
-    d = w.model.d_model
     for step in range(w.steps):
-        rows = data.inputs[step][plan.row_order]
-        image.write(at, matrix_words(rows, 32, d // FP32_WORD))
+        image.write_words(at, matrix(data.inputs[step][plan.row_order], 32))
         plan.hbm["inputs"].append(at)
-        at += sizes["input"] * burst
+        at += sizes["input"] * wd.bytes
     plan.hbm["exchange"] = {}
     if P > 1:
         for layer in range(w.layers):
             for name in EXCHANGES:
                 plan.hbm["exchange"][name, layer] = at
-                at += _exchange_words(w, name) * burst
+                at += _exchange_words(w, name, wd) * wd.bytes
     # the cached tokens
     layout = plan.layout
     for r in range(w.batch):
@@ -666,7 +732,8 @@ def _scratchpad(plan: Plan) -> dict:
     Lmax = max(w.kv_lens) + w.steps
     sp = Scratchpad(cfg.npu.scratchpad_words)
     s = {}
-    f32, f16 = (lambda cols: cols // FP32_WORD), (lambda cols: cols // FP16_WORD)
+    wd = plan.words
+    f32, f16 = wd.f32, wd.f16
     # vector operands first: the VECTOR range check counts `length` in words
     for name, words in (("x", Bt * f32(d)), ("h", Bt * f32(d)), ("h16", Bt * f16(d)),
                         ("qkv", Bt * f16(3 * a)), ("attn", Bt * f16(a)), ("o", Bt * f32(d)),
@@ -674,8 +741,8 @@ def _scratchpad(plan: Plan) -> dict:
                         ("f1", Bt * f32(f)), ("g16", Bt * f16(f)), ("f2", Bt * f32(d)),
                         ("logits", Bt * f32(V)), ("t", 1), ("dv", f32(d)), ("sq", f32(d)),
                         # attention scratch shared in vector-engine order
-                        ("l32", math.ceil(Lmax / FP32_WORD)), ("e", math.ceil(Lmax / FP32_WORD)),
-                        ("p", math.ceil(Lmax / FP32_WORD)), ("mx", 1), ("sm", 1), ("rc", 1),
+                        ("l32", math.ceil(Lmax / wd.e32)), ("e", math.ceil(Lmax / wd.e32)),
+                        ("p", math.ceil(Lmax / wd.e32)), ("mx", 1), ("sm", 1), ("rc", 1),
                         ("v32", f32(a)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
         if name == "logits":                    # each core's share of the vocabulary
             words = Bt * f32(_largest_share(plan, V))
@@ -690,23 +757,23 @@ def _scratchpad(plan: Plan) -> dict:
     if plan.mode == "npu-only":
         chunks = math.ceil(Lmax / layout.burst_elements)
         for i in range(2):
-            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", _head_words(m) * _k_span(layout, Lmax))
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", _head_bursts(m) * _k_span(layout, Lmax))
             s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
             s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
         s["lcol"] = sp.take("lcol", Lmax)
         s["scol"] = sp.take("scol", chunks * layout.burst_elements)
         s["ocol"] = sp.take("ocol", dh)
         s["q32"] = sp.take("q32", f32(dh))
-        if _head_words(m) > 1:
-            s["l16"] = sp.take("l16", math.ceil(Lmax / FP16_WORD))
+        if _head_bursts(m) > 1:
+            s["l16"] = sp.take("l16", math.ceil(Lmax / wd.e16))
     else:
         chunks = _score_chunks(w, layout)
         s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
         s["ares"] = sp.take("ares", Bt * heads * chunks * layout.v_tiles)
-        s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / layout.burst_elements))
+        s["s16"] = sp.take("s16", Bt * heads * math.ceil(Lmax / wd.e16))
         if chunks > 1:
             s["c32"] = sp.take("c32", f32(dh))      # a chunk's partial output in FP32
-    sizes = _largest_core_words(w, plan.cores)
+    sizes = _largest_core_words(w, plan.cores, wd)
     for i in range(min(2, w.layers)):
         s[f"wbuf{i}"] = sp.take(f"wbuf{i}", sizes["layer"])
     s["head"] = sp.take("head", sizes["head"])
@@ -731,14 +798,16 @@ class Builder:
         self.w = plan.workload
         m = self.w.model
         self.d, self.f, self.dh, self.heads = m.d_model, self.w.ffn, m.d_head, self.w.heads
+        self.wd = wd = plan.words
         self.a = self.w.d_attn             # this device's q width (d at tensor parallel 1)
-        self.pa = self.a // FP16_WORD      # ... in scratchpad words
-        self.hw = _head_words(m)
+        self.pa = wd.f16(self.a)           # ... in scratchpad words
+        self.hb = _head_bursts(m)          # a head's bursts (K pieces of 32)
+        self.hw = wd.f16(self.dh)          # ... and scratchpad words
         self.costs = Costs(self.config)
         self.sp = plan.sp
         self.layout = plan.layout
         self.chunks = _score_chunks(self.w, self.layout)
-        sizes = _core_words(self.w, self.cores, core)["layer"]
+        sizes = _core_words(self.w, self.cores, core, wd)["layer"]
         self.offsets, at = {}, 0
         for name in ("ln", "w_qkv", "w_o", "w_1", "w_2"):
             self.offsets[name] = at
@@ -753,16 +822,16 @@ class Builder:
 
     def _load_pieces(self, pieces) -> Stream:
         """DMA loads of (HBM address, scratchpad word, words), neighbours in both merged."""
-        s, burst = self.stream(), self.config.geometry.burst_bytes
+        s, unit = self.stream(), self.wd.bytes
         merged = []
         for hbm, sp, words in pieces:
-            if words and merged and merged[-1][0] + merged[-1][2] * burst == hbm \
+            if words and merged and merged[-1][0] + merged[-1][2] * unit == hbm \
                     and merged[-1][1] + merged[-1][2] == sp:
                 merged[-1][2] += words
             elif words:
                 merged.append([hbm, sp, words])
         for hbm, sp, words in merged:
-            s.load(hbm, sp, words, self.config.geometry.channels)
+            s.load_words(hbm, sp, words, self.config.geometry.channels)
         return s
 
     def load_layer(self, layer: int, part: str = "all") -> Stream:
@@ -783,7 +852,7 @@ class Builder:
         return self._load_pieces(pieces)
 
     def load_head(self) -> Stream:
-        words = _core_words(self.w, self.cores, self.core)["head"]
+        words = _core_words(self.w, self.cores, self.core, self.wd)["head"]
         lm = self.sp["head"] + words["ln_f"]
         return self._load_pieces(
             [(self.plan.hbm["head"], self.sp["head"], words["ln_f"])]
@@ -797,20 +866,21 @@ class Builder:
         ``out``. Several: this core's columns (``Plan.columns``; its share of W, laid out
         by itself) into ``part``, whose rows are that share (the exchange assembles
         ``out``)."""
+        wd = self.wd
         if self.cores == 1:
             s.gemm(a + r0 * a_pitch, w, out + r0 * out_pitch, rows_n, k, n, a_pitch,
-                   n // FP16_WORD, out_pitch, fp32=fp32)
+                   wd.f16(n), out_pitch, fp32=fp32)
             return
         c0, c1 = self.plan.columns(n, self.core)
-        pitch = (c1 - c0) // (FP32_WORD if fp32 else FP16_WORD)
+        pitch = (wd.f32 if fp32 else wd.f16)(c1 - c0)
         s.gemm(a + r0 * a_pitch, w, part + r0 * pitch, rows_n, k, c1 - c0, a_pitch,
-               (c1 - c0) // FP16_WORD, pitch, fp32=fp32)
+               wd.f16(c1 - c0), pitch, fp32=fp32)
 
     def _part_words(self, n: int, fp32: bool) -> tuple[int, int]:
         """(first word in a full row, words) of this core's columns of an ``n``-column
         output."""
         c0, c1 = self.plan.columns(n, self.core)
-        width = FP32_WORD if fp32 else FP16_WORD
+        width = self.wd.e32 if fp32 else self.wd.e16
         return c0 // width, (c1 - c0) // width
 
     def exchange(self, name: str, layer: int, rows: list, full: int, full_pitch: int,
@@ -823,7 +893,7 @@ class Builder:
         s = self.stream()
         if self.cores == 1 or not rows:
             return s
-        burst = self.config.geometry.burst_bytes
+        unit = self.wd.bytes
         base = self.plan.hbm["exchange"][name, layer]
         r0, n = rows[0], len(rows)
         cols, fp32 = EXCHANGES[name]
@@ -831,12 +901,14 @@ class Builder:
         first, pitch = self._part_words(cols(self.w), fp32)
         for row in rows:
             if part is not None:
-                s.store(base + (row * full_pitch + first) * burst, part + row * pitch, pitch)
+                s.store_words(base + (row * full_pitch + first) * unit, part + row * pitch,
+                              pitch)
             elif mine(row):
-                s.store(base + row * full_pitch * burst, full + row * full_pitch, full_pitch)
+                s.store_words(base + row * full_pitch * unit, full + row * full_pitch,
+                              full_pitch)
         s.sync("dma")
-        s.load(base + r0 * full_pitch * burst, full + r0 * full_pitch, n * full_pitch,
-               self.config.geometry.channels)
+        s.load_words(base + r0 * full_pitch * unit, full + r0 * full_pitch, n * full_pitch,
+                     self.config.geometry.channels)
         s.wait("dma")
         return s
 
@@ -855,13 +927,13 @@ class Builder:
 
     def load_inputs(self) -> Stream:
         s = self.stream()
-        s.load(self.plan.hbm["inputs"][self.step], self.sp["x"], _linear_words(self.w)["input"],
-               self.config.geometry.channels)
+        s.load_words(self.plan.hbm["inputs"][self.step], self.sp["x"],
+                     _linear_words(self.w, self.wd)["input"], self.config.geometry.channels)
         return s
 
     # -- NPU pieces over a range of rows --
     def _layernorm(self, s: Stream, x, gamma, beta, y, rows) -> None:
-        pd = self.d // FP32_WORD
+        pd = self.wd.f32(self.d)
         for r in rows:
             for ins in layernorm_ops(x + r * pd, gamma, beta, y + r * pd, self.sp["t"],
                                      self.sp["dv"], self.sp["sq"], self.d, EPS):
@@ -872,7 +944,7 @@ class Builder:
         if not rows:
             return s
         r0, n = rows[0], len(rows)
-        pd, ph = d // FP32_WORD, d // FP16_WORD
+        pd, ph = self.wd.f32(d), self.wd.f16(d)
         g1 = self.wbuf(layer, "ln")
         if weights_pending:         # the LayerNorm parameters come with the weights
             s.wait("dma")
@@ -891,7 +963,8 @@ class Builder:
         if not rows:
             return s
         r0, n = rows[0], len(rows)
-        pd, ph, pf, pfh = d // FP32_WORD, d // FP16_WORD, f // FP32_WORD, f // FP16_WORD
+        wd = self.wd
+        pd, ph, pf, pfh = wd.f32(d), wd.f16(d), wd.f32(f), wd.f16(f)
         g2 = self.wbuf(layer, "ln") + 2 * pd
         P = self.cores
         self._linear(s, sp["attn"], self.pa, self.wbuf(layer, "w_o"), self.a, d,
@@ -908,10 +981,10 @@ class Builder:
         s.wait("gemm")
         # GELU on this core's columns only (several cores: its share, then the exchange)
         f1, g16 = (sp["f1"], sp["g16"]) if P == 1 else (sp["f1_p"], sp["g16_p"])
-        fc = f if P == 1 else self._part_words(f, False)[1] * FP16_WORD    # this core's
-        s.vec(VectorOp.GELU, a=f1 + r0 * fc // FP32_WORD, d=f1 + r0 * fc // FP32_WORD,
+        fc = f if P == 1 else self._part_words(f, False)[1] * wd.e16    # this core's
+        s.vec(VectorOp.GELU, a=f1 + r0 * wd.f32(fc), d=f1 + r0 * wd.f32(fc),
               length=n * fc)
-        s.vec(VectorOp.CVT32TO16, a=f1 + r0 * fc // FP32_WORD, d=g16 + r0 * fc // FP16_WORD,
+        s.vec(VectorOp.CVT32TO16, a=f1 + r0 * wd.f32(fc), d=g16 + r0 * wd.f16(fc),
               length=n * fc)
         s.wait("vector")
         s += self.exchange("g16", layer, rows, sp["g16"], pfh, sp.get("g16_p"))
@@ -926,14 +999,14 @@ class Builder:
     def lm_head(self) -> Stream:
         s, sp, d = self.stream(), self.sp, self.d
         Bt, V = self.w.batch, self.w.vocab
-        pd, ph = d // FP32_WORD, d // FP16_WORD
+        pd, ph = self.wd.f32(d), self.wd.f16(d)
         ln = sp["head"]
         w_lm = ln + 2 * pd
         self._layernorm(s, sp["x"], ln, ln + pd, sp["h"], range(Bt))
         s.vec(VectorOp.CVT32TO16, a=sp["h"], d=sp["h16"], length=Bt * d)
         s.wait("vector", "dma")
         # several cores: each its share of the vocabulary, kept (checked) in its scratchpad
-        self._linear(s, sp["h16"], ph, w_lm, d, V, sp["logits"], V // FP32_WORD, sp["logits"],
+        self._linear(s, sp["h16"], ph, w_lm, d, V, sp["logits"], self.wd.f32(V), sp["logits"],
                      0, Bt, fp32=True)
         return s
 
@@ -962,7 +1035,14 @@ class Builder:
         """(K group, first column) of ``head``'s K bursts in its K row: a row holds
         ``heads_per_row`` heads side by side, further heads go to further K groups."""
         group, slot = divmod(head, self.layout.heads_per_row)
-        return group, slot * self.hw
+        return group, slot * self.hb
+
+    def _store_bursts(self, s: Stream, addresses, word: int) -> None:
+        """One DMA store per burst: burst j of the vector at scratchpad word ``word``
+        (slice j mod k of word ``word + j // k``) to ``addresses[j]``."""
+        k = self.wd.k
+        for j, address in enumerate(addresses):
+            s.store(address, word + j // k, 1, slice=j % k)
 
     def append(self, layer: int, rows: list) -> Stream:
         """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
@@ -974,13 +1054,13 @@ class Builder:
             c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
             for h in range(self.heads):         # a head's bursts: one column each
                 group, column = self._k_place(h)
-                for j in range(self.hw):
-                    s.store(_address(cfg, c, t % B, pages.k[t // B][group], column + j),
-                            self._qkv_word(row, 1, h) + j, 1)
-            for h in range(self.heads):
+                self._store_bursts(s, [_address(cfg, c, t % B, pages.k[t // B][group],
+                                                column + j) for j in range(self.hb)],
+                                   self._qkv_word(row, 1, h))
+            for h in range(self.heads):         # a word per V burst (a dimension)
                 for vt in range(lay.v_tiles):
                     s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                           sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
+                           sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B, spread=True)
         s.wait("dma")
         for row in rows:
             r = plan.row_order[row]
@@ -995,7 +1075,7 @@ class Builder:
             for h in range(self.heads):
                 for vt in range(lay.v_tiles):
                     s.store(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B)
+                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B, spread=True)
         return s
 
     def _softmax(self, s: Stream, logits: int, n: int, flags: int, imm: int, out16: int,
@@ -1030,16 +1110,15 @@ class Builder:
         B, heads = lay.banks, self.heads
         Lmax = max(self.w.kv_lens) + self.w.steps
         per = lay.burst_elements
-        kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / per)
+        kt_max, ch = lay.k_tiles(Lmax), math.ceil(Lmax / self.wd.e16)
         s += self.append(layer, rows)
         for row in rows:           # queries into the staging rows: bank 0, a row per K group
             r = plan.row_order[row]
             for h in range(heads):
                 group, column = self._k_place(h)
-                for j in range(self.hw):
-                    s.store(_address(cfg, plan.channel_of[r], lay.query_bank,
-                                     plan.staging_row(r, group), column + j),
-                            self._qkv_word(row, 0, h) + j, 1)
+                self._store_bursts(s, [_address(cfg, plan.channel_of[r], lay.query_bank,
+                                                plan.staging_row(r, group), column + j)
+                                       for j in range(self.hb)], self._qkv_word(row, 0, h))
         s.wait("dma")
         order = self._by_channel(rows)
         for row in order:
@@ -1066,11 +1145,12 @@ class Builder:
         for row in rows:
             r = plan.row_order[row]
             c, L = plan.channel_of[r], self._token(r) + 1
-            for h in range(heads):
-                for word in range(math.ceil(L / per)):
-                    chunk, column = divmod(word, lay.row_elements // per)
-                    s.store(_address(cfg, c, lay.score_bank + h, plan.staging_row(r, chunk),
-                                     column), sp["s16"] + (row * heads + h) * ch + word, 1)
+            for h in range(heads):          # burst b: 32 scores, column b of its chunk's row
+                self._store_bursts(s, [_address(cfg, c, lay.score_bank + h,
+                                                plan.staging_row(r, chunk), column)
+                                       for chunk, column in (divmod(b, lay.row_elements // per)
+                                                             for b in range(math.ceil(L / per)))],
+                                   sp["s16"] + (row * heads + h) * ch)
         s.wait("dma")
         for row in order:
             self._attend_pim(s, layer, row)
@@ -1128,14 +1208,14 @@ class Builder:
             r = plan.row_order[row]
             c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
             group, column = self._k_place(h)
-            for j in range(self.hw):           # piece j: the tokens' elements 32j .. 32j + 31
-                for kt in range(lay.k_tiles(L)):
+            for j in range(self.hb):           # piece j: the tokens' elements 32j .. 32j + 31
+                for kt in range(lay.k_tiles(L)):     # a word per token slot
                     s.load(_address(cfg, c, 0, pages.k[kt][group], column + j),
-                           sp[f"kbuf{i % 2}"] + j * span + kt * B, B)
+                           sp[f"kbuf{i % 2}"] + j * span + kt * B, B, spread=True)
             for chunk in range(math.ceil(L / lay.burst_elements)):
-                for vt in range(lay.v_tiles):
+                for vt in range(lay.v_tiles):        # a word per dimension
                     s.load(self._v_burst(c, pages, h, vt, chunk),
-                           sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B)
+                           sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B, spread=True)
 
         def query(i):
             row, h = items[i]
@@ -1178,15 +1258,15 @@ class Builder:
         sp, acc_rows = self.sp, self.config.npu.accumulator_rows
         for m0 in range(0, L, acc_rows):
             rows_m = min(acc_rows, L - m0)
-            if self.hw == 1:
+            if self.hb == 1:
                 s.gemm(kbuf + m0, qcol, sp["lcol"] + m0, rows_m, self.dh, 1, 1, 1, 1)
                 continue
-            for j in range(self.hw):
-                s.gemm(kbuf + j * span + m0, qcol + j * FP16_WORD, sp["lcol"] + m0, rows_m,
-                       FP16_WORD, 1, 1, 1, 1, fp32=True, acc=j > 0)
+            for j in range(self.hb):
+                s.gemm(kbuf + j * span + m0, qcol + j * BURST16, sp["lcol"] + m0, rows_m,
+                       BURST16, 1, 1, 1, 1, fp32=True, acc=j > 0)
         s.wait("gemm")
         logits, flags, imm = sp["lcol"], FLAG_STRIDED_A, strided_imm(1, 0)
-        if self.hw > 1:
+        if self.hb > 1:
             s.vec(VectorOp.CVT32TO16, a=logits, d=sp["l16"], length=L, flags=flags, imm=imm)
             logits, flags, imm = sp["l16"], 0, 0
         self._softmax(s, logits, L, flags, imm, sp["scol"], FLAG_STRIDED_D, strided_imm(1, 0))
@@ -1286,7 +1366,8 @@ def _checks(plan: Plan, golden, core: int = 0) -> dict:
     c0, c1 = plan.columns(logits.shape[1], core)
     logits = logits[:, c0:c1]
     for base, values in ((sp["x"], hidden), (sp["logits"], logits)):
-        words = matrix_words(values, 32, values.shape[1] // FP32_WORD)
+        wd = plan.words
+        words = matrix_words(values, 32, wd.f32(values.shape[1]), wd.bytes)
         checks.update({base + i: word for i, word in enumerate(words)})
     return checks
 

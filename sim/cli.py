@@ -287,7 +287,7 @@ def cmd_reproduce(args):
                 assert len(array) == 2
             except (ValueError, AssertionError):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
-        config = slice_config(args.cores, array)
+        config = slice_config(args.cores, array, args.word_bytes, args.lanes)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
     except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
         sys.exit(f"neupims reproduce: {error}")
@@ -354,6 +354,11 @@ def main(argv=None):
                    help="NPU cores of the slice (GEMMs split by columns, attention by "
                         "channel; default %(default)s)")
     p.add_argument("--array", help="each core's systolic array, ROWSxCOLS (default 16x16)")
+    p.add_argument("--word-bytes", type=int, default=64,
+                   help="scratchpad word in bytes, a power of two of whole 64-byte bursts "
+                        "(default %(default)s; the models' heads must be whole words)")
+    p.add_argument("--lanes", type=int, default=16,
+                   help="vector lanes per core, FP32 of one word at most (default %(default)s)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
                                                       "on stderr)")

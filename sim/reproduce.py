@@ -165,12 +165,15 @@ def batch_factor(config: DeviceConfig) -> float:
     return macs_per_byte(preset("neupims")) / macs_per_byte(config)
 
 
-def slice_config(cores: int = 1, array: tuple | None = None) -> DeviceConfig:
+def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 64,
+                 lanes: int = 16) -> DeviceConfig:
     """The slice (see the module docstring): two channels of the paper's geometry (32 banks
     = 2 ranks x 4 bank groups x 4, 1 KiB rows, 16 PIM lanes; the ``decode`` preset's
     timing), 8,192 rows per bank, a 16 x 16 array, 16 vector lanes, timing-only.
     ``cores``: NPU cores (``sim.decode.compiler.with_cores``), each with ``array`` (rows,
-    columns; default 16 x 16) and 16 vector lanes."""
+    columns; default 16 x 16) and ``lanes`` vector lanes, on scratchpad words of
+    ``word_bytes`` (default one 64-byte burst; a wider word for a wider vector unit:
+    ``lanes`` FP32 must fit one word). The scratchpad keeps 16 MiB whatever the word."""
     from .decode.compiler import with_cores
     base = preset("decode")
     rows, cols = array or (16, 16)
@@ -178,8 +181,13 @@ def slice_config(cores: int = 1, array: tuple | None = None) -> DeviceConfig:
         name="reproduce-slice", stored_rows=8192, datapath=False,
         geometry=dataclasses.replace(base.geometry, bankgroups=4, banks_per_group=4,
                                      rows=8192, columns=64),
-        npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=16,
-                                instruction_words=65536, scratchpad_words=1 << 18))
+        npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=lanes,
+                                instruction_words=65536, word_bytes=word_bytes,
+                                scratchpad_words=(1 << 24) // max(word_bytes, 1)))
+    if lanes < 1 or (word_bytes // 4) % lanes:
+        raise ConfigError("NpuConfig.vector_lanes", f"{lanes} lanes must divide the "
+                          f"{word_bytes // 4} FP32 of a {word_bytes}-byte scratchpad word "
+                          f"(NpuConfig.word_bytes)")
     config = config if cores == 1 else with_cores(config, cores)
     from rtl.npu.gemm_engine import check_array_shape
     from rtl.npu.top import check_cores

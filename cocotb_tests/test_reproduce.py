@@ -8,7 +8,8 @@
   memories the full RTL can hold (512 stored rows, 32,768 scratchpad words, 8,192
   instructions; sizes that do not enter any timing): the full RTL and the timing-only
   build give identical cycles, stage ends, counters and command streams on a small
-  workload of a slice model in every mode, with a context over two V chunks.
+  workload of a slice model in every mode, with a context over two V chunks; the same
+  for the slice with 256-byte scratchpad words and 64 vector lanes on heads of 128.
 """
 from __future__ import annotations
 
@@ -60,5 +61,20 @@ def test_slice_timing_only_matches_full_rtl(mode, tmp_path):
                         npu=dataclasses.replace(base.npu, scratchpad_words=32768,
                                                 instruction_words=8192))
     workload = DecodeWorkload(get_model("gpt3-7b-s32"), (5, 530, 17), steps=1, seed=4)
+    full, timing = run_both(workload, mode, base, tmp_path)
+    compare(full, timing)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wide_slice_timing_only_matches_full_rtl(mode, tmp_path):
+    """The slice with 256-byte scratchpad words and a 64-lane vector unit (``neupims
+    reproduce --word-bytes 256 --lanes 64``) on a heads-of-128 model: full RTL bit-exact
+    and the timing-only build in the same clocks."""
+    base = slice_config(word_bytes=256, lanes=64)
+    base = base.replace(datapath=True, stored_rows=512,
+                        geometry=dataclasses.replace(base.geometry, rows=1024),
+                        npu=dataclasses.replace(base.npu, scratchpad_words=16384,
+                                                instruction_words=8192))
+    workload = DecodeWorkload(get_model("gpt3-7b-s32-h128"), (5, 530, 17), steps=1, seed=4)
     full, timing = run_both(workload, mode, base, tmp_path)
     compare(full, timing)

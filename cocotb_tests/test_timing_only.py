@@ -123,20 +123,22 @@ def test_timing_only_matches_full_rtl_refresh_heavy(mode, tmp_path):
         assert counters["REF"] > 2 * step["cycles"] // base.timing.tREFI + 1
 
 
-#: the decode preset with 128-byte scratchpad words (2 bursts): two heads of 64, each one
-#: whole word; K and query bursts stored from their word slices, V and K tiles loaded one
-#: burst per word (``spread``)
-WIDE_MODEL = ModelShape("gpt-2xh64", 128, 2, 2, ffn=256, d_head=64)
+#: the decode preset with 128-byte scratchpad words (2 bursts): four heads of 32, two to a
+#: word (queries gathered and outputs scattered from lane 32 of a word); K and query
+#: bursts stored from their word slices, V and K tiles loaded one burst per word
+#: (``spread``)
+WIDE_MODEL = ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32)
 
 
 @pytest.mark.xdist_group("decode-wide")
-def test_wide_words_on_rtl(tmp_path):
-    """The decode compiler on 128-byte scratchpad words, ``neupims`` (sub-batches, PIM and
-    NPU attention pieces): bit-exact on the full RTL, and the timing-only twin in the
-    same clocks."""
+@pytest.mark.parametrize("mode", ["npu-only", "neupims"])
+def test_wide_words_on_rtl(mode, tmp_path):
+    """The decode compiler on 128-byte scratchpad words (``neupims``: sub-batches, the
+    PIM's attention; ``npu-only``: the NPU's): bit-exact on the full RTL, and the
+    timing-only twin in the same clocks."""
     base = preset("decode")
     config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128))
-    workload = DecodeWorkload(WIDE_MODEL, (3, 40, 17), steps=2, seed=5, vocab=256)
-    full, timing = run_both(workload, "neupims", config, tmp_path)
+    workload = DecodeWorkload(WIDE_MODEL, (3, 40, 17), steps=1, seed=5, vocab=256)
+    full, timing = run_both(workload, mode, config, tmp_path)
     compare(full, timing)
     assert full["config"]["npu"]["word_bytes"] == 128

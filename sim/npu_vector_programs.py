@@ -103,7 +103,7 @@ def strided_params(ins: Instruction, word_bytes: int = WORD_BYTES):
     ``group == 0`` or ``lane0 + group`` beyond a strided operand's elements per word)."""
     vop, flags, imm = ins["vop"], ins["flags"], ins["imm"]
     sa, sd = bool(flags & FLAG_STRIDED_A), bool(flags & FLAG_STRIDED_D)
-    group, lane0 = imm & 0x3F, (imm >> 8) & 0x1F
+    group, lane0 = imm & 0xFF, (imm >> 8) & 0xFF
     if not (sa or sd):
         return False, False, group, lane0
     if vop < _UNARY_FIRST:

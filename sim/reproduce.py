@@ -200,8 +200,8 @@ def paper_scale_status() -> list[dict]:
     """Why each of the paper's models is not run on the ``neupims`` preset: the errors the
     decode compiler raises for it (checked, not assumed), planning a batch of 64 (100
     tokens each, vocabulary 2,048) with the ``decode`` preset's address map, which the KV
-    layout needs: first as the preset is, then, past a head-layout error, with scratchpad
-    words of one head (``2 d_head`` bytes), for what comes next."""
+    layout needs: first as the preset is, then, past a stored-rows error, with every row
+    of a bank stored (as a timing-only device could), for what comes next."""
     from .decode.compiler import _plan, _scratchpad, mode_config
     from .decode.workload import DecodeError, DecodeWorkload
     config = preset("neupims")
@@ -220,10 +220,9 @@ def paper_scale_status() -> list[dict]:
             return None
 
         error = plan(planned)
-        if isinstance(error, DecodeError) and error.field == "model.d_head":
-            head_words = dataclasses.replace(planned.npu, word_bytes=2 * workload.model.d_head)
-            plan(planned.replace(npu=head_words),
-                 f"with {2 * workload.model.d_head}-byte words (one head each): ")
+        if isinstance(error, DecodeError) and "stored_rows" in str(error):
+            rows = planned.geometry.rows
+            plan(planned.replace(stored_rows=rows), f"with all {rows:,} rows stored: ")
         out.append({"model": name, "config": "neupims", "batches": list(PAPER_BATCHES),
                     "run": not reasons, "reason": "; ".join(reasons) or None})
     return out

@@ -129,12 +129,20 @@ def test_heads_past_one_k_row(mode):
         assert headers and all(ins["gemvs"] == 1 for ins in headers)
 
 
+#: four heads of 32: two to a 128-byte word
+FOUR_HEADS = ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32)
+
 #: wide scratchpad words: (model, kv_lens, word_bytes, cores): two heads of 64 in 128-byte
-#: words (2 bursts; one and two cores), a head of 128 in 256-byte words (4 bursts)
+#: words (2 bursts; one and two cores), a head of 128 in 256-byte words (4 bursts), and
+#: heads in part of a word: four heads of 32 in 128-byte words (one and two cores), two
+#: of 64 in 256-byte words
 WIDE_WORDS = {
     "2xh64-w128": (WIDE_HEADS["2xh64"][0], (3, 40, 17), 128, 1),
     "2xh64-w128-2cores": (WIDE_HEADS["2xh64"][0], (3, 40, 17), 128, 2),
     "h128-w256": (WIDE_HEADS["h128"][0], (20, 70, 300), 256, 1),
+    "4xh32-w128": (FOUR_HEADS, (3, 40, 17, 300), 128, 1),
+    "4xh32-w128-2cores": (FOUR_HEADS, (3, 40, 17, 300), 128, 2),
+    "2xh64-w256": (WIDE_HEADS["2xh64"][0], (3, 40, 17), 256, 1),
 }
 
 
@@ -168,18 +176,29 @@ def test_wide_words_match_golden(mode, name):
     if mode != "npu-only":      # a head's K bursts from every slice of its words
         stores = [ins for ins in dmas if ins.op is NpuOp.DMA_STORE and ins["count"] == 1]
         assert {ins["slice"] for ins in stores} == set(range(k))
+    heads_per_word = word_bytes // 2 // model.d_head
+    vectors = [ins for ins in run.steps[0].program if ins.op is NpuOp.VECTOR]
+    lanes0 = {ins["imm"] >> 8 & 0xFF for ins in vectors if ins["flags"] & 12
+              and ins["imm"] & 0xFF == model.d_head}
+    # several heads to a word: their queries and outputs read / written from lane h x d_head
+    assert lanes0 == ({h * model.d_head for h in range(heads_per_word)}
+                      if heads_per_word > 1 else set())
 
 
-def test_wide_words_need_whole_heads():
-    """A head narrower than a word (d_head 32 in 128-byte words) is refused, naming the
-    field; so is a width that is not whole words."""
+def test_wide_words_need_whole_rows_and_heads():
+    """A head that is neither whole words nor a whole fraction of one (d_head 96 in
+    64-FP16 words) is refused, naming the field; so is a width that is not whole words."""
+    odd = ModelShape("gpt-h96", 192, 2, 2, ffn=256, d_head=96)
     with pytest.raises(DecodeError) as error:
-        compile_decode(DecodeWorkload("tiny-gpt", (4,), steps=1), "neupims", _wide(128))
+        compile_decode(DecodeWorkload(odd, (4,), steps=1), "neupims", _wide(128))
     assert error.value.field == "model.d_head" and "128-byte" in str(error.value)
     with pytest.raises(DecodeError) as error:
         compile_decode(DecodeWorkload(WIDE_HEADS["2xh64"][0], (4,), steps=1, vocab=96),
                        "neupims", _wide(128))
     assert error.value.field == "vocab"
+    with pytest.raises(DecodeError) as error:
+        compile_decode(DecodeWorkload("tiny-gpt", (4,), steps=1), "neupims", _wide(256))
+    assert error.value.field == "model.d_model"
 
 
 def _row(config, hbm: int) -> int:

@@ -273,6 +273,79 @@ def test_vector_programs_wide_lanes(slow):
         assert np.array_equal(got, job.expected), job.program[0]
 
 
+def _run_core_words(config, preload: dict, program: list, words: int):
+    """NpuCore with its VectorEngine: ``preload`` written (whole wide words), ``program``
+    run; (error code, error pc, {word: value} of words [0, words))."""
+    dut = NpuCore(config, vector_engine=True)
+    full = (1 << word_lanes(config)) - 1
+    out = {}
+
+    async def bench(ctx):
+        for addr, word in sorted(preload.items()):
+            ctx.set(dut.ext_write.addr, addr)
+            ctx.set(dut.ext_write.data, word)
+            ctx.set(dut.ext_write.lanes, full)
+            await ctx.tick()
+        ctx.set(dut.ext_write.lanes, 0)
+        await load_and_start(ctx, dut, program)
+        cycles = 0
+        while not ctx.get(dut.done):
+            await ctx.tick()
+            cycles += 1
+            assert cycles < 20000
+        for addr in range(words):
+            ctx.set(dut.ext_read.addr, addr)
+            ctx.set(dut.ext_read.en, 1)
+            await ctx.tick()
+            out[addr] = ctx.get(dut.ext_read.data)
+        out["code"], out["pc"] = NpuError(ctx.get(dut.error_code)), ctx.get(dut.error_pc)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    return out.pop("code"), out.pop("pc"), out
+
+
+def test_strided_lanes_past_32_in_wide_words():
+    """128-byte words (64 FP16, 32 FP32 per word): strided operands whose first lane is
+    32 or more (the second half of a word: a head of 32 FP16 beside another, as the
+    decode compiler lays two heads of 32 in one word), gathered, scattered and both,
+    bit-exact with the golden interpreter on every word; a group that passes the word's
+    end stops the core with BAD_SHAPE, also where the 8-bit fields' sum passes 255."""
+    from rtl.isa.npu import vector
+    from rtl.npu.vector import VectorOp
+    from rtl.npu.vector_engine import FLAG_STRIDED_A as SA, FLAG_STRIDED_D as SD, strided_imm
+    from sim.npu_vector_programs import execute_instruction
+    config = wide_config(128, channels=1, array_rows=4, array_cols=4, vector_lanes=8)
+    rng = np.random.default_rng(9)
+    memory = {a: int.from_bytes(rng.bytes(128), "little") for a in range(64)}
+    for a in range(8):          # sensible FP32 values for the EXP's operand
+        memory[40 + a] = pack_words(rng.uniform(-5, 5, 32).astype(np.float32).view(np.uint32))
+    cvt16, cvt32, exp = (VectorOp.CVT16TO32.value, VectorOp.CVT32TO16.value,
+                         VectorOp.EXP.value)
+    program = [vector(cvt16, a=0, d=10, length=32, flags=SA, imm=strided_imm(32, 32)),
+               vector(cvt32, a=12, d=20, length=64, flags=SD, imm=strided_imm(32, 32)),
+               vector(cvt16, a=2, d=24, length=40, flags=SA | SD, imm=strided_imm(8, 24)),
+               vector(exp, a=40, d=50, length=20, flags=SA | SD, imm=strided_imm(10, 22)),
+               vector(cvt32, a=30, d=56, length=5, flags=SD, imm=strided_imm(1, 50)),
+               halt()]
+    want = dict(memory)
+    for ins in program[:-1]:
+        execute_instruction(want, ins, 8, 128)
+    code, _, words = _run_core_words(config, memory, program, 64)
+    assert code is NpuError.NONE
+    bad = [a for a in range(64) if words[a] != want[a]]
+    assert not bad, f"{len(bad)} words differ, first {bad[0]}"
+    for imm in (strided_imm(32, 40), strided_imm(60, 200), strided_imm(100, 0)):
+        code, pc, _ = _run_core_words(
+            config, {}, [vector(cvt16, a=0, d=10, length=8, flags=SA, imm=imm), halt()], 0)
+        assert (code, pc) == (NpuError.BAD_SHAPE, 0), hex(imm)
+        with pytest.raises(ValueError):
+            execute_instruction({}, vector(cvt16, a=0, d=10, length=8, flags=SA, imm=imm), 8,
+                                128)
+
+
 def test_neupims_core_elaborates():
     """The ``neupims`` preset (512-byte words): the core's checks pass for its 128 x 128
     array and 128-lane vector engine, and the timing-only core elaborates (every
@@ -299,13 +372,13 @@ def test_bad_word_bytes_name_the_field():
         check_array_shape(wide_config(128, array_cols=64))
     with pytest.raises(ConfigError, match="NpuConfig.array_rows"):
         check_array_shape(preset("neupims", npu=NpuConfig(array_rows=512, word_bytes=512)))
-    # the decode compiler lays wide words out when every head is whole words; the
-    # decoder block's layout is for one-burst words
+    # the decode compiler lays out wide words when every row is whole words (tiny-gpt's
+    # d_model 64 is half a 256-byte word); the decoder block's layout is for one-burst words
     from sim.decode.compiler import compile_decode
     from sim.decode.workload import DecodeError, DecodeWorkload
     from sim.decoder_program import decoder_program
     decode = preset("decode")
-    wide = decode.replace(npu=dataclasses.replace(decode.npu, word_bytes=128))
+    wide = decode.replace(npu=dataclasses.replace(decode.npu, word_bytes=256))
     with pytest.raises(DecodeError, match="NpuConfig.word_bytes"):
         compile_decode(DecodeWorkload("tiny-gpt", (4,), steps=1), "neupims", config=wide)
     with pytest.raises(ConfigError, match="NpuConfig.word_bytes"):

@@ -112,10 +112,11 @@ def test_slice_models_keep_the_papers_traffic_ratio():
 def test_paper_scale_reports_why_not_run():
     status = paper_scale_status()
     assert [s["model"] for s in status] == ["gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b"]
-    for s in status:        # heads of 128 in words of 256 FP16; then the stored rows
-        assert not s["run"] and s["reason"].startswith("model.d_head")
-        assert "NpuConfig.word_bytes" in s["reason"] and "stored_rows" in s["reason"]
-        assert "with 256-byte words" in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
+    for s in status:        # the stored rows; with every row stored, the scratchpad
+        assert not s["run"] and "DeviceConfig.stored_rows" in s["reason"]
+        assert "with all 32,768 rows stored: scratchpad" in s["reason"]
+        assert "NpuConfig.scratchpad_words" in s["reason"]
+        assert "word_bytes" not in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
 
 
 def _points(grid):

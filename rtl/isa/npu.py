@@ -28,7 +28,7 @@ VECTOR     ``vop``, ``flags``, ``a``, ``b``, ``d``, ``length``, ``imm``: handed 
            unit as is (``NpuCore.vector_ops``; semantics: ``rtl.npu.vector_engine``); the
            core checks the word ranges [a, a + length), [b, b + length), [d, d + length)
            and the strided (gather / scatter) flags (bits 2, 3: unary ops only, group
-           ``imm[0:6]`` >= 1, first lane ``imm[8:13]`` + group <= elements per word)
+           ``imm[0:8]`` >= 1, first lane ``imm[8:16]`` + group <= elements per word)
 PIM        ``pim_op`` (0 GWRITE, 1 HEADER, 2 GEMV: ``rtl.controller.PimOp``), ``channel``,
            ``rank``, ``bankgroup``, ``bank``, ``row``, ``column``, ``comps``, ``gemvs``,
            ``sp``: one PIM transaction to channel ``channel``; a GEMV's 64-byte result

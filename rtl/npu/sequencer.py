@@ -85,7 +85,7 @@ class Sequencer(wiring.Component):
     pitch shorter than its matrix row, ``acc`` without ``fp32``, M > ``accumulator_rows``
     with K > H (BAD_SHAPE), A, B or C reaching past the scratchpad (SCRATCHPAD_RANGE);
     VECTOR: ``STRIDED_A`` / ``STRIDED_D`` flags (``rtl.npu.vector_engine``) on a binary
-    op or a reduction, or with ``g = imm[0:6]`` zero or ``imm[8:13] + g`` beyond a
+    op or a reduction, or with ``g = imm[0:8]`` zero or ``imm[8:16] + g`` beyond a
     strided operand's elements per word (BAD_SHAPE), [a, a + length), [b, ...),
     [d, ...) past the scratchpad (SCRATCHPAD_RANGE); PIM: ``pim_op`` > 2,
     channel, rank, bank group, bank, row, column, comps (> row chunks x 1024) or gemvs
@@ -241,8 +241,8 @@ class Sequencer(wiring.Component):
         # strided operands (rtl.npu.vector_engine FLAG_STRIDED_A = 4, FLAG_STRIDED_D = 8):
         # unary ops only (vop >= EXP), 1 <= g and lane0 + g <= elements per word
         st_a, st_d = v.flags[2], v.flags[3]
-        group, lane0 = v.imm[0:6], v.imm[8:13]
-        end = Signal(7, name="check_stride_end")
+        group, lane0 = v.imm[0:8], v.imm[8:16]
+        end = Signal(9, name="check_stride_end")
         m.d.comb += end.eq(lane0 + group)
         in16 = v.vop == _VOP_CVT16TO32
         out16 = v.vop == _VOP_CVT32TO16

@@ -28,8 +28,8 @@ element count ``n`` (0: nothing happens, ``vector_done`` still pulses).
 Strided vectors (gather / scatter). With ``STRIDED_A`` / ``STRIDED_D`` the operand is a
 strided vector of its element width (FP16 for the ``a`` of CVT16TO32 and the ``d`` of
 CVT32TO16, FP32 otherwise; ``E`` elements per word: 32 FP16, 16 FP32) with the group
-``g = imm[0:6]`` and the first lane ``lane0 = imm[8:13]`` (:func:`strided_imm`; the
-other bits of ``imm`` are ignored): element ``i`` lies in word ``x + i // g``, element
+``g = imm[0:8]`` and the first lane ``lane0 = imm[8:16]`` (:func:`strided_imm`; the
+other bits of ``imm`` are ignored; up to 255 each, for words of up to 256 FP16): element ``i`` lies in word ``x + i // g``, element
 lane ``lane0 + i % g`` of that word. ``g = E``, ``lane0 = 0`` is the dense layout;
 ``g = 1`` is a column (one element per word, e.g. ``lane0 = 5``: lane 5 of consecutive
 words, a transposition); ``g = 8``, ``lane0 = 0`` with FP16: the first 8 FP16 of
@@ -155,12 +155,12 @@ WRITE_SLOTS = 8
 
 def strided_imm(group: int, lane0: int) -> int:
     """The ``imm`` of a strided VECTOR (``FLAG_STRIDED_A`` / ``FLAG_STRIDED_D``): the
-    group ``g`` in bits [0, 6) and the first lane in bits [8, 13). Only the field widths
+    group ``g`` in bits [0, 8) and the first lane in bits [8, 16). Only the field widths
     are checked here (the NPU checks ``g >= 1`` and ``lane0 + g <= E``)."""
-    if not 0 <= group < 64:
-        raise ValueError(f"strided group {group} does not fit imm[0:6]")
-    if not 0 <= lane0 < 32:
-        raise ValueError(f"strided lane0 {lane0} does not fit imm[8:13]")
+    if not 0 <= group < 256:
+        raise ValueError(f"strided group {group} does not fit imm[0:8]")
+    if not 0 <= lane0 < 256:
+        raise ValueError(f"strided lane0 {lane0} does not fit imm[8:16]")
     return group | (lane0 << 8)
 
 
@@ -270,8 +270,8 @@ class VectorEngine(wiring.Component):
             st_a.eq(strided & ((cmd.flags & FLAG_STRIDED_A) != 0)),
             st_d.eq(strided & ((cmd.flags & FLAG_STRIDED_D) != 0)),
         ]
-        group = cmd.imm[0:6]
-        lane0 = cmd.imm[8:13]
+        group = cmd.imm[0:8]          # <= E once the sequencer has checked it
+        lane0 = cmd.imm[8:16]
         # widths for groups of up to max(63, E16) elements (extra bits for words wider
         # than one 64-byte burst)
         xw = max(0, E16.bit_length() - 6)

@@ -97,6 +97,7 @@ PIM_QUEUE = 16
 WEIGHTS_AFTER_GEMM = 2
 MAX_VECTOR_LENGTH = (1 << DIM_BITS) - 1    # the VECTOR length field
 VECTOR_PIECE = 1 << 15                     # whole FP16 and FP32 words
+VECTOR_COPY = 12                           # vop: copy a to d as FP32 (strided operands)
 ELEMENTWISE = {VectorOp.ADD, VectorOp.SUB, VectorOp.MUL, VectorOp.MAX, VectorOp.EXP,
                VectorOp.RECIP, VectorOp.RSQRT, VectorOp.GELU, VectorOp.CVT16TO32,
                VectorOp.CVT32TO16}
@@ -191,9 +192,10 @@ class Stream:
         self.ops.append(Op(gemm(a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32, acc), "gemm",
                            self.costs.gemm(m, k, n)))
 
-    def vec(self, op: VectorOp, a=0, b=0, d=0, length=0, imm=0, flags=0):
-        """One VECTOR; a dense element-wise op longer than the ``length`` field (16 bits)
-        is cut into pieces of ``VECTOR_PIECE`` elements (whole words of either width)."""
+    def vec(self, op, a=0, b=0, d=0, length=0, imm=0, flags=0):
+        """One VECTOR (``op``: a VectorOp or a vop number, e.g. :data:`VECTOR_COPY`); a
+        dense element-wise op longer than the ``length`` field (16 bits) is cut into
+        pieces of ``VECTOR_PIECE`` elements (whole words of either width)."""
         pieces = [(0, length)]
         if length > MAX_VECTOR_LENGTH and op in ELEMENTWISE and not flags & ~FLAG_IMM_B:
             pieces = [(i, min(VECTOR_PIECE, length - i))
@@ -202,7 +204,7 @@ class Stream:
         width_a = e16 if op is VectorOp.CVT16TO32 else e32
         width_d = e16 if op is VectorOp.CVT32TO16 else e32
         for i, n in pieces:
-            self.vec_ins(vector(op.value, a=a + i // width_a, b=b + i // e32,
+            self.vec_ins(vector(getattr(op, "value", op), a=a + i // width_a, b=b + i // e32,
                                 d=d + i // width_d, length=n, imm=imm, flags=flags))
 
     def vec_ins(self, ins: Instruction):
@@ -483,21 +485,26 @@ def columns(n: int, core: int, cores: int, e16: int = BURST16) -> tuple[int, int
 
 
 def _check_words(workload: DecodeWorkload, config) -> None:
-    """Every activation row, weight row and head is whole scratchpad words: d_model,
-    the attention and FFN widths per device, the vocabulary and d_head multiples of the
-    FP16 of a word (``NpuConfig.word_bytes`` / 2; 32 with one-burst words)."""
+    """Every activation and weight row is whole scratchpad words: d_model, the attention
+    and FFN widths per device and the vocabulary multiples of the FP16 of a word
+    (``NpuConfig.word_bytes`` / 2; 32 with one-burst words); a head is whole words or a
+    whole fraction of one (d_head a multiple or a divisor of it)."""
     e16, m = Words.of(config).e16, workload.model
     if e16 == BURST16:
         return                  # the workload's own checks (multiples of 32)
     where = f"{e16} FP16 per {config.npu.word_bytes}-byte scratchpad word (NpuConfig.word_bytes)"
-    if m.d_head % e16:
-        raise DecodeError("model.d_head", f"{m.name}: the compiler lays every head in whole "
-                          f"scratchpad words: d_head {m.d_head} is not a multiple of {where}")
-    for name, value in (("d_model", m.d_model), ("ffn", workload.ffn),
-                        ("vocab", workload.vocab)):
+    if m.d_head % e16 and e16 % m.d_head:
+        raise DecodeError("model.d_head", f"{m.name}: the compiler lays a head in whole "
+                          f"scratchpad words or in a whole fraction of one: d_head "
+                          f"{m.d_head} is neither a multiple nor a divisor of {where}")
+    for field_name, what, value in (
+            ("model.d_model", "d_model", m.d_model),
+            ("model.heads", "heads x d_head per device", workload.d_attn),
+            ("model.ffn", "the FFN width per device", workload.ffn),
+            ("vocab", "vocab", workload.vocab)):
         if value % e16:
-            raise DecodeError(name if name == "vocab" else f"model.{name}",
-                              f"{m.name}: {name} {value} is not a multiple of {where}")
+            raise DecodeError(field_name, f"{m.name}: {what} {value} is not a multiple of "
+                              f"{where}")
 
 
 def _split_widths(workload: DecodeWorkload) -> dict:
@@ -802,7 +809,6 @@ class Builder:
         self.a = self.w.d_attn             # this device's q width (d at tensor parallel 1)
         self.pa = wd.f16(self.a)           # ... in scratchpad words
         self.hb = _head_bursts(m)          # a head's bursts (K pieces of 32)
-        self.hw = wd.f16(self.dh)          # ... and scratchpad words
         self.costs = Costs(self.config)
         self.sp = plan.sp
         self.layout = plan.layout
@@ -1017,11 +1023,27 @@ class Builder:
     def _pages(self, r: int, layer: int):
         return self.plan.kv[self.plan.channel_of[r]].requests[r].layers[layer]
 
-    def _qkv_word(self, row: int, part: int, head: int) -> int:
-        return self.sp["qkv"] + (3 * row + part) * self.pa + head * self.hw
+    def _head_at(self, row_word: int, head: int) -> tuple[int, int]:
+        """(word, first FP16 lane) of ``head`` in the FP16 row at ``row_word``: heads side
+        by side, whole words each or several to a word (``_check_words``)."""
+        word, lane = divmod(head * self.dh, self.wd.e16)
+        return row_word + word, lane
 
-    def _attn_word(self, row: int, head: int) -> int:
-        return self.sp["attn"] + row * self.pa + head * self.hw
+    def _qkv_at(self, row: int, part: int, head: int) -> tuple[int, int]:
+        return self._head_at(self.sp["qkv"] + (3 * row + part) * self.pa, head)
+
+    def _attn_at(self, row: int, head: int) -> tuple[int, int]:
+        return self._head_at(self.sp["attn"] + row * self.pa, head)
+
+    def _head_operand(self, at: tuple[int, int], flag: int) -> dict:
+        """VECTOR fields for a head's FP16 vector at ``at`` as operand ``a`` or ``d``
+        (``flag``): dense from a word's start, or strided (group d_head, its first lane)
+        in a word holding several heads."""
+        word, lane = at
+        key = "a" if flag == FLAG_STRIDED_A else "d"
+        if self.dh >= self.wd.e16:
+            return {key: word}
+        return {key: word, "flags": flag, "imm": strided_imm(self.dh, lane)}
 
     def _v_burst(self, channel: int, pages, head: int, v_tile: int, burst: int) -> int:
         """HBM address of V burst ``burst`` (32 tokens, counted over all chunks) of one
@@ -1037,12 +1059,14 @@ class Builder:
         group, slot = divmod(head, self.layout.heads_per_row)
         return group, slot * self.hb
 
-    def _store_bursts(self, s: Stream, addresses, word: int) -> None:
-        """One DMA store per burst: burst j of the vector at scratchpad word ``word``
-        (slice j mod k of word ``word + j // k``) to ``addresses[j]``."""
+    def _store_bursts(self, s: Stream, addresses, at) -> None:
+        """One DMA store per burst: burst j of the FP16 vector at ``at`` (a word, or
+        (word, first lane: a multiple of 32)) to ``addresses[j]``."""
         k = self.wd.k
+        word, lane = at if isinstance(at, tuple) else (at, 0)
         for j, address in enumerate(addresses):
-            s.store(address, word + j // k, 1, slice=j % k)
+            piece = lane // BURST16 + j
+            s.store(address, word + piece // k, 1, slice=piece % k)
 
     def append(self, layer: int, rows: list) -> Stream:
         """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
@@ -1056,7 +1080,7 @@ class Builder:
                 group, column = self._k_place(h)
                 self._store_bursts(s, [_address(cfg, c, t % B, pages.k[t // B][group],
                                                 column + j) for j in range(self.hb)],
-                                   self._qkv_word(row, 1, h))
+                                   self._qkv_at(row, 1, h))
             for h in range(self.heads):         # a word per V burst (a dimension)
                 for vt in range(lay.v_tiles):
                     s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
@@ -1065,7 +1089,7 @@ class Builder:
         for row in rows:
             r = plan.row_order[row]
             t = self._token(r)
-            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 2, 0), d=sp["v32"], length=self.a)
+            s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, 2, 0)[0], d=sp["v32"], length=self.a)
             s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=sp["vrmw"] + row * self.heads * dh,
                   length=self.a, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
         s.wait("vector")
@@ -1118,7 +1142,7 @@ class Builder:
                 group, column = self._k_place(h)
                 self._store_bursts(s, [_address(cfg, plan.channel_of[r], lay.query_bank,
                                                 plan.staging_row(r, group), column + j)
-                                       for j in range(self.hb)], self._qkv_word(row, 0, h))
+                                       for j in range(self.hb)], self._qkv_at(row, 0, h))
         s.wait("dma")
         order = self._by_channel(rows)
         for row in order:
@@ -1191,7 +1215,8 @@ class Builder:
         for chunk in range(1, self.layout.v_chunks(self._token(self.plan.row_order[row]) + 1)):
             s.vec(VectorOp.CVT16TO32, a=self._ares(row, head, chunk), d=sp["c32"], **gather)
             s.vec(VectorOp.ADD, a=sp["o32"], b=sp["c32"], d=sp["o32"], length=dh)
-        s.vec(VectorOp.CVT32TO16, a=sp["o32"], d=self._attn_word(row, head), length=dh)
+        s.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
+              **self._head_operand(self._attn_at(row, head), FLAG_STRIDED_D))
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
         s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
@@ -1219,7 +1244,8 @@ class Builder:
 
         def query(i):
             row, h = items[i]
-            s.vec(VectorOp.CVT16TO32, a=self._qkv_word(row, 0, h), d=sp["q32"], length=dh)
+            s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,
+                  **self._head_operand(self._qkv_at(row, 0, h), FLAG_STRIDED_A))
             s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=sp[f"qcol{i % 2}"], length=dh,
                   flags=FLAG_STRIDED_D, imm=strided_imm(1, 0))
 
@@ -1246,8 +1272,14 @@ class Builder:
             s.wait("gemm")
             if i + 2 < len(items):
                 load(i + 2)
-            s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=self._attn_word(row, h), length=dh,
-                  flags=FLAG_STRIDED_A, imm=strided_imm(1, 0))
+            column = {"flags": FLAG_STRIDED_A, "imm": strided_imm(1, 0)}
+            if dh >= self.wd.e16:
+                s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=self._attn_at(row, h)[0], length=dh,
+                      **column)
+            else:       # a head in part of a word: the column copied out first
+                s.vec(VECTOR_COPY, a=sp["ocol"], d=sp["o32"], length=dh, **column)
+                s.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
+                      **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
         return s
 
     def _logits_npu(self, s: Stream, kbuf: int, qcol: int, L: int, span: int) -> None:

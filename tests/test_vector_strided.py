@@ -283,6 +283,10 @@ ILLEGAL = [
             imm=strided_imm(8, 12)), "both: fits FP16 a, not FP32 d"),
     (vector(VectorOp.GELU.value, a=0, d=16, length=0, flags=SA, imm=strided_imm(0, 0)),
      "g = 0 with length 0"),
+    (vector(COPY, a=0, d=16, length=4, flags=SD, imm=strided_imm(200, 0)),
+     "g = 200 (the 8-bit field) > 16"),
+    (vector(VectorOp.CVT32TO16.value, a=0, d=16, length=4, flags=SD,
+            imm=strided_imm(60, 200)), "lane0 + g = 260: past 8 bits, not wrapped"),
 ]
 
 #: legal boundary cases (lane0 + g == elements per word), same words as ILLEGAL

@@ -173,7 +173,9 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
     ``cores``: NPU cores (``sim.decode.compiler.with_cores``), each with ``array`` (rows,
     columns; default 16 x 16) and ``lanes`` vector lanes, on scratchpad words of
     ``word_bytes`` (default one 64-byte burst; a wider word for a wider vector unit:
-    ``lanes`` FP32 must fit one word). The scratchpad keeps 16 MiB whatever the word."""
+    ``lanes`` FP32 must fit one word). The scratchpad has 2^18 words whatever their size
+    (its size does not enter any timing; buffers of one burst per word take as many words
+    on any word)."""
     from .decode.compiler import with_cores
     base = preset("decode")
     rows, cols = array or (16, 16)
@@ -183,7 +185,7 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
                                      rows=8192, columns=64),
         npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=lanes,
                                 instruction_words=65536, word_bytes=word_bytes,
-                                scratchpad_words=(1 << 24) // max(word_bytes, 1)))
+                                scratchpad_words=1 << 18))
     if lanes < 1 or (word_bytes // 4) % lanes:
         raise ConfigError("NpuConfig.vector_lanes", f"{lanes} lanes must divide the "
                           f"{word_bytes // 4} FP32 of a {word_bytes}-byte scratchpad word "

@@ -141,7 +141,11 @@ def test_decode_run_on_rtl(tmp_path):
         assert step["counters"]["pim_transactions"] == 3
         assert step["controllers"][i]["PIM_GEMV"] == 1 and step["controllers"][i]["GWRITE"] == 1
         assert step["controllers"][i]["pim_busy_cycles"] > 0
+        # occupied: the GWRITE and the row set's G_ACTs too, not only the GEMV
+        assert step["controllers"][i]["pim_occupied_cycles"] > \
+            step["controllers"][i]["pim_busy_cycles"] + run.config.bus.gwrite_busy
         assert step["controllers"][1 - i]["PIM_GEMV"] == 0
+        assert step["controllers"][1 - i]["pim_occupied_cycles"] == 0
         assert max(step["timeline"]["pim"][i]) > 0
         # stage A holds the GEMM and the PIM GEMV: the longest
         assert step["stages"][0]["cycles"] > step["stages"][1]["cycles"]

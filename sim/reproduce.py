@@ -39,7 +39,8 @@ here than in the paper.
 Every figure comes from the RTL's counters (``sim.decode.report.summarize``): tokens/s
 (tokens of the step over its cycles at the configured clock), NPU utilization (the array's
 busy clocks over the cycles), PIM utilization (the controllers' ``pim_busy_cycles`` over
-the cycles, mean over channels), stage cycles (stage ends seen on the sequencer's ``pc``).
+the cycles, mean over channels) and PIM occupancy (``pim_occupied_cycles``: the PIM has
+work, a row set opening included), stage cycles (stage ends seen on the sequencer's ``pc``).
 
 Points run in parallel (one process per point, ``jobs`` at a time); the Verilator model is
 built once and cached (the row-buffer mode, dual or blocked, is a run-time input).
@@ -297,6 +298,7 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
             "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
             "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
+            "pim_occupancy": s["pim_occupancy"],
             "mac_util": busy["macs"] / (s["cycles"] * config.npu.macs_per_cycle),
             "vector_util": busy["vector_busy"] / (s["cycles"] * config.npu.arrays),
             "dma_util": busy["dma_busy"] / (s["cycles"] * config.npu.arrays),
@@ -415,7 +417,8 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
     r = ratios(points)
     reference = grid.reference_point()
     table = _by_key(points)
-    keys = ("npu_util", "mac_util", "pim_util", "vector_util", "dma_util", "gemm_util")
+    keys = ("npu_util", "mac_util", "pim_util", "pim_occupancy", "vector_util", "dma_util",
+            "gemm_util")
     utilization = {mode: {k: table[reference + (mode,)][k] for k in keys
                           if k in table[reference + (mode,)]}
                    for mode in grid.modes if reference + (mode,) in table}
@@ -504,18 +507,20 @@ def format_report(report: dict) -> str:
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
                   f"{paper['model']} batch {paper['batch']}, neupims: NPU "
                   f"{_pct(paper['npu'])}, PIM {_pct(paper['pim'])})"]
-    lines += _table(["mode", "NPU util", "MAC util", "PIM util", "vector busy", "DMA busy",
-                     "GEMM busy"],
+    lines += _table(["mode", "NPU util", "MAC util", "PIM util", "PIM occupied",
+                     "vector busy", "DMA busy", "GEMM busy"],
                     [[mode, _pct(v["npu_util"])]
                      + [_pct(v[k]) if k in v else "-" for k in ("mac_util",)]
                      + [_pct(v["pim_util"])]
-                     + [_pct(v[k]) if k in v else "-" for k in ("vector_util", "dma_util",
-                                                                "gemm_util")]
+                     + [_pct(v[k]) if k in v else "-" for k in ("pim_occupancy", "vector_util",
+                                                                "dma_util", "gemm_util")]
                      for mode, v in u["modes"].items()])
     lines += ["  NPU util: clocks the systolic array is busy (weight preload, fill, stream, "
               "drain); MAC util: rows streamed x H x W over the array's peak; GEMM busy: clocks a GEMM "
-              "is in flight (array and operand moves); PIM util: the controllers' PIM-busy "
-              "clocks, mean over channels; all over the step's cycles"]
+              "is in flight (array and operand moves); PIM util: the controllers' PIM_GEMV "
+              "clocks, PIM occupied: clocks the PIM has work (a transaction at its queue's "
+              "head, e.g. opening a row set, or a GEMV or GWRITE running), each a mean over "
+              "channels; all over the step's cycles"]
     names = list(dict.fromkeys(n for p in report["points"] for n in p["stages"]))
     lines += ["", "Stage cycles (per point and mode)"]
     lines += _table(["model", "batch", "dataset", "mode", "cycles"] + names,

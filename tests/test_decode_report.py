@@ -21,7 +21,8 @@ def _step(label, cycles, tokens, array_busy, pim_busy, normal, stages, bit_exact
     controllers = []
     for busy, n in zip(pim_busy, normal):
         c = {k: 0 for k in CTRL_COUNTERS}
-        c.update(cycles=cycles + 1, pim_busy_cycles=busy, normal_during_pim=n)
+        c.update(cycles=cycles + 1, pim_busy_cycles=busy, normal_during_pim=n,
+                 pim_occupied_cycles=3 * busy)
         controllers.append(c)
     ends, end = [], 0
     for name, length in stages:
@@ -71,6 +72,7 @@ def test_summary_from_counters(results):
     assert s["npu_util"] == pytest.approx(1500 / 4000)
     assert s["pim_util_per_channel"] == pytest.approx([1400 / 4000, 600 / 4000])
     assert s["pim_util"] == pytest.approx((1400 + 600) / 2 / 4000)
+    assert s["pim_occupancy"] == pytest.approx(3 * (1400 + 600) / 2 / 4000)
     assert s["normal_during_pim"] == 47
     assert s["stages"] == {"A": 2700, "B": 1300}
     assert not s["bit_exact"] and s["mismatches"] == 1

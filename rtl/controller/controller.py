@@ -306,6 +306,7 @@ class ChannelController(wiring.Component):
             "row_hits": column & chosen.hit,
             "row_misses": column & ~chosen.hit,
             "pim_busy_cycles": seq.gemv_busy,
+            "pim_occupied_cycles": seq.occupied,
             "normal_during_pim": normal & seq.gemv_busy,
             "pim_refresh_holds": seq.held & ~was_held,
             "read_queue_full": waiting & ~req.write & class_full,

@@ -66,7 +66,8 @@ def pim_response_layout(config: DeviceConfig) -> data.StructLayout:
 COUNTERS = ("cycles", "ACT", "RD", "WR", "PRE", "REF", "GWRITE", "G_ACT", "PIM_GEMV",
             "PIM_PRECHARGE", "row_hits", "row_misses", "comps", "pim_busy_cycles",
             "normal_during_pim", "refresh_late_max", "pim_refresh_holds",
-            "read_queue_full", "write_queue_full", "bank_queue_full", "write_drains")
+            "read_queue_full", "write_queue_full", "bank_queue_full", "write_drains",
+            "pim_occupied_cycles")
 
 
 def counters_layout() -> data.StructLayout:

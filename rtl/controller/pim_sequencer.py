@@ -35,6 +35,9 @@ class PimSequencer(wiring.Component):
     group): rank timing. ``refresh_due``, ``until_due``, ``refresh_issued`` (In).
     ``result_space`` (In): the GEMV result buffer has room. ``gemv_tag`` (Out): tag of the
     GEMV being issued. ``gemv_busy``, ``gwrite_busy``, ``gwrite_rank`` (Out).
+    ``occupied`` (Out): the PIM has work: a transaction at the queue's head (waiting for
+    its row set, a bank, a refresh or the bus), a GEMV or GWRITE in progress, or a
+    BLOCKED row set being closed.
     ``bad_request`` (Out): a GEMV with no admitted header or an impossible size (consumed,
     flagged). ``held`` (Out): a header waits for a refresh.
     """
@@ -54,7 +57,7 @@ class PimSequencer(wiring.Component):
             "gemv_busy": Out(1), "gwrite_busy": Out(1), "gwrite_rank": Out(field_bits(g.ranks)),
             "gwrite_reserved": Out(1), "gwrite_bank": Out(range(g.banks)),
             "reserved": Out(1), "reserved_row": Out(range(g.rows)), "hold_act": Out(1),
-            "bad_request": Out(1), "held": Out(1),
+            "bad_request": Out(1), "held": Out(1), "occupied": Out(1),
         })
 
     def elaborate(self, platform):
@@ -218,6 +221,7 @@ class PimSequencer(wiring.Component):
                 m.d.comb += [self.candidate.eq(target.ready.act & self.act_ok.bit_select(grp_of_head, 1)),
                              cmd.op.eq(Opcode.ACT)]
 
+        m.d.comb += self.occupied.eq(req.valid | self.gemv_busy | self.gwrite_busy | closing)
         granted = self.grant & self.candidate
         with m.If(granted & (cmd.op == Opcode.PIM_GEMV)):
             m.d.comb += [gemv_timer.load.eq(1),

@@ -8,8 +8,10 @@ counters in those results:
   configured clock (``config.timing.clock_hz``);
 - NPU util: the systolic arrays' busy clocks (``array_busy``, summed over the cores)
   over the cycles times the cores;
-- PIM util: per channel, the controller's ``pim_busy_cycles`` over the cycles, the mean
-  over channels;
+- PIM util: per channel, the controller's ``pim_busy_cycles`` (PIM_GEMVs running) over
+  the cycles, the mean over channels; PIM occupancy: the same of ``pim_occupied_cycles``
+  (the PIM has work: a transaction waiting at its queue's head, e.g. for its row set to
+  open, or a GEMV or GWRITE running);
 - normal during PIM: the controllers' ``normal_during_pim`` (normal commands issued
   while a PIM_GEMV runs), summed over channels;
 - stages: the cycles of each stage name, summed over steps (and over repeats of a name).
@@ -57,6 +59,8 @@ def summarize(result: dict) -> dict:
     cores = result.get("config", {}).get("npu", {}).get("arrays", 1)
     pim = [sum(s["controllers"][c]["pim_busy_cycles"] for s in steps) for c in range(channels)]
     per_channel = [p / cycles if cycles else 0.0 for p in pim]
+    occupied = [sum(s["controllers"][c]["pim_occupied_cycles"] for s in steps) / cycles
+                if cycles else 0.0 for c in range(channels)]
     return {
         "device": result.get("config_summary", ""),
         "tokens": tokens,
@@ -67,6 +71,7 @@ def summarize(result: dict) -> dict:
         "npu_util": array / (cycles * cores) if cycles else 0.0,
         "pim_util": sum(per_channel) / channels if channels else 0.0,
         "pim_util_per_channel": per_channel,
+        "pim_occupancy": sum(occupied) / channels if channels else 0.0,
         "normal_during_pim": sum(s["controllers"][c]["normal_during_pim"]
                                  for s in steps for c in range(channels)),
         "bit_exact": _bit_exact(result),

@@ -104,6 +104,7 @@ def test_table(results):
     assert "yes" in rows["npu-only"] and "NO (1)" in rows["neupims"]
     assert "2,000,000" in rows["neupims"]      # 8 tokens in 4 us
     assert "47" in rows["neupims"] and "37.5 %" in rows["neupims"]
+    assert "75.0 %" in rows["neupims"]             # PIM occupied: 3 x the GEMV clocks
     stage_header = [line for line in text.splitlines() if line.startswith("mode") and " A " in
                     line + " "]
     assert stage_header and "B" in stage_header[-1]

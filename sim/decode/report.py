@@ -119,8 +119,9 @@ def npu_line(npu: dict) -> str:
 
 
 def format_table(results_by_mode: dict, description: dict | None = None) -> str:
-    """The configuration lines, one row per mode (tokens/s, cycles, NPU and PIM util,
-    normal commands during PIM, bit-exact), then the stage cycles (mode x stage)."""
+    """The configuration lines, one row per mode (tokens/s, cycles, NPU util, PIM util
+    and occupancy, normal commands during PIM, bit-exact), then the stage cycles (mode x
+    stage)."""
     summaries = {mode: summarize(r) for mode, r in results_by_mode.items()}
     lines = ["Decode on the RTL (NpuTop on Verilator, every DRAM command checked)"]
     for key, value in (description or {}).items():
@@ -143,9 +144,9 @@ def format_table(results_by_mode: dict, description: dict | None = None) -> str:
             exact += " incomplete"
         rows.append([mode, f"{s['tokens_per_s']:,.0f}", f"{s['cycles']:,}", str(s["tokens"]),
                      f"{100 * s['npu_util']:.1f} %", f"{100 * s['pim_util']:.1f} %",
-                     f"{s['normal_during_pim']:,}", exact])
+                     f"{100 * s['pim_occupancy']:.1f} %", f"{s['normal_during_pim']:,}", exact])
     lines += _table(["mode", "tokens/s", "cycles", "tokens", "NPU util", "PIM util",
-                     "normal cmds during PIM", "bit-exact"], rows)
+                     "PIM occupied", "normal cmds during PIM", "bit-exact"], rows)
     names = _stage_names(summaries.values())
     if names:
         lines += ["", "Stage cycles (summed over steps)"]
@@ -176,7 +177,7 @@ def _pipeline_lines(summaries: dict) -> list[str]:
 
 def to_json(results_by_mode: dict, description: dict | None = None) -> dict:
     """``{"config": {...}, "modes": {mode: {tokens_per_s, cycles, stages, npu_util,
-    pim_util, normal_during_pim, bit_exact, steps, ...}}}``."""
+    pim_util, pim_occupancy, normal_during_pim, bit_exact, steps, ...}}}``."""
     summaries = {mode: summarize(r) for mode, r in results_by_mode.items()}
     first = next(iter(results_by_mode.values()), {})
     config = {"description": dict(description or {}),

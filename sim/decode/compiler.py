@@ -58,11 +58,14 @@ is whole words (E16 = 32 k FP16 or 16 k FP32 each), HBM transfers of data in wor
 bursts per word; what the DRAM layout cuts into bursts (a head's K and query, 32 scores)
 is stored burst by burst from its slice (``slice`` of DMA_STORE), and a K tile's token
 slots or a V tile's dimensions are loaded one burst per word (``spread``), so the GEMMs
-and gathers over them are those of one-burst words. The golden decode does not depend on
-the word size.
+and gathers over them are those of one-burst words. Several heads in one word (d_head <
+E16) are gathered and scattered from their lanes (strided VECTOR, first lane h d_head);
+npu-only copies a head's output column out before scattering it. The golden decode does
+not depend on the word size.
 
-Limits (clear errors): d_head a multiple of 32 and of E16 (a head in whole words),
-d_model, FFN and vocabulary multiples of E16, heads <= banks / 2, scratchpad and
+Limits (clear errors): d_head a multiple of 32 and a multiple or a divisor of E16 (a head
+in whole words or a whole fraction of one), d_model, heads x d_head, FFN and vocabulary
+multiples of E16, heads <= banks / 2, scratchpad and
 instruction memory sizes (attention buffers grow with the longest L), KV capacity of the
 stored rows (the pages and the staging rows, per slot one per V chunk of the longest L or
 per K group, whichever is more). (The NPU's logit GEMM is cut

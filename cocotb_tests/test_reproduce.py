@@ -53,28 +53,22 @@ def test_small_grid_on_the_slice(tmp_path):
     assert "gpt3-7b-s32" in text and "not run:" in text
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_slice_timing_only_matches_full_rtl(mode, tmp_path):
-    base = slice_config()
-    base = base.replace(datapath=True, stored_rows=512,
-                        geometry=dataclasses.replace(base.geometry, rows=1024),
-                        npu=dataclasses.replace(base.npu, scratchpad_words=32768,
-                                                instruction_words=8192))
-    workload = DecodeWorkload(get_model("gpt3-7b-s32"), (5, 530, 17), steps=1, seed=4)
-    full, timing = run_both(workload, mode, base, tmp_path)
-    compare(full, timing)
+#: the slice (16 lanes on 64-byte words, heads of 32) and the slice on 256-byte words with
+#: 64 lanes (``neupims reproduce --word-bytes 256 --lanes 64``, heads of 128): (word
+#: bytes, lanes, model, scratchpad words the full RTL holds)
+SLICES = {"slice": (64, 16, "gpt3-7b-s32", 32768),
+          "wide": (256, 64, "gpt3-7b-s32-h128", 16384)}
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_wide_slice_timing_only_matches_full_rtl(mode, tmp_path):
-    """The slice with 256-byte scratchpad words and a 64-lane vector unit (``neupims
-    reproduce --word-bytes 256 --lanes 64``) on a heads-of-128 model: full RTL bit-exact
-    and the timing-only build in the same clocks."""
-    base = slice_config(word_bytes=256, lanes=64)
+@pytest.mark.parametrize("name", SLICES)
+def test_slice_timing_only_matches_full_rtl(name, mode, tmp_path):
+    word_bytes, lanes, model, words = SLICES[name]
+    base = slice_config(word_bytes=word_bytes, lanes=lanes)
     base = base.replace(datapath=True, stored_rows=512,
                         geometry=dataclasses.replace(base.geometry, rows=1024),
-                        npu=dataclasses.replace(base.npu, scratchpad_words=16384,
+                        npu=dataclasses.replace(base.npu, scratchpad_words=words,
                                                 instruction_words=8192))
-    workload = DecodeWorkload(get_model("gpt3-7b-s32-h128"), (5, 530, 17), steps=1, seed=4)
+    workload = DecodeWorkload(get_model(model), (5, 530, 17), steps=1, seed=4)
     full, timing = run_both(workload, mode, base, tmp_path)
     compare(full, timing)

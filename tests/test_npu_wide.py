@@ -273,40 +273,6 @@ def test_vector_programs_wide_lanes(slow):
         assert np.array_equal(got, job.expected), job.program[0]
 
 
-def _run_core_words(config, preload: dict, program: list, words: int):
-    """NpuCore with its VectorEngine: ``preload`` written (whole wide words), ``program``
-    run; (error code, error pc, {word: value} of words [0, words))."""
-    dut = NpuCore(config, vector_engine=True)
-    full = (1 << word_lanes(config)) - 1
-    out = {}
-
-    async def bench(ctx):
-        for addr, word in sorted(preload.items()):
-            ctx.set(dut.ext_write.addr, addr)
-            ctx.set(dut.ext_write.data, word)
-            ctx.set(dut.ext_write.lanes, full)
-            await ctx.tick()
-        ctx.set(dut.ext_write.lanes, 0)
-        await load_and_start(ctx, dut, program)
-        cycles = 0
-        while not ctx.get(dut.done):
-            await ctx.tick()
-            cycles += 1
-            assert cycles < 20000
-        for addr in range(words):
-            ctx.set(dut.ext_read.addr, addr)
-            ctx.set(dut.ext_read.en, 1)
-            await ctx.tick()
-            out[addr] = ctx.get(dut.ext_read.data)
-        out["code"], out["pc"] = NpuError(ctx.get(dut.error_code)), ctx.get(dut.error_pc)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-9)
-    sim.add_testbench(bench)
-    sim.run()
-    return out.pop("code"), out.pop("pc"), out
-
-
 def test_strided_lanes_past_32_in_wide_words():
     """128-byte words (64 FP16, 32 FP32 per word): strided operands whose first lane is
     32 or more (the second half of a word: a head of 32 FP16 beside another, as the
@@ -317,6 +283,7 @@ def test_strided_lanes_past_32_in_wide_words():
     from rtl.npu.vector import VectorOp
     from rtl.npu.vector_engine import FLAG_STRIDED_A as SA, FLAG_STRIDED_D as SD, strided_imm
     from sim.npu_vector_programs import execute_instruction
+    from test_vector_strided import run_core
     config = wide_config(128, channels=1, array_rows=4, array_cols=4, vector_lanes=8)
     rng = np.random.default_rng(9)
     memory = {a: int.from_bytes(rng.bytes(128), "little") for a in range(64)}
@@ -333,13 +300,15 @@ def test_strided_lanes_past_32_in_wide_words():
     want = dict(memory)
     for ins in program[:-1]:
         execute_instruction(want, ins, 8, 128)
-    code, _, words = _run_core_words(config, memory, program, 64)
+    illegal = [strided_imm(32, 40), strided_imm(60, 200), strided_imm(100, 0)]
+    results = run_core(config, [(memory, program)] + [
+        ({}, [vector(cvt16, a=0, d=10, length=8, flags=SA, imm=imm), halt()])
+        for imm in illegal])
+    code, _, words = results[0]
     assert code is NpuError.NONE
     bad = [a for a in range(64) if words[a] != want[a]]
     assert not bad, f"{len(bad)} words differ, first {bad[0]}"
-    for imm in (strided_imm(32, 40), strided_imm(60, 200), strided_imm(100, 0)):
-        code, pc, _ = _run_core_words(
-            config, {}, [vector(cvt16, a=0, d=10, length=8, flags=SA, imm=imm), halt()], 0)
+    for imm, (code, pc, _) in zip(illegal, results[1:]):
         assert (code, pc) == (NpuError.BAD_SHAPE, 0), hex(imm)
         with pytest.raises(ValueError):
             execute_instruction({}, vector(cvt16, a=0, d=10, length=8, flags=SA, imm=imm), 8,

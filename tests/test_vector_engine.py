@@ -97,7 +97,7 @@ async def _write_words(ctx, port, words: dict):
     for addr, word in sorted(words.items()):
         ctx.set(port.addr, addr)
         ctx.set(port.data, word)
-        ctx.set(port.lanes, (1 << 32) - 1)
+        ctx.set(port.lanes, (1 << len(port.lanes)) - 1)      # every lane of the word
         assert ctx.get(port.grant)
         await ctx.tick()
     ctx.set(port.lanes, 0)

@@ -131,10 +131,10 @@ WIDE_MODEL = ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32)
 
 
 @pytest.mark.xdist_group("decode-wide")
-@pytest.mark.parametrize("mode", ["npu-only", "neupims"])
+@pytest.mark.parametrize("mode", [pytest.param("npu-only", marks=pytest.mark.slow), "neupims"])
 def test_wide_words_on_rtl(mode, tmp_path):
     """The decode compiler on 128-byte scratchpad words (``neupims``: sub-batches, the
-    PIM's attention; ``npu-only``: the NPU's): bit-exact on the full RTL, and the
+    PIM's attention; ``npu-only``, slow: the NPU's): bit-exact on the full RTL, and the
     timing-only twin in the same clocks."""
     base = preset("decode")
     config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128))

@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 from rtl.config import RowBufferMode, preset
 from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
                          sync, vector, wait)
+from rtl.npu.scratchpad import word_bursts, word_lanes
 from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
@@ -126,8 +127,8 @@ class Words:
 
     @classmethod
     def of(cls, config) -> "Words":
-        wb = config.npu.word_bytes
-        return cls(wb, wb // config.geometry.burst_bytes, wb // 2, wb // 4)
+        lanes = word_lanes(config)
+        return cls(config.npu.word_bytes, word_bursts(config), lanes, lanes // 2)
 
     def f16(self, cols: int) -> int:
         return cols // self.e16

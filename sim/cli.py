@@ -356,7 +356,8 @@ def main(argv=None):
     p.add_argument("--array", help="each core's systolic array, ROWSxCOLS (default 16x16)")
     p.add_argument("--word-bytes", type=int, default=64,
                    help="scratchpad word in bytes, a power of two of whole 64-byte bursts "
-                        "(default %(default)s; the models' heads must be whole words)")
+                        "(default %(default)s; rows and heads must be whole words or, a head, a whole "
+                        "fraction of one)")
     p.add_argument("--lanes", type=int, default=16,
                    help="vector lanes per core, FP32 of one word at most (default %(default)s)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")

@@ -187,7 +187,8 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
         npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=lanes,
                                 instruction_words=65536, word_bytes=word_bytes,
                                 scratchpad_words=1 << 18))
-    if lanes < 1 or (word_bytes // 4) % lanes:
+    from rtl.npu.vector_engine import engine_supported
+    if not engine_supported(config):     # the built-in vector engine, as the decode runs need
         raise ConfigError("NpuConfig.vector_lanes", f"{lanes} lanes must divide the "
                           f"{word_bytes // 4} FP32 of a {word_bytes}-byte scratchpad word "
                           f"(NpuConfig.word_bytes)")

@@ -171,3 +171,15 @@ def test_long_elementwise_vector_is_split_into_whole_words():
     assert len(s.ops) == 1
     with pytest.raises(ValueError):     # a scalar operand cannot be cut: the field overflows
         s.vec(VectorOp.MUL, a=0, b=7, d=9, length=70_000, flags=FLAG_SCALAR_B)
+
+
+def test_slice_word_and_lane_options():
+    """``--word-bytes`` / ``--lanes``: the slice on wider words with a wider vector unit;
+    lanes that do not divide a word's FP32 are refused, naming the field."""
+    from rtl.config import ConfigError
+    wide = slice_config(word_bytes=256, lanes=64)
+    assert (wide.npu.word_bytes, wide.npu.vector_lanes) == (256, 64)
+    assert wide.npu.scratchpad_words == slice_config().npu.scratchpad_words
+    for word_bytes, lanes in ((64, 32), (256, 48)):
+        with pytest.raises(ConfigError, match="NpuConfig.vector_lanes"):
+            slice_config(word_bytes=word_bytes, lanes=lanes)

@@ -1,6 +1,8 @@
 """The weight-stationary systolic array on Amaranth's simulator: GEMMs bit-exact against
 ``sim.golden.gemm`` (K and N tiled, padding), back-pressure without loss, the documented
 latency, the preload rules and the counters; and the golden model itself."""
+import dataclasses
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -236,6 +238,100 @@ def test_preload_and_handshake_rules():
                 got += 1
             await ctx.tick()
         assert got == accepted
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-9)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# -- two weight buffers --
+
+def config2_for(rows, cols):
+    config = config_for(rows, cols)
+    return config.replace(npu=dataclasses.replace(config.npu, weight_buffers=2))
+
+
+@pytest.mark.parametrize("rows,cols", SIZES + [(4, 4)])
+@pytest.mark.parametrize("ready_rate,valid_rate", [(1.0, 1.0), (0.5, 0.7)])
+def test_double_buffered_gemms_bit_exact(rows, cols, ready_rate, valid_rate):
+    """Two weight buffers: the next pass's weights preload while the current pass streams,
+    the rows of two passes share the array; every result bit-exact with the golden, with
+    idle clocks on the inputs and back-pressure on the results."""
+    rng = np.random.default_rng(rows * 10 + cols)
+    shapes = [(3, 2 * rows + 1, cols + 1, False), (5, rows - 1 or 1, 2 * cols, True),
+              (1, 3 * rows, cols - 1 or 1, True), (4, rows, cols, False),
+              (2, rows, 5 * cols, False), (1, rows, 4 * cols, True)]
+    cases, plans = [], []
+    for m, k, n, with_psum in shapes:
+        a, b = moderate16(rng, (m, k)), moderate16(rng, (k, n))
+        psum = moderate32(rng, (m, n)) if with_psum else None
+        cases.append((a, b, psum))
+        plans.append(plan_gemm(a, b, rows, cols, psum))
+    drivers, counters = run_plans(config2_for(rows, cols), plans, seed=7,
+                                  ready_rate=ready_rate, valid_rate=valid_rate)
+    for drv, (a, b, psum) in zip(drivers, cases):
+        check_outputs(drv, a, b, rows, cols, psum)
+    assert counters["macs"] == rows * cols * sum(p.activation_rows for p in plans)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+def test_double_buffered_pass_spacing(m):
+    """Passes with new weights and independent rows (K = H, 6 N tiles) start H + 1 clocks
+    apart with two buffers when M is small (H to preload, one to see it loaded), M apart
+    when M is large, and 2 H + W - 1 + M - 1 apart with one buffer (preload after the drain);
+    the latency of each row stays H + W - 1."""
+    rows = cols = 4
+    rng = np.random.default_rng(m)
+    a, b = moderate16(rng, (m, rows)), moderate16(rng, (rows, 6 * cols))
+    plan = plan_gemm(a, b, rows, cols)
+    latency = SystolicArray.latency_for(rows, cols)
+    spacing = {}
+    for buffers, config in ((1, config_for(rows, cols)), (2, config2_for(rows, cols))):
+        (drv,), _ = run_plans(config, [plan])
+        check_outputs(drv, a, b, rows, cols)
+        assert [r - c for c, r in zip(drv.accept_cycles, drv.result_cycles)] == \
+            [latency] * (6 * m)
+        spacing[buffers] = set(np.diff(drv.accept_cycles[::m]).tolist())
+    assert spacing[1] == {2 * rows + cols - 1 + m - 1}
+    # M = 4: the preload after next also waits for this pass's last row to be W - 1 in
+    want = {1: {rows + 1}, 2: {rows + 1}, 4: {rows + 1, rows + 2}, 8: {m}}[m]
+    assert spacing[2] == want
+
+
+def test_double_buffered_flip_waits_for_the_preload():
+    """A ``flip`` row is not accepted before the spare is fully loaded; rows on the active
+    weights are accepted during a preload; a second preload waits for the flip."""
+    rows, cols = 2, 2
+    config = config2_for(rows, cols)
+    dut = SystolicArray(config)
+    wl, al, _ = layouts(config)
+    weights = pack_payload(wl, {"values": np.full(cols, 0x3C00, np.uint16)})
+
+    def row(flip):
+        return pack_payload(al, {"values": np.full(rows, 0x3C00, np.uint16), "flip": flip})
+
+    async def bench(ctx):
+        ctx.set(dut.results.ready, 1)
+        ctx.set(dut.weights.payload.as_value(), weights)
+        ctx.set(dut.activations.payload.as_value(), row(1))
+        ctx.set(dut.activations.valid, 1)
+        ctx.set(dut.weights.valid, 1)
+        assert not ctx.get(dut.activations.ready), "flip accepted with nothing preloaded"
+        await ctx.tick()                                       # weight row 0
+        assert not ctx.get(dut.activations.ready), "flip accepted during a partial preload"
+        ctx.set(dut.activations.payload.as_value(), row(0))
+        assert ctx.get(dut.activations.ready), "rows on the active weights must flow"
+        ctx.set(dut.activations.payload.as_value(), row(1))
+        await ctx.tick()                                       # weight row 1: loaded
+        assert not ctx.get(dut.weights.ready), "a second preload before the flip"
+        assert ctx.get(dut.activations.ready)
+        ctx.set(dut.activations.payload.as_value(), row(0))
+        await ctx.tick()                                       # (not a flip: stays loaded)
+        assert not ctx.get(dut.weights.ready)
+        ctx.set(dut.activations.payload.as_value(), row(1))
+        await ctx.tick()                                       # the flip row
+        assert ctx.get(dut.weights.ready), "the old buffer's rows are past the first W - 1"
 
     sim = Simulator(dut)
     sim.add_clock(1e-9)

@@ -21,7 +21,10 @@ class NpuConfig:
     row = ``array_cols`` FP32); a GEMM whose K spans more than one array tile may have at
     most this many rows M. ``instruction_words``: the instruction memory, in instructions;
     a power of two. ``dma_in_flight``: outstanding DMA requests per memory channel (each
-    with its own tag; at most the controller's ``tags``)."""
+    with its own tag; at most the controller's ``tags``). ``weight_buffers``: weight
+    registers per PE: 1 (a pass's preload waits for the array to drain) or 2 (the next
+    pass's weights preload while the current pass streams, as the reference model's hidden
+    preload; ``rtl.npu.systolic``)."""
     arrays: int = 8
     array_rows: int = 128
     array_cols: int = 128
@@ -31,6 +34,7 @@ class NpuConfig:
     instruction_words: int = 256
     dma_in_flight: int = 32
     word_bytes: int = 64
+    weight_buffers: int = 1
 
     def __post_init__(self):
         require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
@@ -38,6 +42,8 @@ class NpuConfig:
                                      "instruction_words", "dma_in_flight", "word_bytes"))
         require(is_power_of_two(self.word_bytes), "NpuConfig.word_bytes",
                 f"must be a power of two, got {self.word_bytes}")
+        require(self.weight_buffers in (1, 2), "NpuConfig.weight_buffers",
+                f"must be 1 or 2, got {self.weight_buffers}")
         for name in ("scratchpad_words", "instruction_words"):
             value = getattr(self, name)
             require(is_power_of_two(value) and value >= 2, f"NpuConfig.{name}",

@@ -27,14 +27,19 @@ def weight_layout(config) -> data.StructLayout:
 def activation_layout(config) -> data.StructLayout:
     """One row of A (``values[i]``, FP16, i = 0 .. H-1), its incoming partial sums
     (``psums[j]``, FP32, j = 0 .. W-1), ``accumulate`` (start column j from ``psums[j]``;
-    when 0, from +0.0 and ``psums`` is ignored) and ``last`` (passed through to the result)."""
+    when 0, from +0.0 and ``psums`` is ignored) and ``last`` (passed through to the result).
+    With two weight buffers (``NpuConfig.weight_buffers``) also ``flip``: this row is the
+    first of a pass on the weights preloaded last."""
     npu = config.npu
-    return data.StructLayout({
+    fields = {
         "values": data.ArrayLayout(unsigned(16), npu.array_rows),
         "psums": data.ArrayLayout(unsigned(32), npu.array_cols),
         "accumulate": 1,
         "last": 1,
-    })
+    }
+    if npu.weight_buffers == 2:
+        fields["flip"] = 1
+    return data.StructLayout(fields)
 
 
 def result_layout(config) -> data.StructLayout:
@@ -130,6 +135,18 @@ class SystolicArray(wiring.Component):
     handshakes, skid control and counters (so every cycle and counter is unchanged), but no
     weight registers, skew, PEs, de-skew or FP16 rounding: ``results`` carries zeros.
 
+    Two weight buffers (``NpuConfig.weight_buffers`` = 2): every PE holds two weights, the
+    active one and a spare. A preload fills the spare while rows stream on the active one;
+    an activation row with ``flip`` set switches to the spare (the preload must be
+    complete: ``activations.ready`` is low for a ``flip`` row until it is), and every row
+    carries its buffer down the pipeline, so the rows of two passes can be inside the array
+    together. ``weights.ready`` is high while the spare is not yet fully loaded and, for a
+    preload's first row, no row on the spare is within W - 1 clocks of the port (the
+    preload's row i is then written after that pass's rows have left PE row i); it is low
+    under back-pressure. A pass therefore costs max(M, H + 1) clocks at the port when the
+    weights keep up (the reference model's hidden preload), against 2 H + W - 1 + M with
+    one buffer; results, latency and counters are as above.
+
     Back-pressure: one global clock enable, ``en = not skid_full``, holds every register of
     the array (skew, PEs, de-skew, control). A one-row skid register catches the row that
     leaves the array in a clock where ``results.ready`` is low; while it is full the array
@@ -196,11 +213,12 @@ class SystolicArray(wiring.Component):
 
         preload_row = Signal(range(max(H, 2)))
         loading = Signal()
-        m.d.comb += [
-            loading.eq(preload_row != 0),
-            wts.ready.eq(~inflight),
-            act.ready.eq(en & ~loading & ~wts.valid),
-        ]
+        m.d.comb += loading.eq(preload_row != 0)
+        if self.config.npu.weight_buffers == 2:
+            buffers = self._buffer_control(m, en, valid, loading, preload_row)
+        else:
+            buffers = None
+            m.d.comb += [wts.ready.eq(~inflight), act.ready.eq(en & ~loading & ~wts.valid)]
         accept = Signal()
         m.d.comb += accept.eq(act.valid & act.ready)
         out_valid, out_last = valid[L - 1], last[L - 1]
@@ -217,7 +235,7 @@ class SystolicArray(wiring.Component):
         # -- the values: weights, skew, PEs, de-skew, skid word, FP16 rounding; none in a
         #    timing-only elaboration (``results.payload`` then carries zeros and ``last``)
         if self.config.datapath:
-            self._datapath(m, en, preload_row, skid_valid, out_valid)
+            self._datapath(m, en, preload_row, skid_valid, out_valid, buffers)
 
         # -- skid register and the results port
         with m.If(skid_valid):
@@ -237,18 +255,53 @@ class SystolicArray(wiring.Component):
                      self.macs.eq(self.macs + Mux(accept, Const(H * W), 0))]
         return m
 
-    def _datapath(self, m, en, preload_row, skid_valid, out_valid):
+    def _buffer_control(self, m, en, valid, loading, preload_row):
+        """Two weight buffers: which one is active, whether the spare is loaded, and the
+        buffer of the row on each anti-diagonal of PEs (``diagonal[d]``: PE(i, j), i + j =
+        d). Drives ``weights.ready`` and ``activations.ready``; returns
+        (the spare buffer's index, ``diagonal``)."""
+        H, W, L = self.rows, self.cols, self.latency
+        act, wts = self.activations, self.weights
+        active, next_loaded = Signal(), Signal()
+        tag = [Signal(name=f"tag{k + 1}") for k in range(L)]    # buffer of the row in valid[k]
+        flip = act.payload.flip
+        spare_recent = Cat(*(valid[k] & (tag[k] != active) for k in range(W - 1))).any()
+        m.d.comb += [wts.ready.eq(en & ~next_loaded & (loading | ~spare_recent)),
+                     act.ready.eq(en & (~flip | next_loaded))]
+        with m.If(en):
+            m.d.sync += tag[0].eq(active ^ flip)
+            for k in range(1, L):
+                m.d.sync += tag[k].eq(tag[k - 1])
+        with m.If(wts.valid & wts.ready & (preload_row == H - 1)):
+            m.d.sync += next_loaded.eq(1)
+        with m.If(act.valid & act.ready & flip):
+            m.d.sync += [active.eq(~active), next_loaded.eq(0)]
+        return ~active, [active ^ flip] + tag
+
+    def _datapath(self, m, en, preload_row, skid_valid, out_valid, buffers):
         """The values: weight registers, input skew, the PEs, output de-skew, the skid
-        register's word and the FP16 rounding onto ``results.payload`` (``fp32``, ``fp16``)."""
+        register's word and the FP16 rounding onto ``results.payload`` (``fp32``, ``fp16``).
+        ``buffers``: None for one weight buffer, else ``_buffer_control``'s result."""
         H, W = self.rows, self.cols
         act, res, wts = self.activations, self.results, self.weights
 
-        # -- weights: row ``preload_row`` of the tile per transfer
-        weights = [Signal(data.ArrayLayout(unsigned(16), W), name=f"w{i}") for i in range(H)]
+        # -- weights: row ``preload_row`` of the tile per transfer (into the spare buffer)
+        sets = 1 if buffers is None else 2
+        weights = [[Signal(data.ArrayLayout(unsigned(16), W), name=f"w{i}" + (f"_{b}" if b else ""))
+                    for i in range(H)] for b in range(sets)]
         with m.If(wts.valid & wts.ready):
             for i in range(H):
                 with m.If(preload_row == i):
-                    m.d.sync += weights[i].eq(wts.payload.values)
+                    if buffers is None:
+                        m.d.sync += weights[0][i].eq(wts.payload.values)
+                    else:
+                        for b in range(2):
+                            with m.If(buffers[0] == b):
+                                m.d.sync += weights[b][i].eq(wts.payload.values)
+
+        def weight(i, j):
+            w = [weights[b][i].as_value()[16 * j:16 * j + 16] for b in range(sets)]
+            return w[0] if buffers is None else Mux(buffers[1][i + j], w[1], w[0])
 
         # -- input skew: a_i reaches PE(i, 0) after i clocks, P_j reaches PE(0, j) after j
         a_skew = [_delayed(m, act.payload.values[i], i, en, f"a{i}") for i in range(H)]
@@ -267,7 +320,7 @@ class SystolicArray(wiring.Component):
                 p_in = p_skew[j] if i == 0 else p_reg[i - 1][j]
                 pe = self._pe(m, f"pe_{i}_{j}")
                 p_out = Signal(32, name=f"psum_{i}_{j}")
-                m.d.comb += [pe.a.eq(a_in), pe.w.eq(weights[i].as_value()[16 * j:16 * j + 16]),
+                m.d.comb += [pe.a.eq(a_in), pe.w.eq(weight(i, j)),
                              pe.psum_in.eq(p_in)]
                 with m.If(en):
                     m.d.sync += p_out.eq(pe.psum_out)

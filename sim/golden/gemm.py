@@ -224,6 +224,11 @@ class GemmStreamDriver:
     :meth:`commit`. Rows that do not accumulate carry random partial sums (the array must
     ignore them). ``valid_rate`` < 1 leaves random idle clocks before offers (an offer
     is never withdrawn). Records the clock of every accepted row and returned result.
+
+    With two weight buffers (the activation layout has ``flip``) the next pass's weights
+    are offered while the current pass streams (the array takes them into its spare
+    buffer), and the first row of each pass carries ``flip``; a pass's rows are offered
+    once all its weights were taken.
     """
 
     def __init__(self, plan: GemmPlan, layouts, rng=None, valid_rate: float = 1.0):
@@ -241,6 +246,9 @@ class GemmStreamDriver:
         self.result_cycles: list[int] = []
         self.cycle = 0
         self._offer = None
+        self.double_buffered = any(name == "flip" for name, _ in self.activation_layout)
+        self.w_pass = 0              # two buffers: the pass whose weights are offered
+        self._held = [None, None]    # two buffers: (weights, activations) offered, not taken
 
     @property
     def done(self) -> bool:
@@ -249,8 +257,57 @@ class GemmStreamDriver:
     def _received_in(self, index: int) -> int:
         return min(max(self.received - index * self.plan.m, 0), self.plan.m)
 
+    def _activation_row(self):
+        """The current pass's next activation row payload, or None while it waits for the
+        previous pass's result (chained partial sums)."""
+        plan = self.plan
+        p, m = plan.passes[self.pass_index], self.act_row
+        chained = p.psum_source == "previous"
+        if chained and self._received_in(self.pass_index - 1) <= m:
+            return None
+        if chained:  # result m of the previous pass, just returned
+            psums = self.results[self.pass_index - 1][m]
+        elif p.accumulate:
+            psums = plan.psum_rows(p, None)[m]
+        else:  # ignored by the array: send noise
+            psums = self.rng.integers(0, 1 << 32, plan.array_cols, dtype=np.uint32)
+        return pack_payload(self.activation_layout, {
+            "values": p.activations[m], "psums": psums, "accumulate": int(p.accumulate),
+            "last": int(m == plan.m - 1), "flip": int(m == 0)})
+
+    def _not_idle(self) -> bool:
+        return self.valid_rate >= 1 or self.rng.random() < self.valid_rate
+
+    def _offer_double(self):
+        plan = self.plan
+        ready = self._not_idle
+        if self._held[0] is None and self.w_pass < len(plan.passes) and ready():
+            p = plan.passes[self.w_pass]
+            self._held[0] = pack_payload(self.weight_layout, {"values": p.weights[self.weight_row]})
+        if (self._held[1] is None and self.pass_index < len(plan.passes)
+                and self.w_pass > self.pass_index and ready()):
+            self._held[1] = self._activation_row()
+        return tuple(self._held)
+
+    def _commit_double(self, weights_taken, activations_taken):
+        if weights_taken:
+            assert self._held[0] is not None, "weights taken while not offered"
+            self._held[0] = None
+            self.weight_row += 1
+            if self.weight_row == self.plan.array_rows:
+                self.w_pass, self.weight_row = self.w_pass + 1, 0
+        if activations_taken:
+            assert self._held[1] is not None, "activations taken while not offered"
+            self._held[1] = None
+            self.accept_cycles.append(self.cycle)
+            self.act_row += 1
+            if self.act_row == self.plan.m:
+                self.pass_index, self.act_row = self.pass_index + 1, 0
+
     def offer(self):
         """(weights payload or None, activations payload or None) for this clock."""
+        if self.double_buffered:
+            return self._offer_double()
         if self._offer is not None:
             return self._offer
         w = a = None
@@ -260,18 +317,7 @@ class GemmStreamDriver:
             if self.weight_row < plan.array_rows:
                 w = pack_payload(self.weight_layout, {"values": p.weights[self.weight_row]})
             else:
-                m = self.act_row
-                chained = p.psum_source == "previous"
-                if not chained or self._received_in(self.pass_index - 1) > m:
-                    if chained:  # result m of the previous pass, just returned
-                        psums = self.results[self.pass_index - 1][m]
-                    elif p.accumulate:
-                        psums = plan.psum_rows(p, None)[m]
-                    else:  # ignored by the array: send noise
-                        psums = self.rng.integers(0, 1 << 32, plan.array_cols, dtype=np.uint32)
-                    a = pack_payload(self.activation_layout, {
-                        "values": p.activations[m], "psums": psums,
-                        "accumulate": int(p.accumulate), "last": int(m == plan.m - 1)})
+                a = self._activation_row()
         if w is None and a is None:
             return None, None   # nothing to offer yet: look again next clock
         if self.valid_rate < 1 and self.rng.random() >= self.valid_rate:
@@ -283,6 +329,9 @@ class GemmStreamDriver:
         """After the clock edge: which offers were taken, and the result payload taken in
         this clock (an int) or None."""
         w, a = self._offer if self._offer is not None else (None, None)
+        if self.double_buffered:
+            self._commit_double(weights_taken, activations_taken)
+            weights_taken = activations_taken = False
         if weights_taken:
             assert w is not None, "weights taken while not offered"
             self.weight_row += 1

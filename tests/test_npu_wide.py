@@ -175,8 +175,8 @@ def test_dma_from_a_burst_slice(word_bytes):
     assert ok[0] is NpuError.NONE and spread_past[0] is NpuError.SCRATCHPAD_RANGE
 
 
-def _gemm_wide(H, W, shapes, seed):
-    config = wide_config(128, array_rows=H, array_cols=W)
+def _gemm_wide(H, W, shapes, seed, **npu):
+    config = wide_config(128, array_rows=H, array_cols=W, **npu)
     bench, results = _gemm_run(config, shapes, seed=seed)
     rows = sum(m * -(-k // H) * -(-n // W) for m, k, n, *_ in shapes)
     assert results[-1][2]["macs"] == rows * H * W
@@ -192,6 +192,14 @@ def test_gemm_bit_exact_wide_words():
               (int(rng.integers(1, 6)), int(rng.integers(5, 24)), int(rng.integers(33, 70)),
                True, True)]
     _gemm_wide(4, 32, shapes, seed=21)
+
+
+def test_gemm_two_weight_buffers_wide_words():
+    """Two weight buffers on 128-byte words, a 4 x 16 array (4 FP16 and 2 FP32 column
+    groups per word): N tiles in pairs and one alone, K chains, FP16 / FP32 output and
+    accumulation; bit-exact with ``sim.golden.gemm``."""
+    _gemm_wide(4, 16, [(5, 13, 37, False, False), (3, 10, 40, True, True)], seed=23,
+               weight_buffers=2)
 
 
 @pytest.mark.slow

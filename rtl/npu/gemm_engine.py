@@ -40,13 +40,21 @@ def _log2(value: int) -> int:
 class _PassWalker:
     """Loop state over the passes of a GEMM, in ``plan_gemm``'s order (N tiles outer, K
     tiles inner): ``k0``, ``n0``, ``last_k`` (this pass is its N tile's final one),
-    ``last_n``, ``first_k``; ``advance(m)`` (in an ``If``) moves to the next pass."""
+    ``last_n`` (this is the last N tile), ``first_k``; ``advance(m)`` (in an ``If``) moves
+    to the next pass.
 
-    def __init__(self, m, args, H, W, name):
+    With ``pair`` (a signal; two weight buffers only), while it is high the N tiles go two
+    at a time: (n, k0), (n + W, k0), (n, k0 + H), (n + W, k0 + H), ...; ``slot`` is the
+    tile's place in its pair (the last pair may hold one tile). Each column still sees
+    its K tiles in order, so results are the same bits."""
+
+    def __init__(self, m, args, H, W, name, pair=None):
         self.args = args
         self.k0 = Signal(17, name=f"{name}_k0")
         self.n0 = Signal(17, name=f"{name}_n0")
         self.H, self.W = H, W
+        self.pair = pair
+        self.slot = Signal(name=f"{name}_slot") if pair is not None else None
         self.last_k = Signal(name=f"{name}_last_k")
         self.last_n = Signal(name=f"{name}_last_n")
         self.first_k = Signal(name=f"{name}_first_k")
@@ -54,13 +62,24 @@ class _PassWalker:
                      self.first_k.eq(self.k0 == 0)]
 
     def reset(self):
-        return [self.k0.eq(0), self.n0.eq(0)]
+        return [self.k0.eq(0), self.n0.eq(0)] + ([self.slot.eq(0)] if self.pair is not None else [])
 
     def advance(self, m):
-        with m.If(self.last_k):
-            m.d.sync += [self.k0.eq(0), self.n0.eq(self.n0 + self.W)]
+        H, W = self.H, self.W
+        if self.pair is None:
+            with m.If(self.last_k):
+                m.d.sync += [self.k0.eq(0), self.n0.eq(self.n0 + W)]
+            with m.Else():
+                m.d.sync += self.k0.eq(self.k0 + H)
+            return
+        first = self.n0 - Mux(self.slot, W, 0)      # the pair's first tile
+        with m.If(self.pair & ~self.slot & ~self.last_n):
+            m.d.sync += [self.slot.eq(1), self.n0.eq(self.n0 + W)]
+        with m.Elif(self.last_k):
+            m.d.sync += [self.slot.eq(0), self.k0.eq(0),
+                         self.n0.eq(first + Mux(self.pair, 2 * W, W))]
         with m.Else():
-            m.d.sync += self.k0.eq(self.k0 + self.H)
+            m.d.sync += [self.slot.eq(0), self.k0.eq(self.k0 + H), self.n0.eq(first)]
 
 
 class GemmEngine(wiring.Component):
@@ -87,6 +106,16 @@ class GemmEngine(wiring.Component):
     next preload; with weights resident (one pass) M rows stream back to back. Latency:
     ``busy`` lasts about P (2 H + W - 1 + M) + 2 clocks for P passes (measured on 8 x 8:
     473 clocks for M = 448, one pass: 94.7 % of the clocks carry a row).
+
+    Two weight buffers (``NpuConfig.weight_buffers`` = 2): the weight walker feeds the
+    array whenever it takes weights (into its spare buffer, during the current pass), the
+    first row of each pass carries ``flip``, and the activation walker no longer waits for
+    the array to drain. A pass that starts from the accumulator waits, row by row, for the
+    result of the pass it continues (the interlock); to keep that from serializing K
+    chains, N tiles go in pairs when M <= ``accumulator_rows`` / 2 (each pair tile has its
+    own half of the accumulator), so a K pass follows its predecessor by two passes. A
+    pass then costs about max(M, H + 1) clocks when the weights keep up (the reference
+    model hides the preload the same way); the results are the same bits.
 
     Ports: ``start`` (In stream, ``gemm_args_layout``): accepted when idle (``ready`` =
     not ``busy``); the core has checked the arguments (every operand inside the
@@ -136,6 +165,12 @@ class GemmEngine(wiring.Component):
         begin = self.start.valid & ~busy
         with m.If(begin):
             m.d.sync += args.eq(self.start.payload)
+        two = cfg.npu.weight_buffers == 2
+        half = cfg.npu.accumulator_rows // 2
+        pair = Signal() if two else None     # N tiles in pairs (two weight buffers)
+        if two:
+            with m.If(begin):
+                m.d.sync += pair.eq(self.start.payload.m <= half)
 
         # -- the array side: preload, then stream the pass's rows --
         preload = Signal()          # the array takes this pass's weights
@@ -151,10 +186,11 @@ class GemmEngine(wiring.Component):
         # -- weight walker: B rows -> weight FIFO --
         dp = cfg.datapath     # timing-only: the FIFOs below carry no values
         wfifo = m.submodules.wfifo = SyncFIFO(width=16 * W if dp else 1, depth=max(H, 2))
-        ww = _PassWalker(m, args, H, W, "ww")
+        ww = _PassWalker(m, args, H, W, "ww", pair)
         w_active = Signal()
         w_i = Signal(range(H))
         w_row = Signal(33)          # b + (k0 + i) * b_pitch
+        w_krow = Signal(33)         # b + k0 * b_pitch (two weight buffers)
         w_pend, w_valid_row, w_sel = Signal(), Signal(), Signal(range(max(lanes // W, 2)))
         w_cols = Signal(W)
         w_credit = (wfifo.level + w_pend) < wfifo.depth
@@ -175,6 +211,13 @@ class GemmEngine(wiring.Component):
                     m.d.sync += w_row.eq(args.b)
                     with m.If(ww.last_n):
                         m.d.sync += w_active.eq(0)
+                if two:     # K tiles start at w_krow; a pair's second tile rereads its rows
+                    with m.If(pair & ~ww.slot & ~ww.last_n):
+                        m.d.sync += w_row.eq(w_krow)
+                    with m.Elif(ww.last_k):
+                        m.d.sync += w_krow.eq(args.b)
+                    with m.Else():
+                        m.d.sync += w_krow.eq(w_row + args.b_pitch)
         m.d.comb += wfifo.w_en.eq(w_pend)
         if dp:
             groups = [self.read_b.data[16 * W * g:16 * W * (g + 1)] for g in range(lanes // W)]
@@ -185,8 +228,9 @@ class GemmEngine(wiring.Component):
         # -- activation walker: A rows (+ partial sums) -> activation FIFO --
         act_layout = activation_layout(cfg)
         act_bits = data.Layout.cast(act_layout).size
-        afifo = m.submodules.afifo = SyncFIFO(width=act_bits if dp else 1, depth=4)
-        aw = _PassWalker(m, args, H, W, "aw")
+        ctl_bits = 2 if two else 1          # last (and flip) of a row: its control
+        afifo = m.submodules.afifo = SyncFIFO(width=act_bits if dp else ctl_bits, depth=4)
+        aw = _PassWalker(m, args, H, W, "aw", pair)
         a_active = Signal()
         a_m = Signal(16)
         a_row = Signal(33)          # a + m * a_pitch
@@ -198,18 +242,27 @@ class GemmEngine(wiring.Component):
         a_vals = Signal(H)
         c_sel = Signal(range(max(lanes32 // W, 2)))
         a_cols = Signal(W)
-        a_gate = (a_parity == array_parity) & (first_taken | ~preload)
-        a_credit = (afifo.level + a_pend) < afifo.depth
-        a_issue = a_active & a_gate & a_credit
+        a_flip = Signal()
         from_acc = ~aw.first_k
         from_c = aw.first_k & args.acc
+        if two:     # the interlock: a row's partial sums are written before it is read
+            a_seq, r_seq = Signal(32), Signal(32)   # passes the walkers have finished
+            r_m_now = Signal(16)
+            paired = pair & (aw.slot | ~aw.last_n)   # this tile has a pair partner
+            back = Mux(paired, 2, 1)                 # the pass continued: ``back`` passes ago
+            a_gate = ~from_acc | (r_seq + back > a_seq) | ((r_seq + back == a_seq) & (r_m_now > a_m))
+        else:
+            a_gate = (a_parity == array_parity) & (first_taken | ~preload)
+        a_credit = (afifo.level + a_pend) < afifo.depth
+        a_issue = a_active & a_gate & a_credit
+        acc_half = (lambda walker: Mux(walker.slot, half, 0)) if two else (lambda walker: 0)
         m.d.comb += [self.read_a.addr.eq(a_row + (aw.k0 >> sh16)), self.read_a.en.eq(a_issue),
-                     acc.read_addr.eq(a_m), acc.read_en.eq(a_issue & from_acc),
+                     acc.read_addr.eq(a_m + acc_half(aw)), acc.read_en.eq(a_issue & from_acc),
                      self.read_c.addr.eq(c_row + (aw.n0 >> sh32)),
                      self.read_c.en.eq(a_issue & from_c)]
         m.d.sync += a_pend.eq(a_issue)
         with m.If(a_issue):
-            m.d.sync += a_last.eq(a_m == args.m - 1)
+            m.d.sync += [a_last.eq(a_m == args.m - 1), a_flip.eq(a_m == 0)]
             if dp:
                 m.d.sync += [a_src_acc.eq(from_acc), a_src_c.eq(from_c),
                              a_sel.eq((aw.k0 & (lanes - 1)) >> _log2(H)),
@@ -220,10 +273,12 @@ class GemmEngine(wiring.Component):
                          c_row.eq(c_row + args.c_pitch)]
             with m.If(a_m == args.m - 1):
                 m.d.sync += [a_m.eq(0), a_row.eq(args.a), c_row.eq(args.c), a_parity.eq(~a_parity)]
+                if two:
+                    m.d.sync += a_seq.eq(a_seq + 1)
                 aw.advance(m)
                 with m.If(aw.last_k & aw.last_n):
                     m.d.sync += a_active.eq(0)
-        m.d.comb += [afifo.w_en.eq(a_pend), afifo.w_data.eq(a_last)]
+        m.d.comb += [afifo.w_en.eq(a_pend), afifo.w_data.eq(Cat(a_last, a_flip) if two else a_last)]
         if dp:
             a_groups = [self.read_a.data[16 * H * g:16 * H * (g + 1)] for g in range(lanes // H)]
             a_word = Array(a_groups)[a_sel] if len(a_groups) > 1 else a_groups[0]
@@ -234,16 +289,20 @@ class GemmEngine(wiring.Component):
             c_mask = Cat(*(a_cols[j].replicate(32) for j in range(W)))
             psums = Mux(a_src_acc, acc.read_data, Mux(a_src_c, c_word & c_mask, 0))
             row = Signal(act_layout)
-            m.d.comb += [row.eq(Cat(a_word & a_mask, psums, a_src_acc | a_src_c, a_last)),
+            m.d.comb += [row.eq(Cat(a_word & a_mask, psums, a_src_acc | a_src_c, a_last,
+                                    *([a_flip] if two else []))),
                          afifo.w_data.eq(row)]
 
         # -- feeding the array --
-        m.d.comb += [arr.weights.valid.eq(wfifo.r_rdy & preload & feeding),
+        # one buffer: a pass's weights once the previous pass's rows are in; two: whenever
+        # the array takes them (its spare buffer)
+        w_gate = 1 if two else preload & feeding
+        m.d.comb += [arr.weights.valid.eq(wfifo.r_rdy & w_gate),
                      arr.weights.payload.eq(wfifo.r_data),
-                     wfifo.r_en.eq(arr.weights.ready & preload & feeding),
+                     wfifo.r_en.eq(arr.weights.ready & w_gate),
                      arr.activations.valid.eq(afifo.r_rdy),
-                     arr.activations.payload.eq(afifo.r_data if dp else         # last only
-                                                Cat(Const(0, act_bits - 1), afifo.r_data)),
+                     arr.activations.payload.eq(afifo.r_data if dp else      # control only
+                                                Cat(Const(0, act_bits - ctl_bits), afifo.r_data)),
                      afifo.r_en.eq(arr.activations.ready)]
         with m.If(arr.weights.valid & arr.weights.ready):
             m.d.sync += [first_taken.eq(1), weights_taken.eq(weights_taken + 1)]
@@ -258,16 +317,18 @@ class GemmEngine(wiring.Component):
                     m.d.sync += feeding.eq(0)
 
         # -- result walker: array results -> accumulator or C --
-        rw = _PassWalker(m, args, H, W, "rw")
+        rw = _PassWalker(m, args, H, W, "rw", pair)
         r_m = Signal(16)
         r_row = Signal(33)          # c + m * c_pitch
         res = arr.results
         m.d.comb += res.ready.eq(1)
+        if two:
+            m.d.comb += r_m_now.eq(r_m)
         got = res.valid
         final = rw.last_k
         m.d.comb += [
             self.write_c.addr.eq(r_row + Mux(args.fp32, rw.n0 >> sh32, rw.n0 >> sh16)),
-            acc.write_addr.eq(r_m), acc.write_en.eq(got & ~final),
+            acc.write_addr.eq(r_m + acc_half(rw)), acc.write_en.eq(got & ~final),
         ]
         if dp:
             self._result_lanes(m, args, rw, got & final, res)
@@ -277,6 +338,8 @@ class GemmEngine(wiring.Component):
             m.d.sync += [r_m.eq(r_m + 1), r_row.eq(r_row + args.c_pitch)]
             with m.If(r_m == args.m - 1):
                 m.d.sync += [r_m.eq(0), r_row.eq(args.c)]
+                if two:
+                    m.d.sync += r_seq.eq(r_seq + 1)
                 rw.advance(m)
                 with m.If(rw.last_k & rw.last_n):
                     m.d.sync += busy.eq(0)
@@ -289,6 +352,8 @@ class GemmEngine(wiring.Component):
                          w_i.eq(0), w_row.eq(p.b), a_m.eq(0), a_row.eq(p.a), c_row.eq(p.c),
                          r_m.eq(0), r_row.eq(p.c), a_parity.eq(array_parity)]
             m.d.sync += ww.reset() + aw.reset() + rw.reset()
+            if two:
+                m.d.sync += [a_seq.eq(0), r_seq.eq(0), w_krow.eq(p.b)]
         # passes: computed one clock after start from the latched arguments
         started = Signal()
         m.d.sync += started.eq(begin)

@@ -133,12 +133,13 @@ WIDE_MODEL = ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32)
 @pytest.mark.xdist_group("decode-wide")
 @pytest.mark.parametrize("mode", [pytest.param("npu-only", marks=pytest.mark.slow), "neupims"])
 def test_wide_words_on_rtl(mode, tmp_path):
-    """The decode compiler on 128-byte scratchpad words (``neupims``: sub-batches, the
-    PIM's attention; ``npu-only``, slow: the NPU's): bit-exact on the full RTL, and the
-    timing-only twin in the same clocks."""
+    """The decode compiler on 128-byte scratchpad words, with two weight buffers in the
+    array (``neupims``: sub-batches, the PIM's attention; ``npu-only``, slow: the NPU's):
+    bit-exact on the full RTL, and the timing-only twin in the same clocks."""
     base = preset("decode")
-    config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128))
+    config = base.replace(npu=dataclasses.replace(base.npu, word_bytes=128, weight_buffers=2))
     workload = DecodeWorkload(WIDE_MODEL, (3, 40, 17), steps=1, seed=5, vocab=256)
     full, timing = run_both(workload, mode, config, tmp_path)
     compare(full, timing)
     assert full["config"]["npu"]["word_bytes"] == 128
+    assert full["config"]["npu"]["weight_buffers"] == 2

@@ -287,7 +287,7 @@ def cmd_reproduce(args):
                 assert len(array) == 2
             except (ValueError, AssertionError):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
-        config = slice_config(args.cores, array, args.word_bytes, args.lanes)
+        config = slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
     except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
         sys.exit(f"neupims reproduce: {error}")
@@ -360,6 +360,10 @@ def main(argv=None):
                         "fraction of one)")
     p.add_argument("--lanes", type=int, default=16,
                    help="vector lanes per core, FP32 of one word at most (default %(default)s)")
+    p.add_argument("--weight-buffers", type=int, choices=(1, 2), default=2,
+                   help="weight registers per PE: 2 preloads a pass's weights under the pass "
+                        "before, as the paper's NPU; 1 waits for the array to drain "
+                        "(default %(default)s)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
                                                       "on stderr)")

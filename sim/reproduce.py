@@ -167,16 +167,19 @@ def batch_factor(config: DeviceConfig) -> float:
 
 
 def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 64,
-                 lanes: int = 16) -> DeviceConfig:
+                 lanes: int = 16, weight_buffers: int = 2) -> DeviceConfig:
     """The slice (see the module docstring): two channels of the paper's geometry (32 banks
     = 2 ranks x 4 bank groups x 4, 1 KiB rows, 16 PIM lanes; the ``decode`` preset's
-    timing), 8,192 rows per bank, a 16 x 16 array, 16 vector lanes, timing-only.
+    timing), 8,192 rows per bank, a 16 x 16 array with two weight buffers, 16 vector
+    lanes, timing-only.
     ``cores``: NPU cores (``sim.decode.compiler.with_cores``), each with ``array`` (rows,
     columns; default 16 x 16) and ``lanes`` vector lanes, on scratchpad words of
     ``word_bytes`` (default one 64-byte burst; a wider word for a wider vector unit:
     ``lanes`` FP32 must fit one word). The scratchpad has 2^18 words whatever their size
     (its size does not enter any timing; buffers of one burst per word take as many words
-    on any word)."""
+    on any word). ``weight_buffers``: 2 (default, as the paper's NPU) preloads each array
+    pass's weights under the pass before; 1 waits for the array to drain
+    (``NpuConfig.weight_buffers``)."""
     from .decode.compiler import with_cores
     base = preset("decode")
     rows, cols = array or (16, 16)
@@ -186,7 +189,7 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
                                      rows=8192, columns=64),
         npu=dataclasses.replace(base.npu, array_rows=rows, array_cols=cols, vector_lanes=lanes,
                                 instruction_words=65536, word_bytes=word_bytes,
-                                scratchpad_words=1 << 18))
+                                scratchpad_words=1 << 18, weight_buffers=weight_buffers))
     from rtl.npu.vector_engine import engine_supported
     if not engine_supported(config):     # the built-in vector engine, as the decode runs need
         raise ConfigError("NpuConfig.vector_lanes", f"{lanes} lanes must divide the "

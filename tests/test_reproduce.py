@@ -14,6 +14,7 @@ from rtl.npu.vector_engine import FLAG_SCALAR_B
 from sim.cli import main
 from sim.decode.compiler import Costs, Stream
 from sim.decode.golden import MODES
+from sim.decode.report import npu_line
 from sim.models import get_model
 from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, _check_points,
                            _compiled_file, batch_factor, format_report, paper_scale_status,
@@ -76,6 +77,7 @@ def test_slice_has_the_paper_channel_geometry_timing_only():
     assert config.pim.lanes == paper.pim.lanes
     assert config.timing == decode.timing
     assert config.npu.word_bytes == config.geometry.burst_bytes == 64
+    assert config.npu.weight_buffers == paper.npu.weight_buffers == 2
     assert batch_factor(config) == 32          # 4 MACs per byte here, the paper 128
 
 
@@ -183,3 +185,14 @@ def test_slice_word_and_lane_options():
     for word_bytes, lanes in ((64, 32), (256, 48)):
         with pytest.raises(ConfigError, match="NpuConfig.vector_lanes"):
             slice_config(word_bytes=word_bytes, lanes=lanes)
+
+
+def test_slice_weight_buffers_option():
+    """``--weight-buffers 1`` builds the slice whose array drains before each preload; any
+    other count is refused, naming the field."""
+    from rtl.config import ConfigError
+    assert slice_config(weight_buffers=1).npu.weight_buffers == 1
+    assert "two weight buffers" in npu_line(slice_config().npu.__dict__)
+    assert "weight buffers" not in npu_line(slice_config(weight_buffers=1).npu.__dict__)
+    with pytest.raises(ConfigError, match="NpuConfig.weight_buffers"):
+        slice_config(weight_buffers=3)

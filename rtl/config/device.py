@@ -137,8 +137,9 @@ class DeviceConfig:
 #: The paper's NPU: 8 cores, each a 128 x 128 array with a 128-lane vector unit. Scratchpad
 #: words of 512 bytes (8 bursts) so that an array row of 128 FP32 results and the vector
 #: unit's 128 FP32 lanes fit one word; 8 DMA requests in flight per core and channel, so
-#: the 8 cores' tags (8 x 8) fit the controller's 64.
-PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8)
+#: the 8 cores' tags (8 x 8) fit the controller's 64; two weight buffers per PE (the
+#: reference model hides each pass's weight preload under the pass before).
+PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8, weight_buffers=2)
 
 
 def _neupims() -> DeviceConfig:

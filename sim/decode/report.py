@@ -110,11 +110,14 @@ def _npu_line(result: dict) -> str:
 
 def npu_line(npu: dict) -> str:
     """"N cores, each: R x C array, L vector lanes" from an NpuConfig's dict (and
-    ", W-byte scratchpad words" when a word is wider than one 64-byte burst)."""
+    " (two weight buffers)", ", W-byte scratchpad words" when a word is wider than one
+    64-byte burst)."""
     cores = npu["arrays"]
     words = npu.get("word_bytes", 64)
     return (f"{cores} core{'s, each' if cores > 1 else ''}: {npu['array_rows']} x "
-            f"{npu['array_cols']} array, {npu['vector_lanes']} vector lanes"
+            f"{npu['array_cols']} array"
+            + (" (two weight buffers)" if npu.get("weight_buffers", 1) == 2 else "")
+            + f", {npu['vector_lanes']} vector lanes"
             + (f", {words}-byte scratchpad words" if words != 64 else ""))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -145,7 +146,7 @@ def cmd_bench_npu(args):
     from sim.npu_bench import bench_npu, format_npu, npu_channels
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
         lambda line: print(line, flush=True))
-    config = npu_channels(_config(args), args.channels)
+    config = npu_channels(_with_weight_buffers(_config(args), args.weight_buffers), args.channels)
     try:
         report = bench_npu(config, rows=args.rows, show=show)
     except ConfigError as error:
@@ -153,12 +154,19 @@ def cmd_bench_npu(args):
     print(json.dumps(report, indent=2) if args.json else "\n" + format_npu(report))
 
 
+def _with_weight_buffers(config, buffers):
+    """``config`` with ``buffers`` weight registers per PE (None: the preset's)."""
+    if buffers is None:
+        return config
+    return config.replace(npu=dataclasses.replace(config.npu, weight_buffers=buffers))
+
+
 def cmd_bench_device(args):
     from sim.device_bench import BenchError, bench_device, format_device
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
         lambda line: print(line, flush=True))
     try:
-        config = _config(args)
+        config = _with_weight_buffers(_config(args), args.weight_buffers)
         if args.timing_only:
             config = config.replace(datapath=False)
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
@@ -258,7 +266,6 @@ def cmd_bitstream(args):
 def cmd_reproduce(args):
     from sim.reproduce import GRIDS, ReproduceError, run_grid, format_report, write_outputs
     from sim.decode.workload import DecodeError
-    import dataclasses
     grid = GRIDS["quick" if args.quick else "full"]
     changes = {}
     if args.models:
@@ -401,6 +408,9 @@ def main(argv=None):
                    help="device: activation rows M (default: the accumulator's rows)")
     p.add_argument("--timing-only", action="store_true",
                    help="device: without the datapath (the paper's device needs it)")
+    p.add_argument("--weight-buffers", type=int, choices=(1, 2),
+                   help="npu, device: weight registers per PE (default: the preset's; "
+                        "neupims 2, small 1)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("replay-trace", help="replay a DRAMsim3-format trace (0xADDR READ|WRITE "

@@ -50,3 +50,13 @@ def test_program_totals_count_what_the_program_asks():
     assert total["dma_bytes_read"] == rows * wb + tiles * K * wb
     assert total["dma_bytes_written"] == rows * wb
     assert (K * 2, W * 2, W * 4) == (wb, wb // 2, wb)
+
+
+def test_bench_weight_buffers_option():
+    """``neupims bench npu|device --weight-buffers N`` sets the array's weight buffers;
+    without it the preset's count stays (the paper's device: two)."""
+    from sim.cli import _with_weight_buffers
+    assert preset("neupims").npu.weight_buffers == 2
+    assert _with_weight_buffers(preset("neupims"), None) == preset("neupims")
+    assert _with_weight_buffers(preset("neupims"), 1).npu.weight_buffers == 1
+    assert _with_weight_buffers(preset("small"), 2).npu.weight_buffers == 2

@@ -243,8 +243,20 @@ class Costs:
         return 40 + math.ceil(count / (0.45 * channels))
 
     def gemm(self, m, k, n):
-        passes = math.ceil(k / self.H) * math.ceil(n / self.W)
-        return passes * (2 * self.H + self.W - 1 + m) + 2
+        k_tiles, n_tiles = math.ceil(k / self.H), math.ceil(n / self.W)
+        passes = k_tiles * n_tiles
+        npu = self.config.npu
+        if npu.weight_buffers == 1:     # preload, stream, drain, one pass after the other
+            return passes * (2 * self.H + self.W - 1 + m) + 2
+        # two buffers (``rtl.npu.gemm_engine``): a preload hidden under the pass before; a
+        # K pass starts a latency after the pass it continues, two passes back when N
+        # tiles go in pairs
+        latency = self.H + self.W - 1
+        pass_clocks = max(m, self.H + 1)
+        if k_tiles > 1:
+            paired = n_tiles > 1 and m <= npu.accumulator_rows // 2
+            pass_clocks = max(pass_clocks, (latency + 4) // 2 if paired else latency + 3)
+        return self.H + passes * pass_clocks + latency + 2
 
     #: VectorUnit micro-steps of the multi-step element-wise ops
     STEPS = {VectorOp.EXP: 22, VectorOp.RECIP: 12, VectorOp.RSQRT: 15, VectorOp.GELU: 41}

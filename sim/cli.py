@@ -92,6 +92,8 @@ def cmd_sim(args):
             config = (config or preset("decode")).replace(datapath=False)
         if args.refresh_rate != 1:
             config = (config or preset("decode")).replace(refresh_rate=args.refresh_rate)
+        if args.weight_buffers is not None:
+            config = _with_weight_buffers(config or preset("decode"), args.weight_buffers)
         if args.cores != 1:
             from sim.decode.compiler import with_cores
             config = with_cores(config or preset("decode"), args.cores)
@@ -342,6 +344,9 @@ def main(argv=None):
     p.add_argument("--cores", type=int, default=1,
                    help="NPU cores sharing the GEMMs (columns) and the attention (channels); "
                         "default %(default)s")
+    p.add_argument("--weight-buffers", type=int, choices=(1, 2),
+                   help="weight registers per PE: 2 preloads a pass's weights under the pass "
+                        "before (default: the preset's; decode 1)")
     p.add_argument("--out", default="build/sim", help="folder for sim.json and timeline.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_sim)

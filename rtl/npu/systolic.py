@@ -144,8 +144,9 @@ class SystolicArray(wiring.Component):
     preload's first row, no row on the spare is within W - 1 clocks of the port (the
     preload's row i is then written after that pass's rows have left PE row i); it is low
     under back-pressure. A pass therefore costs max(M, H + 1) clocks at the port when the
-    weights keep up (the reference model's hidden preload), against 2 H + W - 1 + M with
-    one buffer; results, latency and counters are as above.
+    weights keep up (the reference model's hidden preload; a clock or two more when M is
+    near H, as a preload also waits for the pass before the last), against 2 H + W - 1 +
+    M with one buffer; results, latency and counters are as above.
 
     Back-pressure: one global clock enable, ``en = not skid_full``, holds every register of
     the array (skew, PEs, de-skew, control). A one-row skid register catches the row that

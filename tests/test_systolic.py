@@ -95,16 +95,23 @@ def check_outputs(driver, a, b, rows, cols, psum=None):
 def test_random_gemms_bit_exact(rows, cols):
     """Shapes that are not multiples of the array (K and N tiled, padded), with and without
     incoming partial sums, several GEMMs through one array."""
+    check_random_gemms(config_for(rows, cols), [])
+
+
+def check_random_gemms(config, more_shapes, **run):
+    """Random GEMMs of shapes that are not multiples of the array (and ``more_shapes``: (M,
+    K, N, with partial sums)) through one array: bit-exact, and the MACs counted."""
+    rows, cols = config.npu.array_rows, config.npu.array_cols
     rng = np.random.default_rng(rows * 10 + cols)
     shapes = [(3, 2 * rows + 1, cols + 1, False), (5, rows - 1 or 1, 2 * cols, True),
-              (1, 3 * rows, cols - 1 or 1, True), (4, rows, cols, False)]
+              (1, 3 * rows, cols - 1 or 1, True), (4, rows, cols, False)] + more_shapes
     cases, plans = [], []
     for m, k, n, with_psum in shapes:
         a, b = moderate16(rng, (m, k)), moderate16(rng, (k, n))
         psum = moderate32(rng, (m, n)) if with_psum else None
         cases.append((a, b, psum))
         plans.append(plan_gemm(a, b, rows, cols, psum))
-    drivers, counters = run_plans(config_for(rows, cols), plans)
+    drivers, counters = run_plans(config, plans, **run)
     for drv, (a, b, psum) in zip(drivers, cases):
         check_outputs(drv, a, b, rows, cols, psum)
     assert counters["macs"] == rows * cols * sum(p.activation_rows for p in plans)
@@ -258,21 +265,9 @@ def test_double_buffered_gemms_bit_exact(rows, cols, ready_rate, valid_rate):
     """Two weight buffers: the next pass's weights preload while the current pass streams,
     the rows of two passes share the array; every result bit-exact with the golden, with
     idle clocks on the inputs and back-pressure on the results."""
-    rng = np.random.default_rng(rows * 10 + cols)
-    shapes = [(3, 2 * rows + 1, cols + 1, False), (5, rows - 1 or 1, 2 * cols, True),
-              (1, 3 * rows, cols - 1 or 1, True), (4, rows, cols, False),
-              (2, rows, 5 * cols, False), (1, rows, 4 * cols, True)]
-    cases, plans = [], []
-    for m, k, n, with_psum in shapes:
-        a, b = moderate16(rng, (m, k)), moderate16(rng, (k, n))
-        psum = moderate32(rng, (m, n)) if with_psum else None
-        cases.append((a, b, psum))
-        plans.append(plan_gemm(a, b, rows, cols, psum))
-    drivers, counters = run_plans(config2_for(rows, cols), plans, seed=7,
-                                  ready_rate=ready_rate, valid_rate=valid_rate)
-    for drv, (a, b, psum) in zip(drivers, cases):
-        check_outputs(drv, a, b, rows, cols, psum)
-    assert counters["macs"] == rows * cols * sum(p.activation_rows for p in plans)
+    check_random_gemms(config2_for(rows, cols), [(2, rows, 5 * cols, False),
+                                                 (1, rows, 4 * cols, True)],
+                       seed=7, ready_rate=ready_rate, valid_rate=valid_rate)
 
 
 @pytest.mark.parametrize("m", [1, 4, 8])

@@ -81,6 +81,7 @@ from rtl.config import RowBufferMode, preset
 from rtl.isa.npu import (DIM_BITS, Instruction, NpuOp, dma_load, dma_store, gemm, halt, pim,
                          sync, vector, wait)
 from rtl.npu.scratchpad import word_bursts, word_lanes
+from rtl.npu.systolic import SystolicArray
 from rtl.npu.vector import VectorOp
 from rtl.npu.vector_engine import (FLAG_IMM_B, FLAG_SCALAR_B, FLAG_STRIDED_A,
                                    FLAG_STRIDED_D, strided_imm)
@@ -251,7 +252,7 @@ class Costs:
         # two buffers (``rtl.npu.gemm_engine``): a preload hidden under the pass before; a
         # K pass starts a latency after the pass it continues, two passes back when N
         # tiles go in pairs
-        latency = self.H + self.W - 1
+        latency = SystolicArray.latency_for(self.H, self.W)
         pass_clocks = max(m, self.H + 1)
         if k_tiles > 1:
             paired = n_tiles > 1 and m <= npu.accumulator_rows // 2

@@ -280,12 +280,11 @@ class GemmStreamDriver:
 
     def _offer_double(self):
         plan = self.plan
-        ready = self._not_idle
-        if self._held[0] is None and self.w_pass < len(plan.passes) and ready():
+        if self._held[0] is None and self.w_pass < len(plan.passes) and self._not_idle():
             p = plan.passes[self.w_pass]
             self._held[0] = pack_payload(self.weight_layout, {"values": p.weights[self.weight_row]})
         if (self._held[1] is None and self.pass_index < len(plan.passes)
-                and self.w_pass > self.pass_index and ready()):
+                and self.w_pass > self.pass_index and self._not_idle()):
             self._held[1] = self._activation_row()
         return tuple(self._held)
 

@@ -275,7 +275,8 @@ async def decode_run(dut):
     run.validate()
     show = Progress()
     began = time.perf_counter()
-    tb = NpuTB(dut, run.config)
+    tb = NpuTB(dut, run.config,
+               registered_ports=os.environ.get("NEUPIMS_REGISTERED_PORTS", "1") == "1")
     await tb.start()
     bursts = len(run.image.words)
     show(f"{run.mode}: {run.config.summary()}; {len(run.steps)} step(s); loading "

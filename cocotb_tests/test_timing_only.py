@@ -143,3 +143,23 @@ def test_wide_words_on_rtl(mode, tmp_path):
     compare(full, timing)
     assert full["config"]["npu"]["word_bytes"] == 128
     assert full["config"]["npu"]["weight_buffers"] == 2
+
+
+@pytest.mark.xdist_group("decode")       # the timing-only decode build, and one of its own
+@pytest.mark.parametrize("mode", MODES)
+def test_registered_ports_change_nothing(mode, tmp_path):
+    """The builds register NpuTop's reset, mode and command ports
+    (``sim.harness.with_registered_ports``, for Verilator's speed): the same program on a
+    build without them gives, step by step, the same cycles, stage ends, counters and
+    command streams (two steps: the refresh phase carries over the step boundary)."""
+    workload = DecodeWorkload("tiny-gpt", (12, 30, 5), steps=2, seed=3)
+    run = compile_decode(workload, mode, preset("decode").replace(datapath=False))
+    plain = run_on_rtl(run, tmp_path / "plain.json", registered_ports=False)
+    registered = run_on_rtl(run, tmp_path / "registered.json")
+    assert plain["complete"] and registered["complete"] and plain["steps_total"] == 2
+    for a, b in zip(plain["steps"], registered["steps"], strict=True):
+        for key in SAME:
+            assert a[key] == b[key], (a["label"], key, a[key], b[key])
+        assert a["stages"] == b["stages"], a["label"]
+    for key in ("cycles", "tokens", "commands_checked"):
+        assert plain[key] == registered[key], key

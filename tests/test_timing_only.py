@@ -165,3 +165,27 @@ def test_timing_only_blocks_lint_clean():
     from sim.lint import lint_config
     problems = lint_config(preset("tiny").replace(datapath=False))
     assert problems and not any(problems.values()), problems
+
+
+def test_registered_ports_verilog():
+    """``sim.harness.with_registered_ports``: the same ports; inside, rst, blocked and
+    refresh_rate are flops of the inputs (rst starting at 1), the command ports flops of
+    the controller's commands, and the command log records the unregistered ones."""
+    from rtl.npu.top import NpuTop
+    from sim.harness import npu_top_verilog, port_names, to_verilog
+    config = preset("tiny").replace(datapath=False)
+    plain = to_verilog(NpuTop(config), "top")
+    text = npu_top_verilog(config, "top")
+    assert port_names(text, "top") == port_names(plain, "top")
+    top = text[text.index("module top("):]
+    top = top[:top.index("endmodule")]
+    assert "reg rst__registered = 1'h1;" in top
+    for port in ("rst", "blocked", "refresh_rate"):
+        assert f"always @(posedge clk) {port}__registered <= {port};" in top
+        assert f"({port}__registered)" in top and f"({port})" not in top
+    for port in ("cmd__0", "cmd_valid__0"):
+        assert f"always @(posedge clk) {port} <= {port}__unregistered;" in top
+    assert "if (cmd_valid__0__unregistered) begin" in top
+    assert "cycle__0, cmd__0__unregistered);" in top
+    unregistered = npu_top_verilog(config, "top", registered_ports=False)
+    assert "__registered" not in unregistered and "if (cmd_valid__0) begin" in unregistered

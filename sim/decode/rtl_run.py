@@ -60,13 +60,13 @@ TEST_MODULE = "cocotb_tests.tb_decode"
 _VERILOG: dict[str, str] = {}      # configuration JSON -> Verilog (elaboration: ~20 s)
 
 
-def _verilog(config) -> str:
+def _verilog(config, registered_ports: bool = True) -> str:
     # refresh rate and the PIM row-buffer mode are run-time inputs, not elaborated
     mode = RowBufferMode.DUAL if config.mode is RowBufferMode.BLOCKED else config.mode
-    key = config.replace(refresh_rate=1, mode=mode).to_json()
+    key = config.replace(refresh_rate=1, mode=mode).to_json() + str(registered_ports)
     if key not in _VERILOG:
         from sim.harness import npu_top_verilog
-        _VERILOG[key] = npu_top_verilog(config, TOP_NAME)
+        _VERILOG[key] = npu_top_verilog(config, TOP_NAME, registered_ports)
     return _VERILOG[key]
 
 
@@ -89,7 +89,7 @@ def _tail(path: Path, show, stop: threading.Event):
 
 def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: int = 20_000_000,
                period: int = 64, max_samples: int = 2000, progress_every: int = 20_000,
-               show=print) -> dict:
+               show=print, registered_ports: bool = True) -> dict:
     """Build (cached) ``NpuTop(run.config)``, run every step of ``run`` on it under cocotb
     and return the results (also written to ``out_json``: see ``cocotb_tests.tb_decode``).
 
@@ -101,7 +101,8 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
 
     Raises AssertionError when the run fails (NPU, controller or channel error, timing
     violation, a step too long); the partial results are in ``out_json`` then (key
-    ``error``). Mismatching check words do not raise: ``bit_exact`` is false (``None``
+    ``error``). ``registered_ports``: as in
+    ``sim.harness.npu_top_verilog`` (False only to show it changes nothing). Mismatching check words do not raise: ``bit_exact`` is false (``None``
     on a timing-only configuration: nothing is compared)."""
     from sim.harness import build, run as run_cocotb
 
@@ -116,7 +117,7 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
 
     began = time.perf_counter()
     show(f"decode {run.mode}: elaborating NpuTop ({run.config.summary()}) ...")
-    verilog = _verilog(run.config)
+    verilog = _verilog(run.config, registered_ports)
     show(f"decode {run.mode}: Verilator build of {len(verilog.splitlines()):,} lines "
          f"(cached after the first time) ...")
     t0 = time.perf_counter()
@@ -127,7 +128,8 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
            "NEUPIMS_DECODE_PROGRESS": str(progress),
            "NEUPIMS_DECODE_MAX_CYCLES": str(max_cycles_per_step),
            "NEUPIMS_DECODE_PERIOD": str(period), "NEUPIMS_DECODE_MAX_SAMPLES": str(max_samples),
-           "NEUPIMS_DECODE_PROGRESS_EVERY": str(progress_every)}
+           "NEUPIMS_DECODE_PROGRESS_EVERY": str(progress_every),
+           "NEUPIMS_REGISTERED_PORTS": str(int(registered_ports))}
     stop = threading.Event()
     tail = threading.Thread(target=_tail, args=(progress, show, stop), daemon=True)
     tail.start()

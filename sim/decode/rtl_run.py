@@ -101,9 +101,9 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
 
     Raises AssertionError when the run fails (NPU, controller or channel error, timing
     violation, a step too long); the partial results are in ``out_json`` then (key
-    ``error``). ``registered_ports``: as in
-    ``sim.harness.npu_top_verilog`` (False only to show it changes nothing). Mismatching check words do not raise: ``bit_exact`` is false (``None``
-    on a timing-only configuration: nothing is compared)."""
+    ``error``). ``registered_ports``: as in ``sim.harness.npu_top_verilog`` (False only to
+    show that it changes nothing). Mismatching check words do not raise: ``bit_exact`` is
+    false (``None`` on a timing-only configuration: nothing is compared)."""
     from sim.harness import build, run as run_cocotb
 
     run.validate()

@@ -73,10 +73,13 @@ def repeating_unit(stages: list, mode: str, layers_run: int) -> list:
     return stages[at:at + width]
 
 
-def extrapolate(stages: list, mode: str, layers_run: int, layers: int) -> dict:
+def extrapolate(stages: list, mode: str, layers_run: int, layers: int,
+                cycles_run: int | None = None) -> dict:
     """One step's cycles for ``layers`` layers per device from its run of ``layers_run``:
     ``{"cycles", "cycles_run", "unit_cycles", "stages": {name: cycles}}`` (``stages``
-    summed by name as ``sim.decode.report`` does, the repeated ones extended)."""
+    summed by name as ``sim.decode.report`` does, the repeated ones extended).
+    ``cycles_run``: the step's measured cycles (default: the sum of its stages; the RTL's
+    step also counts the few clocks of its HALT)."""
     if layers < layers_run:
         raise LayersError("layers", f"{layers} layers is fewer than the {layers_run} run")
     unit = repeating_unit(stages, mode, layers_run)
@@ -86,7 +89,7 @@ def extrapolate(stages: list, mode: str, layers_run: int, layers: int) -> dict:
         totals[s["name"]] = totals.get(s["name"], 0) + s["cycles"]
     for s in unit:
         totals[s["name"]] += extra * s["cycles"]
-    run = sum(s["cycles"] for s in stages)
+    run = sum(s["cycles"] for s in stages) if cycles_run is None else cycles_run
     unit_cycles = sum(s["cycles"] for s in unit)
     return {"cycles": run + extra * unit_cycles, "cycles_run": run,
             "unit_cycles": unit_cycles, "stages": totals}

@@ -268,8 +268,19 @@ def cmd_bitstream(args):
 def cmd_reproduce(args):
     from sim.reproduce import GRIDS, ReproduceError, run_grid, format_report, write_outputs
     from sim.decode.workload import DecodeError
-    grid = GRIDS["quick" if args.quick else "full"]
+    if args.paper:
+        grid = GRIDS["paper-quick" if args.quick else "paper"]
+        slice_only = {"--cores": args.cores != 1, "--array": bool(args.array),
+                      "--word-bytes": args.word_bytes != 64, "--lanes": args.lanes != 16}
+        clash = [name for name, given in slice_only.items() if given]
+        if clash:
+            sys.exit(f"neupims reproduce: {clash[0]} shapes the slice; --paper runs the "
+                     f"`neupims` preset's own NPU")
+    else:
+        grid = GRIDS["quick" if args.quick else "full"]
     changes = {}
+    if args.layers_run is not None:
+        changes["layers_run"] = args.layers_run
     if args.models:
         changes["models"] = tuple(args.models.split(","))
     if args.batches:
@@ -288,7 +299,7 @@ def cmd_reproduce(args):
         (lambda *a, **k: print(*a, flush=True, **k))
     out = Path(args.out)
     try:
-        from sim.reproduce import slice_config
+        from sim.reproduce import paper_config, slice_config
         array = None
         if args.array:
             try:
@@ -296,7 +307,8 @@ def cmd_reproduce(args):
                 assert len(array) == 2
             except (ValueError, AssertionError):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
-        config = slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
+        config = paper_config(args.weight_buffers) if args.paper else \
+            slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
     except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
         sys.exit(f"neupims reproduce: {error}")
@@ -353,7 +365,15 @@ def main(argv=None):
 
     p = sub.add_parser("reproduce", help="the paper's comparison (three modes over models x "
                                          "batches x datasets) on the RTL: table, JSON, plots")
-    p.add_argument("--quick", action="store_true", help="a small grid (minutes)")
+    p.add_argument("--quick", action="store_true", help="a small grid (minutes; with "
+                   "--paper one point: gpt3-7b, batch 64, sharegpt-like)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's GPT-3 models and batches on the `neupims` preset "
+                        "(timing-only, 2 layers per device run, the rest extended; hours "
+                        "per point on one core)")
+    p.add_argument("--layers-run", type=int,
+                   help="layers per device run on the RTL, the rest extended by the "
+                        "steady-state layer measured (default: all; --paper: 2)")
     p.add_argument("--models", help="comma list (default: the grid's)")
     p.add_argument("--batches", help="comma list of batch sizes (default: the grid's)")
     p.add_argument("--datasets", help="comma list of sharegpt-like, alpaca-like, azure-conv")

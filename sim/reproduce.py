@@ -63,7 +63,7 @@ from rtl.config import ConfigError, DeviceConfig, preset
 from .decode.golden import MODES
 from .decode.report import npu_line
 
-__all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config",
+__all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config", "paper_config",
            "paper_scale_status", "run_grid", "ratios", "format_report", "to_json",
            "plot_throughput", "plot_utilization"]
 
@@ -95,7 +95,11 @@ class ReproduceError(ValueError):
 class Grid:
     """Models x batches x datasets, each point run in every mode of ``modes``.
     ``reference``: (model, batch, dataset) whose utilization is set against the paper's
-    GPT3-30B at batch 256."""
+    GPT3-30B at batch 256. ``layers_run``: None runs every layer of the device's share;
+    a number runs that many and extends each step by the steady-state layer the RTL
+    measured (``sim.decode.layers``: the full-scale points). ``vocab``: the LM head's
+    columns (kept small, as the paper's figures are of the decoder layers; a multiple of
+    the FP16 of a scratchpad word times the cores)."""
     models: tuple
     batches: tuple
     datasets: tuple = DATASETS
@@ -104,6 +108,8 @@ class Grid:
     max_len: int = 2048
     seed: int = 0
     reference: tuple = ("gpt3-30b-s32", 8, "sharegpt-like")
+    layers_run: int | None = None
+    vocab: int = 128
 
     def validate(self) -> None:
         from .models import MODELS
@@ -126,6 +132,10 @@ class Grid:
                 raise ReproduceError("length_scale", f"{d}: must be in (0, 1], got {scale}")
         if self.max_len < 2:
             raise ReproduceError("max_len", f"must be >= 2, got {self.max_len}")
+        if self.layers_run is not None and (not isinstance(self.layers_run, int)
+                                            or self.layers_run < 2):
+            raise ReproduceError("layers_run", f"at least 2 layers (a steady-state layer), "
+                                 f"got {self.layers_run!r}")
         if not (self.models and self.batches and self.datasets and self.modes):
             raise ReproduceError("grid", "needs at least one model, batch, dataset and mode")
 
@@ -146,8 +156,19 @@ class Grid:
 
 SLICE_MODELS = ("gpt3-7b-s32", "gpt3-13b-s32", "gpt3-30b-s32", "gpt3-175b-s32")
 
+#: Layers per device run on the RTL at full scale (the rest extended, ``sim.decode.layers``)
+PAPER_LAYERS_RUN = 2
+#: The full-scale LM head's columns: one 256-FP16 word per core of the ``neupims`` NPU
+#: (GPT-3's 50,257 would make the head, not the layers, most of a 2-layer run)
+PAPER_VOCAB = 2048
+
 GRIDS = {
     "full": Grid(models=SLICE_MODELS, batches=(2, 4, 8, 12, 16)),
+    "paper": Grid(models=PAPER_MODELS, batches=PAPER_BATCHES, layers_run=PAPER_LAYERS_RUN,
+                  vocab=PAPER_VOCAB, reference=("gpt3-30b", 256, "sharegpt-like")),
+    "paper-quick": Grid(models=("gpt3-7b",), batches=(64,), datasets=("sharegpt-like",),
+                        layers_run=PAPER_LAYERS_RUN, vocab=PAPER_VOCAB,
+                        reference=("gpt3-7b", 64, "sharegpt-like")),
     "quick": Grid(models=("gpt3-7b-s32",), batches=(4, 8, 16),
                   datasets=("sharegpt-like", "alpaca-like"),
                   reference=("gpt3-7b-s32", 8, "sharegpt-like")),
@@ -203,35 +224,47 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
     return config
 
 
-def paper_scale_status() -> list[dict]:
-    """Why each of the paper's models is not run on the ``neupims`` preset: the errors the
-    decode compiler raises for it (checked, not assumed), planning a batch of 64 (100
-    tokens each, vocabulary 2,048) with the ``decode`` preset's address map, which the KV
-    layout needs: first as the preset is, then, past a stored-rows error, with every row
-    of a bank stored (as a timing-only device could), for what comes next."""
-    from .decode.compiler import _plan, _scratchpad, mode_config
-    from .decode.workload import DecodeError, DecodeWorkload
+def paper_config(weight_buffers: int = 2) -> DeviceConfig:
+    """The ``neupims`` preset (32 channels of 32 banks, 8 cores of a 128 x 128 array and
+    128 vector lanes on 512-byte words) as the full-scale points run it: timing-only; the
+    ``decode`` preset's address map (the KV layout's K and V tiles are contiguous
+    bursts); every row of a bank stored (a timing-only bank stores nothing: the rows are
+    where the compiler places the model's weights and KV cache); 65,536 instructions and
+    2^20 scratchpad words per core, since the compiler keeps a layer's weights (and the
+    next one's, prefetched) and the batch's activations on chip where the paper's NPU
+    streams tiles (the scratchpad's size enters no timing: a timing-only scratchpad has
+    no storage, only its ports)."""
     config = preset("neupims")
-    planned = config.replace(address_map=preset("decode").address_map)
+    return config.replace(
+        datapath=False, address_map=preset("decode").address_map,
+        stored_rows=config.geometry.rows,
+        npu=dataclasses.replace(config.npu, instruction_words=65536, scratchpad_words=1 << 20,
+                                weight_buffers=weight_buffers))
+
+
+def paper_scale_status() -> list[dict]:
+    """Whether each of the paper's models plans on the full-scale configuration
+    (:func:`paper_config`, ``--paper``) at the paper's largest batch (512 requests of 100
+    tokens, :data:`PAPER_LAYERS_RUN` layers per device): the decode compiler's own errors
+    when not (checked, not assumed)."""
+    from .decode.compiler import _plan, _scratchpad, mode_config
+    from .decode.layers import truncated
+    from .decode.workload import DecodeError, DecodeWorkload
+    from .models import get_model
+    config = paper_config()
     out = []
     for name in PAPER_MODELS:
         reasons = []
-        workload = DecodeWorkload(name, (100,) * 64, vocab=2048)
-
-        def plan(config, prefix=""):
+        model = truncated(get_model(name), PAPER_LAYERS_RUN)
+        workload = DecodeWorkload(model, (100,) * max(PAPER_BATCHES), vocab=PAPER_VOCAB)
+        for mode in MODES:
             try:
-                _scratchpad(_plan(workload, "neupims", mode_config("neupims", config)))
+                _scratchpad(_plan(workload, mode, mode_config(mode, config)))
             except (ConfigError, DecodeError) as error:
-                reasons.append(prefix + str(error))
-                return error
-            return None
-
-        error = plan(planned)
-        if isinstance(error, DecodeError) and "stored_rows" in str(error):
-            rows = planned.geometry.rows
-            plan(planned.replace(stored_rows=rows), f"with all {rows:,} rows stored: ")
-        out.append({"model": name, "config": "neupims", "batches": list(PAPER_BATCHES),
-                    "run": not reasons, "reason": "; ".join(reasons) or None})
+                reasons.append(f"{mode}: {error}")
+        out.append({"model": name, "config": "neupims (full scale, --paper)",
+                    "batches": list(PAPER_BATCHES), "run": not reasons,
+                    "reason": "; ".join(reasons) or None})
     return out
 
 
@@ -245,21 +278,32 @@ def _compiled_file(out: Path, model: str, batch: int, dataset: str, mode: str) -
     return _point_file(out, model, batch, dataset, mode).with_suffix(".compiled.pkl")
 
 
+def _workload(model: str, batch: int, dataset: str, grid: Grid):
+    """The point's workload (and its source line): ``batch`` requests drawn from
+    ``dataset``; with ``grid.layers_run``, the model cut to that many layers per device."""
+    from .decode.job import draw_workload
+    from .decode.layers import truncated
+    workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
+                                     grid.max_len, grid.seed)
+    model = workload.model if grid.layers_run is None else truncated(workload.model,
+                                                                       grid.layers_run)
+    return dataclasses.replace(workload, model=model, vocab=grid.vocab), source
+
+
 def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
                    config_json: str) -> str | None:
     """Draw and compile one point in every mode (a worker process), saving each compiled
     run for :func:`_run_point`; the reason as text when the point cannot run (None when
     it can)."""
     from .decode.compiler import compile_decode
-    from .decode.job import draw_workload
+    from .decode.layers import LayersError
     from .decode.workload import DecodeError
     from .models import ModelError
     from .workloads import WorkloadError
     config = DeviceConfig.from_json(config_json)
     try:
         began = time.perf_counter()
-        workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
-                                         grid.max_len, grid.seed)
+        workload, source = _workload(model, batch, dataset, grid)
         for mode in grid.modes:
             run = compile_decode(workload, mode, config)
             path = _compiled_file(Path(out), model, batch, dataset, mode)
@@ -268,7 +312,8 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
                 pickle.dump((run, list(workload.kv_lens), source,
                              time.perf_counter() - began), f, protocol=pickle.HIGHEST_PROTOCOL)
             began = time.perf_counter()
-    except (DecodeError, ModelError, WorkloadError, ConfigError, ValueError) as error:
+    except (DecodeError, ModelError, WorkloadError, ConfigError, LayersError,
+            ValueError) as error:
         return f"point {model} batch {batch} {dataset}: {error}"
     return None
 
@@ -278,7 +323,6 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
     """One point in one mode (a worker process): the run :func:`_compile_point` saved
     (else draw and compile it here), then the RTL."""
     from .decode.compiler import compile_decode
-    from .decode.job import draw_workload
     from .decode.report import summarize
     from .decode.rtl_run import run_on_rtl
     config = DeviceConfig.from_json(config_json)
@@ -289,31 +333,58 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             run, kv_lens, source, compiled = pickle.load(f)
         compiled_file.unlink()
     else:
-        workload, source = draw_workload(model, dataset, batch, 1, grid.length_scale[dataset],
-                                         grid.max_len, grid.seed)
+        workload, source = _workload(model, batch, dataset, grid)
         kv_lens = list(workload.kv_lens)
         run = compile_decode(workload, mode, config)
         compiled = time.perf_counter() - began
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
                         progress_every=10 ** 9, show=lambda line: None)
     s = summarize(result)
+    measured = s["cycles"]          # the utilizations are over the clocks simulated
+    layers = _whole_model(result, s, mode, grid, model, config)
     busy = {k: sum(step["counters"][k] for step in result["steps"])
             for k in ("vector_busy", "dma_busy", "gemm_busy", "macs")}
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
             "tokens_per_s": s["tokens_per_s"], "cycles": s["cycles"], "tokens": s["tokens"],
             "stages": s["stages"], "npu_util": s["npu_util"], "pim_util": s["pim_util"],
             "pim_occupancy": s["pim_occupancy"],
-            "mac_util": busy["macs"] / (s["cycles"] * config.npu.macs_per_cycle),
-            "vector_util": busy["vector_busy"] / (s["cycles"] * config.npu.arrays),
-            "dma_util": busy["dma_busy"] / (s["cycles"] * config.npu.arrays),
-            "gemm_util": busy["gemm_busy"] / (s["cycles"] * config.npu.arrays),
+            "mac_util": busy["macs"] / (measured * config.npu.macs_per_cycle),
+            "vector_util": busy["vector_busy"] / (measured * config.npu.arrays),
+            "dma_util": busy["dma_busy"] / (measured * config.npu.arrays),
+            "gemm_util": busy["gemm_busy"] / (measured * config.npu.arrays),
             "normal_during_pim": s["normal_during_pim"],
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
             "instructions": sum(len(step.program) for step in run.steps),
             "kv_lens": kv_lens, "source": source,
             "compile_s": round(compiled, 1), "wall_s": round(time.perf_counter() - began, 1),
-            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
+            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0),
+            **layers}
+
+
+def _whole_model(result: dict, s: dict, mode: str, grid: Grid, model: str,
+                 config: DeviceConfig) -> dict:
+    """With ``grid.layers_run``: ``s``'s cycles, stages and tokens/s made those of the
+    whole model (each step extended by ``sim.decode.layers.extrapolate``), and the fields
+    ``layers_run``, ``layers`` (per device), ``cycles_run`` and ``unit_cycles`` (the
+    measured steady-state layer, summed over steps). The utilizations stay those
+    measured over the layers run."""
+    if grid.layers_run is None:
+        return {}
+    from .decode.layers import extrapolate
+    from .models import get_model
+    layers = get_model(model).layers_per_device
+    whole = [extrapolate(step["stages"], mode, grid.layers_run, layers, step["cycles"])
+             for step in result["steps"]]
+    s["cycles"] = sum(w["cycles"] for w in whole)
+    s["tokens_per_s"] = s["tokens"] * config.timing.clock_hz / s["cycles"]
+    s["stages"] = {}
+    for w in whole:
+        for name, cycles in w["stages"].items():
+            s["stages"][name] = s["stages"].get(name, 0) + cycles
+    return {"layers_run": grid.layers_run, "layers": layers,
+            "cycles_run": sum(w["cycles_run"] for w in whole),
+            "unit_cycles": sum(w["unit_cycles"] for w in whole)}
 
 
 def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -> None:
@@ -446,7 +517,7 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
                     "utilization": {"point": dict(zip(("model", "batch", "dataset"), reference)),
                                     "modes": utilization,
                                     "paper": PAPER["utilization"]}},
-        "not_run": paper_scale_status(),
+        "not_run": [] if config.name == "neupims" else paper_scale_status(),
     }
 
 
@@ -481,7 +552,12 @@ def format_report(report: dict) -> str:
              f"(paper: {cfg['paper_macs_per_byte']:g}): slice batch b ~ paper batch "
              f"{cfg['batch_factor']:g} b in the GEMMs' compute-to-bandwidth balance",
              f"  runs          {len(report['points'])} in {cfg['wall_s']:.0f} s, "
-             f"{cfg['jobs']} at a time", ""]
+             f"{cfg['jobs']} at a time"]
+    if grid.get("layers_run"):
+        lines.append(f"  layers        {grid['layers_run']} per device run on the RTL, the rest "
+                     f"extended by the steady-state layer it measured (sim.decode.layers); "
+                     f"utilizations over the layers run")
+    lines.append("")
     table = _by_key(report["points"])
     rmap = {(x["model"], x["batch"], x["dataset"]): x for x in report["ratios"]}
     rows = []
@@ -531,9 +607,11 @@ def format_report(report: dict) -> str:
                     [[p["model"], str(p["batch"]), p["dataset"], p["mode"], f"{p['cycles']:,}"]
                      + [f"{p['stages'][n]:,}" if n in p["stages"] else "" for n in names]
                      for p in report["points"]])
-    lines += ["", "Not run (the paper's configuration)"]
+    if report["not_run"]:
+        lines += ["", "The paper's models at full scale (not in this grid)"]
     for x in report["not_run"]:
-        state = "run" if x["run"] else f"not run: {x['reason']}"
+        state = ("plans; run with `neupims reproduce --paper`" if x["run"]
+                 else f"not run: {x['reason']}")
         lines.append(f"  {x['model']} on {x['config']}, batches "
                      f"{', '.join(map(str, x['batches']))}: {state}")
     return "\n".join(lines)

@@ -514,3 +514,18 @@ def test_parallel_model_limits_name_the_field():
     with pytest.raises(DecodeError, match="ffn / tp") as error:
         DecodeWorkload(odd_ffn, (3,))
     assert error.value.field == "model"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_v_append_in_groups_of_requests_matches_golden(mode, monkeypatch):
+    """A V read-modify-write buffer smaller than the batch: the append goes through it a
+    few requests at a time (as the paper's shapes at batch 512 need), results unchanged."""
+    import sim.decode.compiler as compiler
+    workload = DecodeWorkload("tiny-gpt", (40, 63, 12, 55, 5), seed=5)
+    whole = compile_decode(workload, mode)
+    monkeypatch.setattr(compiler, "VRMW_WORDS", 2 * 64)       # two requests of 2 x 32
+    assert compiler.vrmw_rows(2, 32) == 2
+    grouped = compile_decode(workload, mode)
+    assert grouped.plan.sp["end"] < whole.plan.sp["end"]
+    assert len(grouped.steps[0].program) > len(whole.steps[0].program)
+    _matches_golden(grouped)

@@ -17,8 +17,9 @@ from sim.decode.golden import MODES
 from sim.decode.report import npu_line
 from sim.models import get_model
 from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, _check_points,
-                           _compiled_file, batch_factor, format_report, paper_scale_status,
-                           ratios, run_grid, slice_config, to_json, write_outputs)
+                           _compiled_file, _whole_model, _workload, batch_factor,
+                           format_report, paper_config, paper_scale_status, ratios, run_grid,
+                           slice_config, to_json, write_outputs)
 
 
 @pytest.mark.parametrize("change, field", [
@@ -111,14 +112,49 @@ def test_slice_models_keep_the_papers_traffic_ratio():
         assert (shape.d_head, shape.heads) == (128, heads)
 
 
-def test_paper_scale_reports_why_not_run():
+def test_paper_models_plan_on_the_full_scale_config():
     status = paper_scale_status()
     assert [s["model"] for s in status] == ["gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b"]
-    for s in status:        # the stored rows; with every row stored, the scratchpad
-        assert not s["run"] and "DeviceConfig.stored_rows" in s["reason"]
-        assert "with all 32,768 rows stored: scratchpad" in s["reason"]
-        assert "NpuConfig.scratchpad_words" in s["reason"]
-        assert "word_bytes" not in s["reason"] and s["batches"] == [64, 128, 256, 384, 512]
+    for s in status:        # batch 512, every mode: weights, KV cache and scratchpad fit
+        assert s["run"] and s["reason"] is None and s["batches"] == [64, 128, 256, 384, 512]
+
+
+def test_paper_config_is_the_neupims_preset_timing_only():
+    config, paper = paper_config(), preset("neupims")
+    assert config.geometry == paper.geometry and config.timing == paper.timing
+    assert (config.npu.arrays, config.npu.array_rows, config.npu.array_cols,
+            config.npu.vector_lanes, config.npu.word_bytes) == (8, 128, 128, 128, 512)
+    assert not config.datapath and config.stored_rows == paper.geometry.rows
+    assert config.npu.weight_buffers == 2 and paper_config(1).npu.weight_buffers == 1
+    assert batch_factor(config) == 1
+
+
+def test_paper_grid_runs_two_layers_of_the_device_share():
+    grid = GRIDS["paper"]
+    grid.validate()
+    assert grid.models == ("gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b")
+    assert grid.batches == (64, 128, 256, 384, 512) and grid.layers_run == 2
+    workload, _ = _workload("gpt3-175b", 64, "alpaca-like", grid)
+    assert workload.layers == 2 and workload.model.tp == 8 and workload.vocab == grid.vocab
+    assert workload.batch == 64
+    with pytest.raises(ReproduceError, match="layers_run"):
+        dataclasses.replace(grid, layers_run=1).validate()
+
+
+def test_whole_model_extends_the_measured_steps():
+    grid = dataclasses.replace(GRIDS["quick"], layers_run=2)
+    stages = [("load", 5), ("A", 10), ("B", 20), ("C", 30), ("D", 40), ("E", 50), ("F", 60),
+              ("head", 7)]
+    result = {"steps": [{"cycles": 225, "stages": [{"name": n, "cycles": c}
+                                                   for n, c in stages]}]}
+    s = {"cycles": 225, "tokens": 4, "tokens_per_s": 0.0, "stages": {}}
+    config = slice_config()
+    extra = _whole_model(result, s, "neupims", grid, "gpt3-7b", config)
+    assert extra == {"layers_run": 2, "layers": 32, "cycles_run": 225, "unit_cycles": 70}
+    assert s["cycles"] == 225 + 30 * 70
+    assert s["stages"]["C"] == 31 * 30 and s["stages"]["A"] == 10
+    assert s["tokens_per_s"] == pytest.approx(4 * config.timing.clock_hz / s["cycles"])
+    assert _whole_model(result, dict(s), "neupims", GRIDS["quick"], "gpt3-7b", config) == {}
 
 
 def _points(grid):
@@ -154,7 +190,7 @@ def test_ratios_and_report(tmp_path):
     text = format_report(report)
     assert "3.00x" in text and "2.00x" in text and "2.4x" in text and "1.6x" in text
     assert "64.9 %" in text and "26.4 %" in text
-    assert text.count("not run:") == 4
+    assert text.count("plans; run with `neupims reproduce --paper`") == 4
     files = write_outputs(report, tmp_path)
     assert json.loads(files[0].read_text())["points"] == points
     for png in files[2:]:

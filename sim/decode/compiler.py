@@ -767,7 +767,8 @@ def _scratchpad(plan: Plan) -> dict:
                         # attention scratch shared in vector-engine order
                         ("l32", math.ceil(Lmax / wd.e32)), ("e", math.ceil(Lmax / wd.e32)),
                         ("p", math.ceil(Lmax / wd.e32)), ("mx", 1), ("sm", 1), ("rc", 1),
-                        ("v32", f32(a)), ("o32", f32(dh)), ("vrmw", Bt * heads * dh)):
+                        ("v32", f32(a)), ("o32", f32(dh)),
+                        ("vrmw", min(Bt, vrmw_rows(heads, dh)) * heads * dh)):
         if name == "logits":                    # each core's share of the vocabulary
             words = Bt * f32(_largest_share(plan, V))
         s[name] = sp.take(name, words)
@@ -804,6 +805,16 @@ def _scratchpad(plan: Plan) -> dict:
     s["end"] = sp.next
     plan.sp = s
     return s
+
+
+#: Scratchpad words of the V append's read-modify-write buffer (a word per V burst): the
+#: requests of a batch go through it this many words' worth at a time
+VRMW_WORDS = 16384
+
+
+def vrmw_rows(heads: int, d_head: int) -> int:
+    """Requests whose V bursts the append reads, modifies and writes back at once."""
+    return max(1, VRMW_WORDS // (heads * d_head))
 
 
 def _largest_share(plan: Plan, n: int) -> int:
@@ -1086,37 +1097,46 @@ class Builder:
             s.store(address, word + piece // k, 1, slice=piece % k)
 
     def append(self, layer: int, rows: list) -> Stream:
-        """Store the new token's K and V of every request in ``rows`` (V by read-modify-write)."""
+        """Store the new token's K and V of every request in ``rows`` (V by read-modify-write,
+        :func:`vrmw_rows` requests at a time through the ``vrmw`` buffer)."""
         s, sp, lay, cfg = self.stream(), self.sp, self.layout, self.config
         B, dh = lay.banks, self.dh
         plan = self.plan
-        for row in rows:
-            r = plan.row_order[row]
-            c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
-            for h in range(self.heads):         # a head's bursts: one column each
-                group, column = self._k_place(h)
-                self._store_bursts(s, [_address(cfg, c, t % B, pages.k[t // B][group],
-                                                column + j) for j in range(self.hb)],
-                                   self._qkv_at(row, 1, h))
-            for h in range(self.heads):         # a word per V burst (a dimension)
-                for vt in range(lay.v_tiles):
-                    s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                           sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B, spread=True)
-        s.wait("dma")
-        for row in rows:
-            r = plan.row_order[row]
-            t = self._token(r)
-            s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, 2, 0)[0], d=sp["v32"], length=self.a)
-            s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=sp["vrmw"] + row * self.heads * dh,
-                  length=self.a, flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
-        s.wait("vector")
-        for row in rows:
-            r = plan.row_order[row]
-            c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
-            for h in range(self.heads):
-                for vt in range(lay.v_tiles):
-                    s.store(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                            sp["vrmw"] + (row * self.heads + h) * dh + vt * B, B, spread=True)
+        group = vrmw_rows(self.heads, dh)
+        for first in range(0, len(rows), group):
+            if first:
+                s.wait("dma")                   # the stores have read the buffer
+            batch = rows[first:first + group]
+
+            def at(i, h, vt):
+                return sp["vrmw"] + (i * self.heads + h) * dh + vt * B
+            for i, row in enumerate(batch):
+                r = plan.row_order[row]
+                c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
+                for h in range(self.heads):         # a head's bursts: one column each
+                    group_k, column = self._k_place(h)
+                    self._store_bursts(s, [_address(cfg, c, t % B, pages.k[t // B][group_k],
+                                                    column + j) for j in range(self.hb)],
+                                       self._qkv_at(row, 1, h))
+                for h in range(self.heads):         # a word per V burst (a dimension)
+                    for vt in range(lay.v_tiles):
+                        s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
+                               at(i, h, vt), B, spread=True)
+            s.wait("dma")
+            for i, row in enumerate(batch):
+                t = self._token(plan.row_order[row])
+                s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, 2, 0)[0], d=sp["v32"],
+                      length=self.a)
+                s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=at(i, 0, 0), length=self.a,
+                      flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
+            s.wait("vector")
+            for i, row in enumerate(batch):
+                r = plan.row_order[row]
+                c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
+                for h in range(self.heads):
+                    for vt in range(lay.v_tiles):
+                        s.store(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
+                                at(i, h, vt), B, spread=True)
         return s
 
     def _softmax(self, s: Stream, logits: int, n: int, flags: int, imm: int, out16: int,

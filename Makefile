@@ -8,7 +8,7 @@ JOBS   ?= 2
 CONFIG ?= neupims
 FPGA_CONFIG ?= fpga
 
-.PHONY: setup sim reproduce test test-fast test-slow bench bench-controller bench-npu bench-device replay-trace verilog lint synth bitstream clean
+.PHONY: setup sim reproduce reproduce-paper test test-fast test-slow bench bench-controller bench-npu bench-device replay-trace verilog lint synth bitstream clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ sim: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/neupims reproduce $(if $(QUICK),--quick)
+
+# The paper's GPT-3 points on the `neupims` preset (timing-only; QUICK=1: one point)
+reproduce-paper: $(STAMP)
+	$(BIN)/neupims reproduce --paper $(if $(QUICK),--quick) --out build/reproduce-paper
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q

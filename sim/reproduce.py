@@ -294,17 +294,23 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
                    config_json: str) -> str | None:
     """Draw and compile one point in every mode (a worker process), saving each compiled
     run for :func:`_run_point`; the reason as text when the point cannot run (None when
-    it can)."""
+    it can). Full-scale grids (``layers_run``) only plan HBM rows and scratchpad here: the
+    instruction count is checked when the point's run compiles it."""
     from .decode.compiler import compile_decode
     from .decode.layers import LayersError
     from .decode.workload import DecodeError
     from .models import ModelError
     from .workloads import WorkloadError
+    from .decode.compiler import _plan, _scratchpad, mode_config
     config = DeviceConfig.from_json(config_json)
     try:
         began = time.perf_counter()
         workload, source = _workload(model, batch, dataset, grid)
         for mode in grid.modes:
+            if grid.layers_run is not None:     # full scale: minutes and GBs per compile;
+                # plan the memory here, compile in the run
+                _scratchpad(_plan(workload, mode, mode_config(mode, config)))
+                continue
             run = compile_decode(workload, mode, config)
             path = _compiled_file(Path(out), model, batch, dataset, mode)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,17 @@ def test_precheck_compiles_every_point_and_keeps_the_runs(tmp_path):
         assert seconds > 0 and len(run.steps) == 1
 
 
+def test_full_scale_precheck_plans_and_keeps_nothing(tmp_path):
+    grid = Grid(models=("gpt3-7b-s32",), batches=(2,), datasets=("alpaca-like",),
+                layers_run=2)
+    _check_points(grid, slice_config(), tmp_path, 1, lambda line: None)
+    assert not any(_compiled_file(tmp_path, "gpt3-7b-s32", 2, "alpaca-like", mode).exists()
+                   for mode in MODES)
+    small = slice_config().replace(stored_rows=8)
+    with pytest.raises(ReproduceError, match="stored_rows"):
+        _check_points(grid, small, tmp_path, 1, lambda line: None)
+
+
 def test_precheck_names_the_point_that_cannot_run(tmp_path):
     config = slice_config()
     config = config.replace(npu=dataclasses.replace(config.npu, instruction_words=256))

@@ -1441,6 +1441,24 @@ def _checks(plan: Plan, golden, core: int = 0) -> dict:
     return checks
 
 
+def _step_programs(plan: Plan, step: int) -> tuple[list, list]:
+    """Every core's program of ``step`` and core 0's stage marks (name, instruction)."""
+    config, programs, marks = plan.config, [], []
+    for core in range(plan.cores):
+        b = Builder(plan, step, core)
+        ops = _neupims_step(b) if plan.mode == "neupims" else _serial_step(b)
+        program = [op.ins for op in ops] + [halt()]
+        if len(program) > config.npu.instruction_words:
+            raise DecodeError("batch", f"step {step}: {len(program)} instructions for "
+                              f"core {core}, the NPU holds "
+                              f"{config.npu.instruction_words} "
+                              f"(NpuConfig.instruction_words): use a smaller batch")
+        if core == 0:
+            marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
+        programs.append(program)
+    return programs, marks
+
+
 def compile_decode(workload: DecodeWorkload, mode: str, config=None,
                    data: DecodeData | None = None) -> DecodeRun:
     """Compile every step of ``workload`` for ``mode`` (see the module docstring)."""
@@ -1452,19 +1470,7 @@ def compile_decode(workload: DecodeWorkload, mode: str, config=None,
     golden = golden_decode(workload, data, mode, config)
     steps = []
     for step in range(workload.steps):
-        programs = []
-        for core in range(plan.cores):
-            b = Builder(plan, step, core)
-            ops = _neupims_step(b) if mode == "neupims" else _serial_step(b)
-            program = [op.ins for op in ops] + [halt()]
-            if len(program) > config.npu.instruction_words:
-                raise DecodeError("batch", f"step {step}: {len(program)} instructions for "
-                                  f"core {core}, the NPU holds "
-                                  f"{config.npu.instruction_words} "
-                                  f"(NpuConfig.instruction_words): use a smaller batch")
-            if core == 0:
-                marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
-            programs.append(program)
+        programs, marks = _step_programs(plan, step)
         steps.append(StepProgram(programs[0], marks, _checks(plan, golden[step]),
                                  label=f"step {step}", tokens=workload.batch,
                                  cores=[CoreProgram(programs[c], _checks(plan, golden[step], c))

@@ -158,6 +158,8 @@ SLICE_MODELS = ("gpt3-7b-s32", "gpt3-13b-s32", "gpt3-30b-s32", "gpt3-175b-s32")
 
 #: Layers per device run on the RTL at full scale (the rest extended, ``sim.decode.layers``)
 PAPER_LAYERS_RUN = 2
+#: Simulated clocks between a full-scale point's progress lines (about 2 minutes)
+FULL_SCALE_PROGRESS = 200_000
 #: The full-scale LM head's columns: one 256-FP16 word per core of the ``neupims`` NPU
 #: (GPT-3's 50,257 would make the head, not the layers, most of a 2-layer run)
 PAPER_VOCAB = 2048
@@ -343,8 +345,16 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
         kv_lens = list(workload.kv_lens)
         run = compile_decode(workload, mode, config)
         compiled = time.perf_counter() - began
+    if grid.layers_run is None:         # seconds to minutes: a line when the point ends
+        every, show = 10 ** 9, (lambda line: None)
+    else:                               # full scale: hours; the simulated clocks and rate
+        every = FULL_SCALE_PROGRESS
+
+        def show(line):
+            if "cycles/s" in line:
+                print(f"  {model} b{batch} {dataset} {mode}: {line.strip()}", flush=True)
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
-                        progress_every=10 ** 9, show=lambda line: None)
+                        progress_every=every, show=show)
     s = summarize(result)
     measured = s["cycles"]          # the utilizations are over the clocks simulated
     layers = _whole_model(result, s, mode, grid, model, config)

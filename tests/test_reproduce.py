@@ -74,6 +74,21 @@ def test_cli_rejects_a_bad_dataset(capsys):
     assert "datasets" in str(stop.value) and "books" in str(stop.value)
 
 
+@pytest.mark.parametrize("option", [["--cores", "2"], ["--array", "8x8"],
+                                    ["--word-bytes", "128"], ["--lanes", "8"]])
+def test_cli_paper_refuses_the_slice_options(option):
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "--paper", *option, "--out", "/nonexistent/never-written"])
+    assert option[0] in str(stop.value) and "--paper" in str(stop.value)
+
+
+def test_cli_rejects_one_layer_run():
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "--paper", "--layers-run", "1", "--out",
+              "/nonexistent/never-written"])
+    assert "layers_run" in str(stop.value)
+
+
 def test_reference_point_falls_back_inside_the_grid():
     grid = Grid(models=("tiny-gpt",), batches=(16, 64), datasets=("alpaca-like",),
                 reference=("gpt3-30b-s32", 256, "sharegpt-like"))

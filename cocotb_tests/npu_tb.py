@@ -144,9 +144,15 @@ class NpuTB:
 
     # -- loading --
     async def load_image(self, image):
-        """Every burst of an ``HbmImage`` into its bank, channels in parallel."""
+        """Every burst of an ``HbmImage`` into its bank, channels in parallel, a burst per
+        channel and clock. Timing-only (``config.datapath`` False: the banks store
+        nothing) the same clocks pass without the writes."""
         per_channel = image.backdoor()
         longest = max((len(v) for v in per_channel.values()), default=0)
+        if not self.config.datapath:
+            if longest:
+                await ClockCycles(self.dut.clk, longest)
+            return
         for i in range(longest):
             for c, items in per_channel.items():
                 p = self._ports[c]

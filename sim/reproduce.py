@@ -414,8 +414,9 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
     failed = [reason for reason in reasons if reason]
     if failed:
         raise ReproduceError("grid", failed[0])
-    log(f"neupims reproduce: compiled {len(reasons)} point{'s' if len(reasons) != 1 else ''} x {len(grid.modes)} modes in "
-        f"{time.perf_counter() - began:.0f} s")
+    done = "planned (memory)" if grid.layers_run else "compiled"
+    log(f"neupims reproduce: {done} {len(reasons)} point{'s' if len(reasons) != 1 else ''} x "
+        f"{len(grid.modes)} modes in {time.perf_counter() - began:.0f} s")
 
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,

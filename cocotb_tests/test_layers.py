@@ -40,3 +40,22 @@ def test_two_layers_extrapolate_to_six(mode, tmp_path):
                                      f"cycles, extrapolated from 2: {estimate['cycles']:,} "
                                      f"({100 * error:+.2f} %)")
     assert estimate["cycles"] > short["cycles"] + 3 * estimate["unit_cycles"]
+
+
+@pytest.mark.xdist_group("decode")
+def test_full_scale_runs_start_without_the_image_clocks(tmp_path):
+    """``image_clocks=False`` (the full-scale points): a timing-only run skips the HBM
+    image's load; the step is the same program, only the refresh phase moves."""
+    config = preset("decode").replace(datapath=False)
+    run = compile_decode(DecodeWorkload(truncated(DEEP, 2), LENS), "neupims", config)
+    with_load = run_on_rtl(run, tmp_path / "load.json", show=lambda line: None)
+    without = run_on_rtl(run, tmp_path / "none.json", show=lambda line: None,
+                         image_clocks=False)
+    assert with_load["load_image"]["bursts"] == len(run.image.words) > 0
+    assert without["load_image"]["bursts"] == 0
+    for result in (with_load, without):
+        assert result["complete"] and result["timing_violations"] == 0
+    a, b = with_load["steps"][0], without["steps"][0]
+    assert a["instructions"] == b["instructions"]
+    assert [s["name"] for s in a["stages"]] == [s["name"] for s in b["stages"]]
+    assert abs(a["cycles"] - b["cycles"]) <= TOLERANCE * a["cycles"], (a["cycles"], b["cycles"])

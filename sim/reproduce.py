@@ -354,7 +354,8 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             if "cycles/s" in line:
                 print(f"  {model} b{batch} {dataset} {mode}: {line.strip()}", flush=True)
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
-                        progress_every=every, show=show)
+                        progress_every=every, show=show,
+                        image_clocks=grid.layers_run is None)
     s = summarize(result)
     measured = s["cycles"]          # the utilizations are over the clocks simulated
     layers = _whole_model(result, s, mode, grid, model, config)

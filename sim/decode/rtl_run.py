@@ -89,7 +89,7 @@ def _tail(path: Path, show, stop: threading.Event):
 
 def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: int = 20_000_000,
                period: int = 64, max_samples: int = 2000, progress_every: int = 20_000,
-               show=print, registered_ports: bool = True) -> dict:
+               show=print, registered_ports: bool = True, image_clocks: bool = True) -> dict:
     """Build (cached) ``NpuTop(run.config)``, run every step of ``run`` on it under cocotb
     and return the results (also written to ``out_json``: see ``cocotb_tests.tb_decode``).
 
@@ -103,7 +103,10 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
     violation, a step too long); the partial results are in ``out_json`` then (key
     ``error``). ``registered_ports``: as in ``sim.harness.npu_top_verilog`` (False only to
     show that it changes nothing). Mismatching check words do not raise: ``bit_exact`` is
-    false (``None`` on a timing-only configuration: nothing is compared)."""
+    false (``None`` on a timing-only configuration: nothing is compared).
+    ``image_clocks`` False: a timing-only run starts its first step at once instead of
+    after the clocks of the HBM image's load (its banks store nothing; the cycles then
+    differ from the full RTL's by the refresh phase at the start)."""
     from sim.harness import build, run as run_cocotb
 
     run.validate()
@@ -129,7 +132,8 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
            "NEUPIMS_DECODE_MAX_CYCLES": str(max_cycles_per_step),
            "NEUPIMS_DECODE_PERIOD": str(period), "NEUPIMS_DECODE_MAX_SAMPLES": str(max_samples),
            "NEUPIMS_DECODE_PROGRESS_EVERY": str(progress_every),
-           "NEUPIMS_REGISTERED_PORTS": str(int(registered_ports))}
+           "NEUPIMS_REGISTERED_PORTS": str(int(registered_ports)),
+           "NEUPIMS_DECODE_IMAGE_CLOCKS": str(int(image_clocks))}
     stop = threading.Event()
     tail = threading.Thread(target=_tail, args=(progress, show, stop), daemon=True)
     tail.start()

@@ -2,12 +2,12 @@
 and a naive NPU+PIM) over a grid of models, batch sizes and length datasets, every point
 compiled for the three modes and run on the RTL.
 
-What runs today, and what does not. The paper's table needs GPT-3 7B-175B on the
-``neupims`` preset (32 channels, 8 x 128 x 128 arrays, 512-byte scratchpad words); the
-decode compiler still lays out 64-byte words for one core, so those
-points are *not run*, and the report says so for each model with the compiler's own
-reason (:func:`paper_scale_status`). What runs is a **slice** built to keep the paper's
-ratios (:func:`slice_config`):
+What runs today. The paper's table needs GPT-3 7B-175B on the ``neupims`` preset (32
+channels, 8 x 128 x 128 arrays, 512-byte scratchpad words): ``GRIDS["paper"]`` on
+:func:`paper_config` (``--paper``) runs it timing-only, two layers per device simulated
+and the rest extended (``sim.decode.layers``), at about an hour of one core per point and
+mode; :func:`paper_scale_status` says whether each model plans there. What runs in
+minutes is a **slice** built to keep the paper's ratios (:func:`slice_config`):
 
 - two channels of the paper's geometry: 32 banks (2 ranks x 4 bank groups x 4), 1 KiB
   rows, 16 PIM lanes per bank, so the PIM's internal bandwidth is 16x the channel's bus as
@@ -298,12 +298,11 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
     run for :func:`_run_point`; the reason as text when the point cannot run (None when
     it can). Full-scale grids (``layers_run``) only plan HBM rows and scratchpad here: the
     instruction count is checked when the point's run compiles it."""
-    from .decode.compiler import compile_decode
+    from .decode.compiler import _plan, _scratchpad, compile_decode, mode_config
     from .decode.layers import LayersError
     from .decode.workload import DecodeError
     from .models import ModelError
     from .workloads import WorkloadError
-    from .decode.compiler import _plan, _scratchpad, mode_config
     config = DeviceConfig.from_json(config_json)
     try:
         began = time.perf_counter()

@@ -145,8 +145,13 @@ def test_wide_words_on_rtl(mode, tmp_path):
     assert full["config"]["npu"]["weight_buffers"] == 2
 
 
+#: neupims (NPU and PIM commands overlapping) in the default suite, the others slow
+PORT_MODES = [pytest.param(mode, marks=() if mode == "neupims" else pytest.mark.slow)
+              for mode in MODES]
+
+
 @pytest.mark.xdist_group("decode")       # the timing-only decode build, and one of its own
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", PORT_MODES)
 def test_registered_ports_change_nothing(mode, tmp_path):
     """The builds register NpuTop's reset, mode and command ports
     (``sim.harness.with_registered_ports``, for Verilator's speed): the same program on a

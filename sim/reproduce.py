@@ -249,7 +249,7 @@ def paper_scale_status() -> list[dict]:
     (:func:`paper_config`, ``--paper``) at the paper's largest batch (512 requests of 100
     tokens, :data:`PAPER_LAYERS_RUN` layers per device): the decode compiler's own errors
     when not (checked, not assumed)."""
-    from .decode.compiler import _plan, _scratchpad, mode_config
+    from .decode.compiler import plan_memory
     from .decode.layers import truncated
     from .decode.workload import DecodeError, DecodeWorkload
     from .models import get_model
@@ -261,7 +261,7 @@ def paper_scale_status() -> list[dict]:
         workload = DecodeWorkload(model, (100,) * max(PAPER_BATCHES), vocab=PAPER_VOCAB)
         for mode in MODES:
             try:
-                _scratchpad(_plan(workload, mode, mode_config(mode, config)))
+                plan_memory(workload, mode, config)
             except (ConfigError, DecodeError) as error:
                 reasons.append(f"{mode}: {error}")
         out.append({"model": name, "config": "neupims (full scale, --paper)",
@@ -298,7 +298,7 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
     run for :func:`_run_point`; the reason as text when the point cannot run (None when
     it can). Full-scale grids (``layers_run``) only plan HBM rows and scratchpad here: the
     instruction count is checked when the point's run compiles it."""
-    from .decode.compiler import _plan, _scratchpad, compile_decode, mode_config
+    from .decode.compiler import compile_decode, plan_memory
     from .decode.layers import LayersError
     from .decode.workload import DecodeError
     from .models import ModelError
@@ -310,7 +310,7 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
         for mode in grid.modes:
             if grid.layers_run is not None:     # full scale: minutes and GBs per compile;
                 # plan the memory here, compile in the run
-                _scratchpad(_plan(workload, mode, mode_config(mode, config)))
+                plan_memory(workload, mode, config)
                 continue
             run = compile_decode(workload, mode, config)
             path = _compiled_file(Path(out), model, batch, dataset, mode)

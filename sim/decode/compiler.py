@@ -1103,13 +1103,13 @@ class Builder:
         B, dh = lay.banks, self.dh
         plan = self.plan
         group = vrmw_rows(self.heads, dh)
+
+        def at(i, h, vt):                       # request i of a group, head h, V tile vt
+            return sp["vrmw"] + (i * self.heads + h) * dh + vt * B
         for first in range(0, len(rows), group):
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
-
-            def at(i, h, vt):
-                return sp["vrmw"] + (i * self.heads + h) * dh + vt * B
             for i, row in enumerate(batch):
                 r = plan.row_order[row]
                 c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
@@ -1457,6 +1457,13 @@ def _step_programs(plan: Plan, step: int) -> tuple[list, list]:
             marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
         programs.append(program)
     return programs, marks
+
+
+def plan_memory(workload: DecodeWorkload, mode: str, config=None) -> dict:
+    """The HBM rows and scratchpad of ``workload`` in ``mode`` (what :func:`compile_decode`
+    checks first, in well under a second: no data, golden or programs); the scratchpad map.
+    Raises the same errors (stored rows, scratchpad words, ...)."""
+    return _scratchpad(_plan(workload, mode, mode_config(mode, config)))
 
 
 def compile_decode(workload: DecodeWorkload, mode: str, config=None,

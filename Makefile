@@ -22,11 +22,11 @@ sim: $(STAMP)
 	$(BIN)/neupims sim
 
 reproduce: $(STAMP)
-	$(BIN)/neupims reproduce $(if $(QUICK),--quick)
+	$(BIN)/neupims reproduce $(if $(QUICK),--quick) $(if $(RESUME),--resume)
 
 # The paper's GPT-3 points on the `neupims` preset (timing-only; QUICK=1: one point)
 reproduce-paper: $(STAMP)
-	$(BIN)/neupims reproduce --paper $(if $(QUICK),--quick) --out build/reproduce-paper
+	$(BIN)/neupims reproduce --paper $(if $(QUICK),--quick) $(if $(RESUME),--resume) --out build/reproduce-paper
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q

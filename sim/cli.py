@@ -309,7 +309,8 @@ def cmd_reproduce(args):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
-        report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True)
+        report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
+                          resume=args.resume)
     except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
@@ -382,6 +383,9 @@ def main(argv=None):
     p.add_argument("--length-scale", type=float, help="multiply every dataset's lengths by "
                                                       "this (default: 1, azure-conv 1/8)")
     p.add_argument("--jobs", type=int, help="points run at once (default: the CPU count)")
+    p.add_argument("--resume", action="store_true",
+                   help="take the points an earlier run in --out finished on the same device "
+                        "and workload parameters (after a stop; each records its git commit)")
     p.add_argument("--cores", type=int, default=1,
                    help="NPU cores of the slice (GEMMs split by columns, attention by "
                         "channel; default %(default)s)")

@@ -276,6 +276,28 @@ def _point_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> P
     return out / "points" / f"{model}-b{batch}-{dataset}-{mode.replace('+', '_')}.json"
 
 
+def _finished_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:
+    return _point_file(out, model, batch, dataset, mode).with_suffix(".point.json")
+
+
+def _point_key(grid: Grid, config_json: str) -> dict:
+    """What a finished point's result depends on besides the code: the device and the
+    grid's workload parameters (not its lists of models, batches, datasets and modes)."""
+    return {"config": json.loads(config_json), "seed": grid.seed, "max_len": grid.max_len,
+            "length_scale": dict(sorted(grid.length_scale.items())),
+            "layers_run": grid.layers_run, "vocab": grid.vocab}
+
+
+def _finished_point(out: Path, task: tuple, grid: Grid, config_json: str) -> dict | None:
+    """The point ``task`` saved by an earlier run of the same key (``--resume``), else
+    None."""
+    path = _finished_file(out, *task)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["point"] if saved.get("key") == _point_key(grid, config_json) else None
+
+
 def _compiled_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:
     return _point_file(out, model, batch, dataset, mode).with_suffix(".compiled.pkl")
 
@@ -356,8 +378,30 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
                         progress_every=every, show=show,
                         image_clocks=grid.layers_run is None)
     s = summarize(result)
-    measured = s["cycles"]          # the utilizations are over the clocks simulated
+    s["cycles_measured"] = s["cycles"]      # the utilizations are over the clocks simulated
     layers = _whole_model(result, s, mode, grid, model, config)
+    point = _point_fields(model, batch, dataset, mode, run, result, s, config)
+    point.update(kv_lens=kv_lens, source=source, compile_s=round(compiled, 1),
+                 wall_s=round(time.perf_counter() - began, 1), **layers)
+    _finished_file(Path(out), model, batch, dataset, mode).write_text(json.dumps(
+        {"key": _point_key(grid, config_json), "commit": _commit(), "point": point}))
+    return point
+
+
+def _commit() -> str:
+    """The code's git commit (with ``-dirty`` for uncommitted changes), or ``unknown``."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=10)
+        return head.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _point_fields(model, batch, dataset, mode, run, result, s, config) -> dict:
+    """A finished run's point (``points[]`` of the report), before the workload's fields."""
+    measured = s["cycles_measured"]
     busy = {k: sum(step["counters"][k] for step in result["steps"])
             for k in ("vector_busy", "dma_busy", "gemm_busy", "macs")}
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
@@ -372,10 +416,7 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
             "instructions": sum(len(step.program) for step in run.steps),
-            "kv_lens": kv_lens, "source": source,
-            "compile_s": round(compiled, 1), "wall_s": round(time.perf_counter() - began, 1),
-            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0),
-            **layers}
+            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
 
 
 def _whole_model(result: dict, s: dict, mode: str, grid: Grid, model: str,
@@ -420,11 +461,15 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
 
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
-             jobs: int | None = None, log=print, precheck: bool = False) -> dict:
+             jobs: int | None = None, log=print, precheck: bool = False,
+             resume: bool = False) -> dict:
     """Run every point of ``grid`` in every mode on the RTL; the report dict (see
     :func:`to_json`). ``jobs``: worker processes (default: the CPU count). ``log``:
     receives one line per finished point (with the count, the simulated cycles and the
-    rate). ``precheck``: compile every point first (fail before any run)."""
+    rate). ``precheck``: compile every point first (fail before any run). ``resume``: take
+    the points an earlier run in ``out`` finished with the same device and workload
+    parameters (``points/*.point.json``; each records its code's git commit) instead of
+    running them again."""
     grid.validate()
     config = config or slice_config()
     out = Path(out)
@@ -433,12 +478,21 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
     if precheck:
         _check_points(grid, config, out, jobs, log)
     tasks = [(m, b, d, mode) for m, b, d in grid.points() for mode in grid.modes]
+    total, points, cycles = len(tasks), [], 0
+    if resume:
+        points = [p for p in (_finished_point(out, t, grid, config.to_json()) for t in tasks)
+                  if p is not None]
+        done = {(p["model"], p["batch"], p["dataset"], p["mode"]) for p in points}
+        tasks = [t for t in tasks if t not in done]
+        for task in done:                   # compiled by the precheck, not needed
+            _compiled_file(out, *task).unlink(missing_ok=True)
+        log(f"neupims reproduce: {len(points)} finished point{'s' if len(points) != 1 else ''}"
+            f" taken from {out / 'points'} (--resume)")
     # the longest points first, so the pool does not end on one long point
     tasks.sort(key=lambda t: -t[1] * (2 if t[3] == "npu-only" else 1))
     log(f"neupims reproduce: {len(grid.points())} points x {len(grid.modes)} modes = "
         f"{len(tasks)} RTL runs on {config.summary()}, {jobs} at a time")
     began = time.perf_counter()
-    points, cycles = [], 0
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(_run_point, *task, grid, str(out), config.to_json()): task
                    for task in tasks}
@@ -454,7 +508,7 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
             points.append(point)
             cycles += point["cycles"]
             elapsed = time.perf_counter() - began
-            log(f"  [{len(points)}/{len(tasks)}] {model} b{batch} {dataset} {mode}: "
+            log(f"  [{len(points)}/{total}] {model} b{batch} {dataset} {mode}: "
                 f"{point['cycles']:,} cycles, {point['tokens_per_s']:,.0f} tokens/s "
                 f"({point['wall_s']:.0f} s; {cycles:,} cycles simulated in {elapsed:.0f} s, "
                 f"{cycles / max(elapsed, 1e-9):,.0f} cycles/s over all workers)")

@@ -29,7 +29,7 @@ reproduce-paper: $(STAMP)
 	$(BIN)/neupims reproduce --paper $(if $(QUICK),--quick) $(if $(RESUME),--resume) --out build/reproduce-paper
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -32,7 +32,7 @@ def test_small_grid_on_the_slice(tmp_path):
                 reference=("gpt3-7b-s32", 4, "alpaca-like"))
     lines = []
     report = run_grid(grid, tmp_path, jobs=2, log=lines.append, precheck=True)
-    assert len(lines) == 1 + 6 and "6/6" in "".join(lines)
+    assert len(lines) == 2 + 6 and "6/6" in "".join(lines)     # precheck, grid, 6 points
     config = slice_config()
     assert len(report["points"]) == 6
     for p in report["points"]:
@@ -50,7 +50,9 @@ def test_small_grid_on_the_slice(tmp_path):
         assert r["neupims/npu+pim"] == pytest.approx(
             by[(r["batch"], "neupims")]["tokens_per_s"] / by[(r["batch"], "npu+pim")]["tokens_per_s"])
     text = format_report(report)
-    assert "gpt3-7b-s32" in text and "not run:" in text
+    assert "gpt3-7b-s32" in text and "The paper's models at full scale" in text
+    again = run_grid(grid, tmp_path, jobs=2, log=lines.append, resume=True)
+    assert again["points"] == report["points"] and "6 finished points taken" in lines[-2]
 
 
 #: the slice (16 lanes on 64-byte words, heads of 32) and the slice on 256-byte words with

@@ -17,7 +17,8 @@ from sim.decode.golden import MODES
 from sim.decode.report import npu_line
 from sim.models import get_model
 from sim.reproduce import (GRIDS, PAPER, SLICE_MODELS, Grid, ReproduceError, _check_points,
-                           _compiled_file, _whole_model, _workload, batch_factor,
+                           _compiled_file, _finished_file, _finished_point, _point_key,
+                           _whole_model, _workload, batch_factor,
                            format_report, paper_config, paper_scale_status, ratios, run_grid,
                            slice_config, to_json, write_outputs)
 
@@ -221,6 +222,27 @@ def test_ratios_and_report(tmp_path):
     assert json.loads(files[0].read_text())["points"] == points
     for png in files[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_takes_finished_points_of_the_same_key(tmp_path):
+    grid, config = GRIDS["quick"], slice_config()
+    points = _points(grid)
+    for p in points:
+        path = _finished_file(tmp_path, p["model"], p["batch"], p["dataset"], p["mode"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": _point_key(grid, config.to_json()), "point": p}))
+    lines = []
+    report = run_grid(grid, tmp_path, config=config, jobs=1, log=lines.append, resume=True)
+    assert report["points"] == points                   # nothing run, nothing lost
+    assert f"{len(points)} finished points taken" in lines[0] and "= 0 RTL runs" in lines[1]
+    task = (points[0]["model"], points[0]["batch"], points[0]["dataset"], points[0]["mode"])
+    assert _finished_point(tmp_path, task, grid, config.to_json()) == points[0]
+    for other_grid, other_config in ((dataclasses.replace(grid, vocab=256), config),
+                                     (dataclasses.replace(grid, seed=1), config),
+                                     (grid, slice_config(cores=2))):
+        assert _finished_point(tmp_path, task, other_grid, other_config.to_json()) is None
+    _finished_file(tmp_path, *task).unlink()
+    assert _finished_point(tmp_path, task, grid, config.to_json()) is None
 
 
 def test_long_elementwise_vector_is_split_into_whole_words():

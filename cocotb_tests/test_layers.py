@@ -45,7 +45,8 @@ def test_two_layers_extrapolate_to_six(mode, tmp_path):
 @pytest.mark.xdist_group("decode")
 def test_full_scale_runs_start_without_the_image_clocks(tmp_path):
     """``image_clocks=False`` (the full-scale points): a timing-only run skips the HBM
-    image's load; the step is the same program, only the refresh phase moves."""
+    image's load; the step is the same program, only the refresh phase moves. The same
+    program compiled without values (as the full-scale points are) runs identically."""
     config = preset("decode").replace(datapath=False)
     run = compile_decode(DecodeWorkload(truncated(DEEP, 2), LENS), "neupims", config)
     with_load = run_on_rtl(run, tmp_path / "load.json", show=lambda line: None)
@@ -59,3 +60,12 @@ def test_full_scale_runs_start_without_the_image_clocks(tmp_path):
     assert a["instructions"] == b["instructions"]
     assert [s["name"] for s in a["stages"]] == [s["name"] for s in b["stages"]]
     assert abs(a["cycles"] - b["cycles"]) <= TOLERANCE * a["cycles"], (a["cycles"], b["cycles"])
+    # compiled without values (the full-scale points' compile): the same run, clock for clock
+    lean = compile_decode(DecodeWorkload(truncated(DEEP, 2), LENS), "neupims", config,
+                          values=False)
+    with pytest.raises(ValueError, match="image_clocks=False"):
+        run_on_rtl(lean, tmp_path / "lean_load.json", show=lambda line: None)
+    c = run_on_rtl(lean, tmp_path / "lean.json", show=lambda line: None,
+                   image_clocks=False)["steps"][0]
+    for key in ("cycles", "stages", "counters", "controllers", "command_digests", "checks"):
+        assert c[key] == b[key], key

@@ -48,6 +48,7 @@ built once and cached (the row-buffer mode, dual or blocked, is a run-time input
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -244,12 +245,14 @@ def paper_config(weight_buffers: int = 2) -> DeviceConfig:
                                 weight_buffers=weight_buffers))
 
 
+@functools.cache
 def paper_scale_status() -> list[dict]:
-    """Whether each of the paper's models plans on the full-scale configuration
+    """Whether each of the paper's models compiles on the full-scale configuration
     (:func:`paper_config`, ``--paper``) at the paper's largest batch (512 requests of 100
-    tokens, :data:`PAPER_LAYERS_RUN` layers per device): the decode compiler's own errors
-    when not (checked, not assumed)."""
-    from .decode.compiler import plan_memory
+    tokens, :data:`PAPER_LAYERS_RUN` layers per device) in every mode: HBM rows,
+    scratchpad and instruction memory (a compile without values, seconds per mode; once
+    per process); the decode compiler's own errors when not (checked, not assumed)."""
+    from .decode.compiler import compile_decode
     from .decode.layers import truncated
     from .decode.workload import DecodeError, DecodeWorkload
     from .models import get_model
@@ -258,15 +261,16 @@ def paper_scale_status() -> list[dict]:
     for name in PAPER_MODELS:
         reasons = []
         model = truncated(get_model(name), PAPER_LAYERS_RUN)
-        workload = DecodeWorkload(model, (100,) * max(PAPER_BATCHES), vocab=PAPER_VOCAB)
+        batch = max(PAPER_BATCHES)
+        workload = DecodeWorkload(model, (100,) * batch, vocab=PAPER_VOCAB)
         for mode in MODES:
             try:
-                plan_memory(workload, mode, config)
+                compile_decode(workload, mode, config, values=False)
             except (ConfigError, DecodeError) as error:
                 reasons.append(f"{mode}: {error}")
         out.append({"model": name, "config": "neupims (full scale, --paper)",
                     "batches": list(PAPER_BATCHES), "run": not reasons,
-                    "reason": "; ".join(reasons) or None})
+                    "reason": (f"batch {batch}: " + "; ".join(reasons)) if reasons else None})
     return out
 
 
@@ -318,9 +322,8 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
                    config_json: str) -> str | None:
     """Draw and compile one point in every mode (a worker process), saving each compiled
     run for :func:`_run_point`; the reason as text when the point cannot run (None when
-    it can). Full-scale grids (``layers_run``) only plan HBM rows and scratchpad here: the
-    instruction count is checked when the point's run compiles it."""
-    from .decode.compiler import compile_decode, plan_memory
+    it can). Full-scale grids (``layers_run``) compile without values (programs and
+    addresses only: seconds, where the data, golden and image take minutes and GBs)."""
     from .decode.layers import LayersError
     from .decode.workload import DecodeError
     from .models import ModelError
@@ -330,11 +333,7 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
         began = time.perf_counter()
         workload, source = _workload(model, batch, dataset, grid)
         for mode in grid.modes:
-            if grid.layers_run is not None:     # full scale: minutes and GBs per compile;
-                # plan the memory here, compile in the run
-                plan_memory(workload, mode, config)
-                continue
-            run = compile_decode(workload, mode, config)
+            run = _compile(workload, mode, config, grid)
             path = _compiled_file(Path(out), model, batch, dataset, mode)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:
@@ -347,11 +346,18 @@ def _compile_point(model: str, batch: int, dataset: str, grid: Grid, out: str,
     return None
 
 
+def _compile(workload, mode: str, config: DeviceConfig, grid: Grid):
+    """A point's compiled run: at full scale (``layers_run``, a timing-only device whose
+    runs skip the image load) without values, else with the data, golden and image."""
+    from .decode.compiler import compile_decode
+    lean = grid.layers_run is not None and not config.datapath
+    return compile_decode(workload, mode, config, values=not lean)
+
+
 def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out: str,
                config_json: str) -> dict:
     """One point in one mode (a worker process): the run :func:`_compile_point` saved
     (else draw and compile it here), then the RTL."""
-    from .decode.compiler import compile_decode
     from .decode.report import summarize
     from .decode.rtl_run import run_on_rtl
     config = DeviceConfig.from_json(config_json)
@@ -364,7 +370,7 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
     else:
         workload, source = _workload(model, batch, dataset, grid)
         kv_lens = list(workload.kv_lens)
-        run = compile_decode(workload, mode, config)
+        run = _compile(workload, mode, config, grid)
         compiled = time.perf_counter() - began
     if grid.layers_run is None:         # seconds to minutes: a line when the point ends
         every, show = 10 ** 9, (lambda line: None)
@@ -455,7 +461,8 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
     failed = [reason for reason in reasons if reason]
     if failed:
         raise ReproduceError("grid", failed[0])
-    done = "planned (memory)" if grid.layers_run else "compiled"
+    done = "compiled (without values)" if grid.layers_run and not config.datapath \
+        else "compiled"
     log(f"neupims reproduce: {done} {len(reasons)} point{'s' if len(reasons) != 1 else ''} x "
         f"{len(grid.modes)} modes in {time.perf_counter() - began:.0f} s")
 
@@ -681,8 +688,8 @@ def format_report(report: dict) -> str:
     if report["not_run"]:
         lines += ["", "The paper's models at full scale (not in this grid)"]
     for x in report["not_run"]:
-        state = ("plans; run with `neupims reproduce --paper`" if x["run"]
-                 else f"not run: {x['reason']}")
+        state = ("compile; run with `neupims reproduce --paper`" if x["run"]
+                 else f"not every batch compiles: {x['reason']}")
         lines.append(f"  {x['model']} on {x['config']}, batches "
                      f"{', '.join(map(str, x['batches']))}: {state}")
     return "\n".join(lines)

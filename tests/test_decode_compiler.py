@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtl.config import preset
-from rtl.isa.npu import NpuOp
+from rtl.isa.npu import NpuOp, encode
 from sim.decode.compiler import _weave, compile_decode, weave, with_cores
 from sim.decode.golden import MODES, golden_decode, reference_decode
 from sim.decode.interpret import Interpreter
@@ -529,3 +529,49 @@ def test_v_append_in_groups_of_requests_matches_golden(mode, monkeypatch):
     assert grouped.plan.sp["end"] < whole.plan.sp["end"]
     assert len(grouped.steps[0].program) > len(whole.steps[0].program)
     _matches_golden(grouped)
+
+
+#: a timing-only compile without values: one and two cores, one-burst and 128-byte words,
+#: several steps, an empty context and a split V append
+NO_VALUES = {"1 core": ("tiny-gpt", (0, 30, 7), 2, 1, 64),
+             "2 cores": ("tiny-gpt-h64", (150, 9, 31), 1, 2, 64),
+             "wide": (ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32), (3, 40, 17), 1, 1,
+                      128)}
+
+
+def _plain(value):
+    """``value`` with every object (a CoreBlocks) as its attributes, to compare."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return vars(value) if hasattr(value, "__dict__") else value
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NO_VALUES)
+def test_compile_without_values_gives_the_same_programs(mode, name):
+    """``compile_decode(..., values=False)`` (the full-scale points): the same programs,
+    stage marks, check addresses and HBM addresses as the compile with data, and nothing
+    stored: an empty image, zero checks, no golden."""
+    model, lens, steps, cores, word_bytes = NO_VALUES[name]
+    base = preset("decode").replace(datapath=False)
+    base = base.replace(npu=dataclasses.replace(base.npu, word_bytes=word_bytes))
+    config = with_cores(base, cores) if cores > 1 else base
+    workload = DecodeWorkload(model, lens, steps=steps, seed=2)
+    full = compile_decode(workload, mode, config)
+    lean = compile_decode(workload, mode, config, values=False)
+    assert lean.golden is None and not lean.image.words and full.image.words
+    assert _plain(lean.plan.hbm) == _plain(full.plan.hbm)
+    assert lean.description == full.description
+    for a, b in zip(full.steps, lean.steps, strict=True):
+        assert a.marks == b.marks and a.tokens == b.tokens
+        for x, y in zip([a] + a.cores, [b] + b.cores, strict=True):
+            assert [encode(i) for i in x.instructions()] == [encode(i) for i in y.instructions()]
+            assert sorted(x.checks) == sorted(y.checks) and not any(y.checks.values())
+
+
+def test_compile_without_values_needs_a_timing_only_device():
+    with pytest.raises(DecodeError, match="values"):
+        compile_decode(DecodeWorkload("tiny-gpt", (3, 9)), "neupims", preset("decode"),
+                       values=False)

@@ -92,7 +92,7 @@ from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
 from .golden import MODES, golden_decode, softmax_scale_bits
 from .run import CoreProgram, DecodeRun, StepProgram
-from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data
+from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data, shape_data
 
 __all__ = ["compile_decode", "mode_config", "with_cores", "weave", "Plan", "ALL_UNITS"]
 
@@ -672,7 +672,9 @@ def _weight_row(workload, config) -> int:
 
 # ----------------------------------------------------------------------------- the image
 
-def _image(plan: Plan, data: DecodeData) -> HbmImage:
+def _image(plan: Plan, data: DecodeData, contents: bool = True) -> HbmImage:
+    """The HBM image of ``data`` and its addresses in ``plan.hbm``; ``contents`` False: the
+    addresses only (an empty image: ``compile_decode(..., values=False)``)."""
     config, w = plan.config, plan.workload
     image = HbmImage(config)
     wd = plan.words
@@ -681,15 +683,18 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
     P = plan.cores
     at = base
 
+    def pitch(values, bits):
+        return values.shape[1] * bits // (8 * wd.bytes)
+
     def matrix(values, bits):
         """The scratchpad words of ``values``, rows of whole words."""
-        return matrix_words(values, bits, values.shape[1] * bits // (8 * wd.bytes), wd.bytes)
+        return matrix_words(values, bits, pitch(values, bits), wd.bytes)
 
     def put(values, bits):
         nonlocal at
-        words = matrix(values, bits)
-        image.write_words(at, words)
-        at += len(words) * wd.bytes
+        if contents:
+            image.write_words(at, matrix(values, bits))
+        at += values.shape[0] * pitch(values, bits) * wd.bytes
 
     def share(values, core):
         c0, c1 = plan.columns(values.shape[1], core)
@@ -698,6 +703,11 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
     def blocks(matrices) -> CoreBlocks:
         """Each core's column shares of ``matrices``, one block per core (CoreBlocks)."""
         nonlocal at
+        if not contents:
+            placed = CoreBlocks(config, at, [sum(v.shape[0] * pitch(share(v, core), 16)
+                                                 for v in matrices) for core in range(P)])
+            at = placed.end
+            return placed
         per_core = [[w for values in matrices for w in matrix(share(values, core), 16)]
                     for core in range(P)]
         placed = CoreBlocks(config, at, [len(words) for words in per_core])
@@ -723,7 +733,8 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
                              + sum(sizes["head"].values())) * wd.bytes
     plan.hbm["inputs"] = []
     for step in range(w.steps):
-        image.write_words(at, matrix(data.inputs[step][plan.row_order], 32))
+        if contents:
+            image.write_words(at, matrix(data.inputs[step][plan.row_order], 32))
         plan.hbm["inputs"].append(at)
         at += sizes["input"] * wd.bytes
     plan.hbm["exchange"] = {}
@@ -734,7 +745,7 @@ def _image(plan: Plan, data: DecodeData) -> HbmImage:
                 at += _exchange_words(w, name, wd) * wd.bytes
     # the cached tokens
     layout = plan.layout
-    for r in range(w.batch):
+    for r in range(w.batch if contents else 0):
         n = w.kv_lens[r]
         if n == 0:
             continue
@@ -1427,16 +1438,16 @@ def _neupims_step(b: Builder) -> list[Op]:
 
 def _checks(plan: Plan, golden, core: int = 0) -> dict:
     """Scratchpad words to compare: the hidden state and the logits of every row (several
-    cores: every core's hidden state, and its share of the logits)."""
-    sp = plan.sp
+    cores: every core's hidden state, and its share of the logits). ``golden`` None (a
+    compile without values): the same words, each 0."""
+    sp, w, wd = plan.sp, plan.workload, plan.words
+    c0, c1 = plan.columns(w.vocab, core)
     checks = {}
-    hidden = golden.hidden[plan.row_order]
-    logits = golden.logits[plan.row_order]
-    c0, c1 = plan.columns(logits.shape[1], core)
-    logits = logits[:, c0:c1]
-    for base, values in ((sp["x"], hidden), (sp["logits"], logits)):
-        wd = plan.words
-        words = matrix_words(values, 32, wd.f32(values.shape[1]), wd.bytes)
+    for base, cols, values in (
+            (sp["x"], w.model.d_model, golden and golden.hidden[plan.row_order]),
+            (sp["logits"], c1 - c0, golden and golden.logits[plan.row_order][:, c0:c1])):
+        words = [0] * (w.batch * wd.f32(cols)) if values is None else \
+            matrix_words(values, 32, wd.f32(cols), wd.bytes)
         checks.update({base + i: word for i, word in enumerate(words)})
     return checks
 
@@ -1459,28 +1470,32 @@ def _step_programs(plan: Plan, step: int) -> tuple[list, list]:
     return programs, marks
 
 
-def plan_memory(workload: DecodeWorkload, mode: str, config=None) -> dict:
-    """The HBM rows and scratchpad of ``workload`` in ``mode`` (what :func:`compile_decode`
-    checks first, in well under a second: no data, golden or programs); the scratchpad map.
-    Raises the same errors (stored rows, scratchpad words, ...)."""
-    return _scratchpad(_plan(workload, mode, mode_config(mode, config)))
-
-
 def compile_decode(workload: DecodeWorkload, mode: str, config=None,
-                   data: DecodeData | None = None) -> DecodeRun:
-    """Compile every step of ``workload`` for ``mode`` (see the module docstring)."""
+                   data: DecodeData | None = None, values: bool = True) -> DecodeRun:
+    """Compile every step of ``workload`` for ``mode`` (see the module docstring).
+
+    ``values`` False, for a timing-only device (``config.datapath`` False) whose run skips
+    the image's load clocks (``run_on_rtl(..., image_clocks=False)``): the same programs,
+    stage marks and check addresses, but no data, golden decode or image contents (the
+    image is empty, the checks are zeros, ``run.golden`` is None): seconds and megabytes
+    where the paper's models at full scale take minutes and gigabytes."""
     config = mode_config(mode, config)
-    data = data if data is not None else random_data(workload)
+    if not values and config.datapath:
+        raise DecodeError("values", "a compile without values is for a timing-only device "
+                          "(config.datapath False): this one compares the results")
+    if data is None:
+        data = random_data(workload) if values else shape_data(workload)
     plan = _plan(workload, mode, config)
-    image = _image(plan, data)
+    image = _image(plan, data, contents=values)
     _scratchpad(plan)
-    golden = golden_decode(workload, data, mode, config)
+    golden = golden_decode(workload, data, mode, config) if values else None
     steps = []
     for step in range(workload.steps):
         programs, marks = _step_programs(plan, step)
-        steps.append(StepProgram(programs[0], marks, _checks(plan, golden[step]),
+        expected = golden and golden[step]
+        steps.append(StepProgram(programs[0], marks, _checks(plan, expected),
                                  label=f"step {step}", tokens=workload.batch,
-                                 cores=[CoreProgram(programs[c], _checks(plan, golden[step], c))
+                                 cores=[CoreProgram(programs[c], _checks(plan, expected, c))
                                         for c in range(1, plan.cores)]))
     description = workload.describe()
     description.update({

@@ -106,10 +106,14 @@ def run_on_rtl(run: DecodeRun, out_json, build_root=None, max_cycles_per_step: i
     false (``None`` on a timing-only configuration: nothing is compared).
     ``image_clocks`` False: a timing-only run starts its first step at once instead of
     after the clocks of the HBM image's load (its banks store nothing; the cycles then
-    differ from the full RTL's by the refresh phase at the start)."""
+    differ from the full RTL's by the refresh phase at the start); required for a run
+    compiled without values (``compile_decode(..., values=False)``)."""
     from sim.harness import build, run as run_cocotb
 
     run.validate()
+    if image_clocks and getattr(run, "golden", ()) is None:
+        raise ValueError("a run compiled without values has an empty HBM image: run it "
+                         "with image_clocks=False")
     out_json = Path(out_json).resolve()
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.unlink(missing_ok=True)

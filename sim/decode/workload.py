@@ -175,3 +175,22 @@ def random_data(workload: DecodeWorkload) -> DecodeData:
     keys = [[cache(n) for _ in range(workload.layers)] for n in workload.kv_lens]
     values = [[cache(n) for _ in range(workload.layers)] for n in workload.kv_lens]
     return DecodeData(layers, ln_f, w_lm, inputs, keys, values)
+
+
+def shape_data(workload: DecodeWorkload) -> DecodeData:
+    """:func:`random_data`'s shapes and types without its values: every array a read-only
+    view of one zero (no memory), for a compile that lays out and programs a run but
+    stores nothing (``compile_decode(..., values=False)``)."""
+    m = workload.model
+    d, f, h, dh, a = m.d_model, workload.ffn, workload.heads, m.d_head, workload.d_attn
+
+    def zeros(shape, dtype):
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+    layers = [LayerWeights(zeros((d, 3 * a), np.uint16), zeros((a, d), np.uint16),
+                           zeros((d, f), np.uint16), zeros((f, d), np.uint16),
+                           zeros((4, d), np.uint32)) for _ in range(workload.layers)]
+    inputs = zeros((workload.steps, workload.batch, d), np.uint32)
+    keys = [[zeros((n, h, dh), np.uint16)] * workload.layers for n in workload.kv_lens]
+    return DecodeData(layers, zeros((2, d), np.uint32), zeros((d, workload.vocab), np.uint16),
+                      inputs, keys, [list(k) for k in keys])

@@ -532,8 +532,8 @@ def _by_key(points) -> dict:
 
 
 def ratios(points: list[dict]) -> list[dict]:
-    """Per (model, batch, dataset) with all three modes: neupims tokens/s over npu-only's
-    and over npu+pim's."""
+    """Per (model, batch, dataset) with neupims and another mode: neupims tokens/s over
+    npu-only's and over npu+pim's (None where that mode was not run)."""
     table = _by_key(points)
     out = []
     seen = []
@@ -543,13 +543,18 @@ def ratios(points: list[dict]) -> list[dict]:
             continue
         seen.append(key)
         modes = {mode: table.get(key + (mode,)) for mode in MODES}
-        if any(v is None for v in modes.values()):
+        if modes["neupims"] is None or modes["npu-only"] is modes["npu+pim"] is None:
             continue
         neu = modes["neupims"]["tokens_per_s"]
-        out.append({"model": key[0], "batch": key[1], "dataset": key[2],
-                    "neupims/npu-only": neu / modes["npu-only"]["tokens_per_s"],
-                    "neupims/npu+pim": neu / modes["npu+pim"]["tokens_per_s"]})
+        out.append({"model": key[0], "batch": key[1], "dataset": key[2]} | {
+            f"neupims/{mode}": neu / modes[mode]["tokens_per_s"] if modes[mode] else None
+            for mode in ("npu-only", "npu+pim")})
     return out
+
+
+def _ratio(value) -> str:
+    """``value`` as ``1.23x``; ``-`` when there is none (a mode not run)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}x"
 
 
 def _mean(values) -> float:
@@ -577,10 +582,11 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
                    for mode in grid.modes if reference + (mode,) in table}
     summary = {}
     for key in ("neupims/npu-only", "neupims/npu+pim"):
-        summary[key] = {"mean": _mean(x[key] for x in r), "geomean": _geomean(x[key] for x in r),
-                        "min": min((x[key] for x in r), default=float("nan")),
-                        "max": max((x[key] for x in r), default=float("nan")),
-                        "paper": PAPER[key]}
+        values = [x[key] for x in r if x[key] is not None]
+        stats = {"mean": _mean(values), "geomean": _geomean(values), "min": min(values),
+                 "max": max(values)} if values else dict.fromkeys(("mean", "geomean", "min",
+                                                                    "max"))
+        summary[key] = stats | {"paper": PAPER[key], "points": len(values)}
     return {
         "config": {"device": config.summary(), "device_config": config.to_dict(),
                    "clock_hz": config.timing.clock_hz,
@@ -644,9 +650,8 @@ def format_report(report: dict) -> str:
         for mode in MODES:
             p = table.get(key + (mode,))
             row.append(f"{p['tokens_per_s']:,.0f}" if p else "-")
-        x = rmap.get(key)
-        row += [f"{x['neupims/npu-only']:.2f}x" if x else "-",
-                f"{x['neupims/npu+pim']:.2f}x" if x else "-"]
+        x = rmap.get(key, {})
+        row += [_ratio(x.get("neupims/npu-only")), _ratio(x.get("neupims/npu+pim"))]
         p = table.get(key + ("neupims",))
         row += [_pct(p["npu_util"]) if p else "-", _pct(p["pim_util"]) if p else "-"]
         rows.append(row)
@@ -657,9 +662,10 @@ def format_report(report: dict) -> str:
     s = report["summary"]["ratios"]
     lines += ["Ratios over the grid (ours) and the paper's average (GPT-3 7B-175B, batch "
               "64-512, on the paper's device)"]
-    lines += _table(["ratio", "mean", "geomean", "min", "max", "paper"],
-                    [[k, f"{v['mean']:.2f}x", f"{v['geomean']:.2f}x", f"{v['min']:.2f}x",
-                      f"{v['max']:.2f}x", f"{v['paper']:.1f}x"] for k, v in s.items()])
+    lines += _table(["ratio", "points", "mean", "geomean", "min", "max", "paper"],
+                    [[k, str(v.get("points", "")), _ratio(v["mean"]), _ratio(v["geomean"]),
+                      _ratio(v["min"]), _ratio(v["max"]), f"{v['paper']:.1f}x"]
+                     for k, v in s.items()])
     u = report["summary"]["utilization"]
     pt, paper = u["point"], u["paper"]
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "

@@ -232,6 +232,24 @@ def test_ratios_and_report(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ratios_of_the_modes_that_ran():
+    """A grid without npu-only (e.g. a full-scale run stopped early): neupims/npu+pim per
+    point and in the summary, neupims/npu-only shown as missing, never as a number."""
+    grid = dataclasses.replace(GRIDS["quick"], modes=("npu+pim", "neupims"))
+    points = [p for p in _points(GRIDS["quick"]) if p["mode"] != "npu-only"]
+    r = ratios(points)
+    assert len(r) == len(grid.points())
+    assert all(x["neupims/npu-only"] is None and x["neupims/npu+pim"] == pytest.approx(2.0)
+               for x in r)
+    report = to_json(grid, slice_config(), points, wall_s=1.0, jobs=2)
+    s = report["summary"]["ratios"]
+    assert s["neupims/npu+pim"]["points"] == len(r) and s["neupims/npu-only"]["points"] == 0
+    assert s["neupims/npu-only"]["mean"] is None and "NaN" not in json.dumps(report)
+    text = format_report(report)
+    assert "nan" not in text and "2.00x" in text
+    assert ratios([p for p in points if p["mode"] != "neupims"]) == []
+
+
 def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     grid, config = GRIDS["quick"], slice_config()
     points = _points(grid)

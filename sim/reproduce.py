@@ -384,9 +384,9 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
                         progress_every=every, show=show,
                         image_clocks=grid.layers_run is None)
     s = summarize(result)
-    s["cycles_measured"] = s["cycles"]      # the utilizations are over the clocks simulated
+    measured = s["cycles"]          # the utilizations are over the clocks simulated
     layers = _whole_model(result, s, mode, grid, model, config)
-    point = _point_fields(model, batch, dataset, mode, run, result, s, config)
+    point = _point_fields(model, batch, dataset, mode, run, result, s, measured, config)
     point.update(kv_lens=kv_lens, source=source, compile_s=round(compiled, 1),
                  wall_s=round(time.perf_counter() - began, 1), **layers)
     _finished_file(Path(out), model, batch, dataset, mode).write_text(json.dumps(
@@ -405,9 +405,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def _point_fields(model, batch, dataset, mode, run, result, s, config) -> dict:
-    """A finished run's point (``points[]`` of the report), before the workload's fields."""
-    measured = s["cycles_measured"]
+def _point_fields(model, batch, dataset, mode, run, result, s, measured, config) -> dict:
+    """A finished run's point (``points[]`` of the report), before the workload's fields;
+    ``measured``: the clocks simulated (``s`` may be extended to the whole model)."""
     busy = {k: sum(step["counters"][k] for step in result["steps"])
             for k in ("vector_busy", "dma_busy", "gemm_busy", "macs")}
     return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,

@@ -72,11 +72,59 @@ def _file_lock(path: Path):
 
 
 def to_verilog(component, name: str) -> str:
-    """Verilog of ``component`` as module ``name``, plus the modules it instantiates."""
-    parts = [verilog.convert(component, name=name, emit_src=False)]
+    """Verilog of ``component`` as module ``name``, plus the modules it instantiates.
+    Memories that start all zeros are zeroed by a loop (:func:`_convert`)."""
+    parts = [_convert(component, name)]
     for child, child_name in getattr(component, "verilog_modules", lambda: [])():
-        parts.append(verilog.convert(child, name=child_name, emit_src=False))
+        parts.append(_convert(child, child_name))
     return "\n".join(parts)
+
+
+def _convert(component, name: str) -> str:
+    """Amaranth's Verilog of ``component``, except that a memory whose every word starts at
+    zero gets an ``initial`` loop instead of one line per word.
+
+    Why: Amaranth passes Yosys every initial bit, so the paper's device (8 cores of 2^18
+    160-bit instructions) took minutes of Yosys and Verilator on zeros, and one
+    statement per word and core in the model. How: while Amaranth emits RTLIL, an
+    all-zero memory gets no ``$meminit_v2`` cell (noted); its declaration in Yosys's
+    Verilog is then followed by the loop."""
+    from amaranth.back import rtlil
+    zeroed = []
+    emit_memory = rtlil.ModuleEmitter.emit_memory
+
+    def emit_nonzero_memory(emitter, cell_idx, cell):
+        if any(cell.init):
+            return emit_memory(emitter, cell_idx, cell)
+        zeroed.append((".".join(emitter.module.name) if emitter.module.parent is not None
+                       else name, emitter.memories[cell_idx].memid[1:], cell.width,
+                       cell.depth))
+
+    rtlil.ModuleEmitter.emit_memory = emit_nonzero_memory
+    try:
+        text = verilog.convert(component, name=name, emit_src=False)
+    finally:
+        rtlil.ModuleEmitter.emit_memory = emit_memory
+    for module, memory, width, depth in zeroed:
+        text = _zeroed_by_loop(text, module, memory, width, depth)
+    return text
+
+
+def _zeroed_by_loop(text: str, module: str, memory: str, width: int, depth: int) -> str:
+    """``text`` with memory ``memory`` of module ``module`` zeroed by an initial loop (Yosys
+    escapes a name that is not a plain identifier, or is a keyword, as ``\\name ``)."""
+    head = re.search(rf"^module \\?{re.escape(module)} ?\(", text, re.MULTILINE)
+    end = text.index("\nendmodule", head.end())
+    declared = re.compile(rf"^  reg (?:\[\d+:0\] )?(\\?{re.escape(memory)} ?) ?\[{depth - 1}:0\];\n",
+                          re.MULTILINE).search(text, head.end(), end)
+    if declared is None:
+        raise ValueError(f"no declaration of memory {memory!r} in module {module!r}")
+    mem = declared.group(1) if declared.group(1).startswith("\\") else memory
+    i = f"{memory}__init" if re.fullmatch(r"[A-Za-z_]\w*", memory) else f"\\{memory}__init "
+    loop = (f"  integer {i};\n  initial begin\n"
+            f"    for ({i} = 0; {i} < {depth}; {i} = {i} + 1)\n"
+            f"      {mem}[{i}] = {width}'h0;\n  end\n")
+    return text[:declared.end()] + loop + text[declared.end():]
 
 
 #: File, in the simulation's working folder, to which an NpuTop built by

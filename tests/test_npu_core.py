@@ -302,6 +302,23 @@ def test_gemm_two_weight_buffers_timing_only_twin():
     assert runs[0] == runs[1]
 
 
+def test_instruction_memory_depth_enters_no_timing():
+    """The same programs on a 32- and a 1,024-instruction memory: the same clocks and
+    counters (``neupims reproduce --resume`` relies on it)."""
+    runs = []
+    for words in (32, 1024):
+        config = tiny_config(channels=2, weight_buffers=2, instruction_words=words)
+        rng = np.random.default_rng(6)
+        programs = []
+        for (m, k, n, fp32, acc) in TWO_BUFFER_SHAPES[:3]:
+            a, b = moderate16(rng, (m, k)), moderate16(rng, (k, n))
+            job = gemm_program(config, a, b, fp32=fp32)
+            programs.append((job.program, job.image, []))
+        runs.append([(code, pc, counters, cycles) for code, pc, counters, _, cycles
+                     in CoreBench(config, seed=6).run(programs)])
+    assert runs[0] == runs[1] and all(r[0] is NpuError.NONE for r in runs[0])
+
+
 def test_illegal_programs_stop_with_their_code():
     """One core runs every illegal program in turn (restarting after each error): each
     stops with its code and pc, and ``done`` rises."""

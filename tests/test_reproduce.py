@@ -263,6 +263,8 @@ def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     assert f"{len(points)} finished points taken" in lines[0] and "= 0 RTL runs" in lines[1]
     task = (points[0]["model"], points[0]["batch"], points[0]["dataset"], points[0]["mode"])
     assert _finished_point(tmp_path, task, grid, config.to_json()) == points[0]
+    deeper = config.replace(npu=dataclasses.replace(config.npu, instruction_words=1 << 17))
+    assert _finished_point(tmp_path, task, grid, deeper.to_json()) == points[0]
     for other_grid, other_config in ((dataclasses.replace(grid, vocab=256), config),
                                      (dataclasses.replace(grid, seed=1), config),
                                      (grid, slice_config(cores=2))):

@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 from amaranth.hdl import Module, Value
-from amaranth.lib import data
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import Out
 from amaranth.sim import Simulator
 
 from rtl.channel import ChannelDatapath
@@ -189,3 +190,32 @@ def test_registered_ports_verilog():
     assert "cycle__0, cmd__0__unregistered);" in top
     unregistered = npu_top_verilog(config, "top", registered_ports=False)
     assert "__registered" not in unregistered and "if (cmd_valid__0) begin" in unregistered
+
+
+def test_zero_memories_initialized_by_a_loop():
+    """``sim.harness.to_verilog``: a memory that starts all zeros (the instruction memory,
+    FIFOs) is zeroed by one ``initial`` loop, not a line per word; a memory with non-zero
+    initial words (the channel test player's canned writes) keeps Amaranth's lines."""
+    from amaranth.hdl import Module
+    from amaranth.lib.memory import Memory
+    from rtl.npu.core import NpuCore
+    from sim.harness import to_verilog
+    config = preset("tiny")
+    words = config.npu.instruction_words
+    text = to_verilog(NpuCore(config), "core")
+    assert (f"    for (imem__init = 0; imem__init < {words}; imem__init = imem__init + 1)\n"
+            f"      imem[imem__init] = 160'h0;\n") in text
+    assert "imem[0] =" not in text
+
+    class Mems(wiring.Component):
+        out: Out(8).array(2)
+
+        def elaborate(self, platform):
+            m = Module()
+            for i, init in enumerate(([0, 0, 0], [0, 5, 0])):
+                mem = m.submodules[f"m{i}"] = Memory(shape=8, depth=3, init=init)
+                m.d.comb += self.out[i].eq(mem.read_port(domain="comb").data)
+            return m
+    text = to_verilog(Mems(), "mems")
+    assert "m0__init < 3;" in text and "m1__init" not in text
+    assert "m1[1] = 8'h05;" in text and "m0[1] =" not in text

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -255,8 +256,23 @@ def paper_scale_status() -> list[dict]:
     """Whether each of the paper's models compiles on the full-scale configuration
     (:func:`paper_config`, ``--paper``) at the paper's largest batch (512 requests of 100
     tokens, :data:`PAPER_LAYERS_RUN` layers per device) in every mode: HBM rows,
-    scratchpad and instruction memory (a compile without values, seconds per mode; once
-    per process); the decode compiler's own errors when not (checked, not assumed)."""
+    scratchpad and instruction memory (a compile without values, 10-45 s per mode); the
+    decode compiler's own errors when not (checked, not assumed). Computed once per
+    process and cached in ``build/paper_scale/``, keyed by the configuration and every
+    source of ``sim/`` and ``rtl/`` (parallel processes wait for one computation)."""
+    from .harness import BUILD_ROOT, _file_lock
+    root = Path(__file__).resolve().parent.parent
+    key = hashlib.sha256(paper_config().to_json().encode())
+    for source in sorted([*(root / "sim").rglob("*.py"), *(root / "rtl").rglob("*.py")]):
+        key.update(source.read_bytes())
+    path = BUILD_ROOT / "paper_scale" / f"{key.hexdigest()[:16]}.json"
+    with _file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            path.write_text(json.dumps(_paper_scale_status()))
+        return json.loads(path.read_text())
+
+
+def _paper_scale_status() -> list[dict]:
     from .decode.compiler import compile_decode
     from .decode.layers import truncated
     from .decode.workload import DecodeError, DecodeWorkload

@@ -229,7 +229,7 @@ def slice_config(cores: int = 1, array: tuple | None = None, word_bytes: int = 6
 
 
 #: Instructions per core of :func:`paper_config`.
-PAPER_INSTRUCTION_WORDS = 1 << 18
+PAPER_INSTRUCTION_WORDS = 1 << 20
 
 
 def paper_config(weight_buffers: int = 2) -> DeviceConfig:
@@ -237,8 +237,9 @@ def paper_config(weight_buffers: int = 2) -> DeviceConfig:
     128 vector lanes on 512-byte words) as the full-scale points run it: timing-only; the
     ``decode`` preset's address map (the KV layout's K and V tiles are contiguous
     bursts); every row of a bank stored (a timing-only bank stores nothing: the rows are
-    where the compiler places the model's weights and KV cache); 2^18 instructions (the
-    largest paper point, GPT3-7B at batch 512 in ``npu-only``, needs 161,569) and
+    where the compiler places the model's weights and KV cache); 2^20 instructions (a
+    step is straight-line code: the largest paper point, GPT3-30B at batch 512 on the
+    Azure conversation trace in ``npu-only``, needs 670,275) and
     2^20 scratchpad words per core, since the compiler keeps a layer's weights (and the
     next one's, prefetched) and the batch's activations on chip where the paper's NPU
     streams tiles (the scratchpad's size enters no timing: a timing-only scratchpad has

@@ -325,7 +325,10 @@ def _finished_point(out: Path, task: tuple, grid: Grid, config_json: str) -> dic
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    return saved["point"] if saved.get("key") == _point_key(grid, config_json) else None
+    key = saved.get("key")
+    if key and isinstance(key.get("config"), dict):     # a key saved with the depth in it
+        key["config"].get("npu", {}).pop("instruction_words", None)
+    return saved["point"] if key == _point_key(grid, config_json) else None
 
 
 def _compiled_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:

@@ -275,6 +275,10 @@ def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     assert _finished_point(tmp_path, task, grid, config.to_json()) == points[0]
     deeper = config.replace(npu=dataclasses.replace(config.npu, instruction_words=1 << 17))
     assert _finished_point(tmp_path, task, grid, deeper.to_json()) == points[0]
+    saved = json.loads(_finished_file(tmp_path, *task).read_text())   # saved with the depth
+    saved["key"]["config"] = json.loads(config.to_json())
+    _finished_file(tmp_path, *task).write_text(json.dumps(saved))
+    assert _finished_point(tmp_path, task, grid, deeper.to_json()) == points[0]
     for other_grid, other_config in ((dataclasses.replace(grid, vocab=256), config),
                                      (dataclasses.replace(grid, seed=1), config),
                                      (grid, slice_config(cores=2))):

@@ -84,7 +84,7 @@ def _convert(component, name: str) -> str:
     """Amaranth's Verilog of ``component``, except that a memory whose every word starts at
     zero gets an ``initial`` loop instead of one line per word.
 
-    Why: Amaranth passes Yosys every initial bit, so the paper's device (8 cores of 2^18
+    Why: Amaranth passes Yosys every initial bit, so the paper's device (8 cores of 2^20
     160-bit instructions) took minutes of Yosys and Verilator on zeros, and one
     statement per word and core in the model. How: while Amaranth emits RTLIL, an
     all-zero memory gets no ``$meminit_v2`` cell (noted); its declaration in Yosys's
@@ -115,8 +115,8 @@ def _zeroed_by_loop(text: str, module: str, memory: str, width: int, depth: int)
     escapes a name that is not a plain identifier, or is a keyword, as ``\\name ``)."""
     head = re.search(rf"^module \\?{re.escape(module)} ?\(", text, re.MULTILINE)
     end = text.index("\nendmodule", head.end())
-    declared = re.compile(rf"^  reg (?:\[\d+:0\] )?(\\?{re.escape(memory)} ?) ?\[{depth - 1}:0\];\n",
-                          re.MULTILINE).search(text, head.end(), end)
+    declared = re.compile(rf"^  reg (?:\[\d+:0\] )?(\\?{re.escape(memory)} ?) ?"
+                          rf"\[{depth - 1}:0\];\n", re.MULTILINE).search(text, head.end(), end)
     if declared is None:
         raise ValueError(f"no declaration of memory {memory!r} in module {module!r}")
     mem = declared.group(1) if declared.group(1).startswith("\\") else memory

@@ -17,8 +17,8 @@ from sim.decode.golden import MODES
 from sim.decode.report import npu_line
 from sim.models import get_model
 from sim.reproduce import (GRIDS, PAPER, PAPER_VOCAB, SLICE_MODELS, Grid, ReproduceError,
-                           _check_points, _compiled_file, _finished_file, _finished_point, _point_key,
-                           _whole_model, _workload, batch_factor,
+                           _check_points, _compiled_file, _finished_file, _finished_point,
+                           _point_key, _whole_model, _workload, batch_factor,
                            format_report, paper_config, paper_scale_status, ratios, run_grid,
                            slice_config, to_json, write_outputs)
 

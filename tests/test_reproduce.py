@@ -16,9 +16,9 @@ from sim.decode.compiler import Costs, Stream
 from sim.decode.golden import MODES
 from sim.decode.report import npu_line
 from sim.models import get_model
-from sim.reproduce import (GRIDS, PAPER, PAPER_VOCAB, SLICE_MODELS, Grid, ReproduceError,
-                           _check_points, _compiled_file, _finished_file, _finished_point,
-                           _point_key, _whole_model, _workload, batch_factor,
+from sim.reproduce import (GRIDS, PAPER, PAPER_LAYERS_RUN, PAPER_VOCAB, SLICE_MODELS, Grid,
+                           ReproduceError, _check_points, _compiled_file, _finished_file,
+                           _finished_point, _point_key, _whole_model, _workload, batch_factor,
                            format_report, paper_config, paper_scale_status, ratios, run_grid,
                            slice_config, to_json, write_outputs)
 
@@ -159,7 +159,8 @@ def test_paper_models_compile_at_batch_512():
     from sim.decode.workload import DecodeError, DecodeWorkload
     config = paper_config()
     small = config.replace(npu=dataclasses.replace(config.npu, instruction_words=65536))
-    workload = DecodeWorkload(truncated(get_model("gpt3-7b"), 2), (100,) * 512, vocab=PAPER_VOCAB)
+    workload = DecodeWorkload(truncated(get_model("gpt3-7b"), PAPER_LAYERS_RUN), (100,) * 512,
+                              vocab=PAPER_VOCAB)
     with pytest.raises(DecodeError, match="NpuConfig.instruction_words"):
         compile_decode(workload, "npu-only", small, values=False)
 

@@ -195,8 +195,7 @@ def test_registered_ports_verilog():
 def test_zero_memories_initialized_by_a_loop():
     """``sim.harness.to_verilog``: a memory that starts all zeros (the instruction memory,
     FIFOs) is zeroed by one ``initial`` loop, not a line per word; a memory with non-zero
-    initial words (the channel test player's canned writes) keeps Amaranth's lines."""
-    from amaranth.hdl import Module
+    initial words keeps Amaranth's lines."""
     from amaranth.lib.memory import Memory
     from rtl.npu.core import NpuCore
     from sim.harness import to_verilog

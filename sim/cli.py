@@ -268,6 +268,7 @@ def cmd_bitstream(args):
 def cmd_reproduce(args):
     from sim.reproduce import GRIDS, ReproduceError, run_grid, format_report, write_outputs
     from sim.decode.workload import DecodeError
+    from sim.interconnect import Interconnect, LinkError
     if args.paper:
         grid = GRIDS["paper-quick" if args.quick else "paper"]
         slice_only = {"--cores": args.cores != 1, "--array": bool(args.array),
@@ -309,9 +310,10 @@ def cmd_reproduce(args):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
+        link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
-                          resume=args.resume)
-    except (ReproduceError, RuntimeError, DecodeError, ConfigError) as error:
+                          resume=args.resume, link=link)
+    except (ReproduceError, RuntimeError, DecodeError, ConfigError, LinkError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
     if args.json:
@@ -400,6 +402,13 @@ def main(argv=None):
                    help="weight registers per PE: 2 preloads a pass's weights under the pass "
                         "before, as the paper's NPU; 1 waits for the array to drain "
                         "(default %(default)s)")
+    from sim.interconnect import Interconnect
+    p.add_argument("--link-gbs", type=float, default=Interconnect.gbytes_per_s,
+                   help="the report's communication estimate (TP all-reduce, PP hand-over; "
+                        "not simulated): GB/s per direction of a device's links "
+                        "(default %(default)s, an A100's NVLink 3)")
+    p.add_argument("--link-hop-us", type=float, default=Interconnect.hop_us,
+                   help="... and microseconds per ring step or hand-over (default %(default)s)")
     p.add_argument("--out", default="build/reproduce", help="folder for the outputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress "
                                                       "on stderr)")

@@ -64,10 +64,12 @@ from rtl.config import ConfigError, DeviceConfig, preset
 
 from .decode.golden import MODES
 from .decode.report import npu_line
+from .interconnect import Interconnect, step_communication
+from .models import get_model
 
 __all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config", "paper_config",
-           "paper_scale_status", "run_grid", "ratios", "format_report", "to_json",
-           "plot_throughput", "plot_utilization"]
+           "paper_scale_status", "run_grid", "ratios", "with_communication", "format_report",
+           "to_json", "plot_throughput", "plot_utilization"]
 
 #: Length datasets (``sim.decode.job.draw_workload``): ShareGPT-like and Alpaca-like
 #: lengths drawn from the paper's per-turn means, and the Azure conversation trace.
@@ -498,14 +500,15 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
              jobs: int | None = None, log=print, precheck: bool = False,
-             resume: bool = False) -> dict:
+             resume: bool = False, link: Interconnect | None = None) -> dict:
     """Run every point of ``grid`` in every mode on the RTL; the report dict (see
     :func:`to_json`). ``jobs``: worker processes (default: the CPU count). ``log``:
     receives one line per finished point (with the count, the simulated cycles and the
     rate). ``precheck``: compile every point first (fail before any run). ``resume``: take
     the points an earlier run in ``out`` finished with the same device and workload
     parameters (``points/*.point.json``; each records its code's git commit) instead of
-    running them again."""
+    running them again. ``link``: the links between the devices of a TP/PP group, for the
+    report's communication estimate (default :class:`sim.interconnect.Interconnect`)."""
     grid.validate()
     config = config or slice_config()
     out = Path(out)
@@ -551,7 +554,8 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
     order = {t: i for i, t in enumerate((m, b, d, mode) for m, b, d in grid.points()
                                         for mode in grid.modes)}
     points.sort(key=lambda p: order[(p["model"], p["batch"], p["dataset"], p["mode"])])
-    return to_json(grid, config, points, wall_s=time.perf_counter() - began, jobs=jobs)
+    return to_json(grid, config, points, wall_s=time.perf_counter() - began, jobs=jobs,
+                   link=link)
 
 
 # ----------------------------------------------------------------------------- report
@@ -596,11 +600,34 @@ def _geomean(values) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+def with_communication(points: list[dict], link: Interconnect, clock_hz: float) -> dict:
+    """The points of models split over devices (TP or PP) with the time their devices spend
+    communicating added to each step (:func:`sim.interconnect.step_communication`, an
+    estimate beside the RTL's cycles, nothing overlapped): ``{"link": ..., "points": [...],
+    "ratios": [...]}``; ``points[]``: model, batch, dataset, mode, ``comm_s`` (over the
+    point's steps), ``share`` (of the step's time with it), ``tokens_per_s``."""
+    out = []
+    for p in points:
+        model = get_model(p["model"])
+        if model.devices == 1:
+            continue
+        comm = step_communication(model, p["batch"], link)
+        steps = max(1, math.ceil(p["tokens"] / p["batch"]))
+        comm_s = steps * comm["total_s"]
+        seconds = p["cycles"] / clock_hz + comm_s
+        out.append({"model": p["model"], "batch": p["batch"], "dataset": p["dataset"],
+                    "mode": p["mode"], "bytes": comm["bytes"], "comm_s": comm_s,
+                    "share": comm_s / seconds, "tokens_per_s": p["tokens"] / seconds})
+    return {"link": dataclasses.asdict(link), "points": out, "ratios": ratios(out)}
+
+
 def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float = 0.0,
-            jobs: int = 1) -> dict:
+            jobs: int = 1, link: Interconnect | None = None) -> dict:
     """``{"config": ..., "points": [...], "ratios": [...], "summary": {...}, "paper": ...,
-    "not_run": [...]}``; ``points[]``: model, batch, dataset, mode, tokens_per_s, stages,
-    npu_util, pim_util, cycles, ... (one per point and mode)."""
+    "communication": {...}, "not_run": [...]}``; ``points[]``: model, batch, dataset, mode,
+    tokens_per_s, stages, npu_util, pim_util, cycles, ... (one per point and mode);
+    ``communication``: :func:`with_communication` over ``link``."""
+    link = link or Interconnect()
     r = ratios(points)
     reference = grid.reference_point()
     table = _by_key(points)
@@ -626,6 +653,7 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
                    "timing_only": not config.datapath},
         "points": points,
         "ratios": r,
+        "communication": with_communication(points, link, config.timing.clock_hz),
         "summary": {"ratios": summary,
                     "utilization": {"point": dict(zip(("model", "batch", "dataset"), reference)),
                                     "modes": utilization,
@@ -695,6 +723,7 @@ def format_report(report: dict) -> str:
                     [[k, str(v.get("points", "")), _ratio(v["mean"]), _ratio(v["geomean"]),
                       _ratio(v["min"]), _ratio(v["max"]), f"{v['paper']:.1f}x"]
                      for k, v in s.items()])
+    lines += _communication_lines(report.get("communication"))
     u = report["summary"]["utilization"]
     pt, paper = u["point"], u["paper"]
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
@@ -728,6 +757,31 @@ def format_report(report: dict) -> str:
         lines.append(f"  {x['model']} on {x['config']}, batches "
                      f"{', '.join(map(str, x['batches']))}: {state}")
     return "\n".join(lines)
+
+
+def _communication_lines(comm: dict | None) -> list[str]:
+    """The throughput table again with the devices' communication added (an estimate)."""
+    if not comm or not comm["points"]:
+        return []
+    link = comm["link"]
+    table = _by_key(comm["points"])
+    rmap = {(x["model"], x["batch"], x["dataset"]): x for x in comm["ratios"]}
+    rows = []
+    for key in dict.fromkeys((p["model"], p["batch"], p["dataset"]) for p in comm["points"]):
+        some = next(p for p in comm["points"] if (p["model"], p["batch"], p["dataset"]) == key)
+        row = [key[0], str(key[1]), key[2], f"{some['comm_s'] * 1e6:,.1f}"]
+        for mode in MODES:
+            p = table.get(key + (mode,))
+            row.append(f"{p['tokens_per_s']:,.0f} ({_pct(p['share'])})" if p else "-")
+        x = rmap.get(key, {})
+        rows.append(row + [_ratio(x.get("neupims/npu-only")), _ratio(x.get("neupims/npu+pim"))])
+    return ["", f"With the devices' communication (an estimate, not simulated: per step a ring "
+                f"all-reduce of the batch's activations twice per layer over the TP group and "
+                f"a hand-over between PP stages, over {link['gbytes_per_s']:g} GB/s links, "
+                f"{link['hop_us']:g} us per hop, nothing overlapped; sim.interconnect)"] + \
+        _table(["model", "batch", "dataset", "comm us/step"]
+               + [f"{m} (comm share)" for m in MODES]
+               + ["neupims/npu-only", "neupims/npu+pim"], rows)
 
 
 _PALETTE = {"npu-only": "tab:gray", "npu+pim": "tab:purple", "neupims": "tab:red"}

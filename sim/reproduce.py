@@ -64,12 +64,13 @@ from rtl.config import ConfigError, DeviceConfig, preset
 
 from .decode.golden import MODES
 from .decode.report import npu_line
+from .gpu_roofline import Gpu, decode_step
 from .interconnect import Interconnect, step_communication
 from .models import get_model
 
 __all__ = ["Grid", "GRIDS", "DATASETS", "PAPER", "ReproduceError", "slice_config", "paper_config",
-           "paper_scale_status", "run_grid", "ratios", "with_communication", "format_report",
-           "to_json", "plot_throughput", "plot_utilization"]
+           "paper_scale_status", "run_grid", "ratios", "with_communication", "gpu_estimate",
+           "format_report", "to_json", "plot_throughput", "plot_utilization"]
 
 #: Length datasets (``sim.decode.job.draw_workload``): ShareGPT-like and Alpaca-like
 #: lengths drawn from the paper's per-turn means, and the Azure conversation trace.
@@ -78,9 +79,9 @@ DATASETS = ("sharegpt-like", "alpaca-like", "azure-conv")
 #: contexts (about 1,150 prompt tokens) x 1/8 so most fit the slice's 256.
 LENGTH_SCALE = {"sharegpt-like": 1.0, "alpaca-like": 1.0, "azure-conv": 1.0}
 
-#: The paper's figures (NEUPIMS.md 6): average throughput ratios and the utilization of
-#: GPT3-30B at batch 256.
-PAPER = {"neupims/npu-only": 2.4, "neupims/npu+pim": 1.6,
+#: The paper's figures (NEUPIMS.md 6): average throughput ratios (``neupims/gpu``: over
+#: a real A100 40 GB) and the utilization of GPT3-30B at batch 256.
+PAPER = {"neupims/npu-only": 2.4, "neupims/npu+pim": 1.6, "neupims/gpu": 3.0,
          "utilization": {"model": "gpt3-30b", "batch": 256, "npu": 0.649, "pim": 0.264}}
 
 PAPER_MODELS = ("gpt3-7b", "gpt3-13b", "gpt3-30b", "gpt3-175b")
@@ -621,6 +622,23 @@ def with_communication(points: list[dict], link: Interconnect, clock_hz: float) 
     return {"link": dataclasses.asdict(link), "points": out, "ratios": ratios(out)}
 
 
+def gpu_estimate(points: list[dict], gpu: Gpu) -> dict:
+    """The GPU-only column at full scale: per (model, batch, dataset) a GPU holding the
+    device's share, its decode step a roofline estimate over the point's KV lengths
+    (:func:`sim.gpu_roofline.decode_step`, not simulated), and neupims over it:
+    ``{"gpu": ..., "points": [...], "paper": 3.0}``."""
+    out = []
+    for p in points:
+        if p["mode"] != "neupims":
+            continue
+        step = decode_step(get_model(p["model"]), list(p["kv_lens"]), gpu)
+        out.append({"model": p["model"], "batch": p["batch"], "dataset": p["dataset"],
+                    "tokens_per_s": step["tokens_per_s"], "gemm_s": step["gemm_s"],
+                    "attention_s": step["attention_s"],
+                    "neupims/gpu": p["tokens_per_s"] / step["tokens_per_s"]})
+    return {"gpu": dataclasses.asdict(gpu), "points": out, "paper": PAPER["neupims/gpu"]}
+
+
 def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float = 0.0,
             jobs: int = 1, link: Interconnect | None = None) -> dict:
     """``{"config": ..., "points": [...], "ratios": [...], "summary": {...}, "paper": ...,
@@ -654,6 +672,7 @@ def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float 
         "points": points,
         "ratios": r,
         "communication": with_communication(points, link, config.timing.clock_hz),
+        "gpu": gpu_estimate(points, Gpu()) if config.name == "neupims" else None,
         "summary": {"ratios": summary,
                     "utilization": {"point": dict(zip(("model", "batch", "dataset"), reference)),
                                     "modes": utilization,
@@ -724,6 +743,7 @@ def format_report(report: dict) -> str:
                       _ratio(v["min"]), _ratio(v["max"]), f"{v['paper']:.1f}x"]
                      for k, v in s.items()])
     lines += _communication_lines(report.get("communication"))
+    lines += _gpu_lines(report.get("gpu"))
     u = report["summary"]["utilization"]
     pt, paper = u["point"], u["paper"]
     lines += ["", f"Utilization at {pt['model']} batch {pt['batch']} {pt['dataset']} (paper: "
@@ -782,6 +802,23 @@ def _communication_lines(comm: dict | None) -> list[str]:
         _table(["model", "batch", "dataset", "comm us/step"]
                + [f"{m} (comm share)" for m in MODES]
                + ["neupims/npu-only", "neupims/npu+pim"], rows)
+
+
+def _gpu_lines(gpu: dict | None) -> list[str]:
+    """The GPU-only column (a roofline estimate) against neupims."""
+    if not gpu or not gpu["points"]:
+        return []
+    g = gpu["gpu"]
+    rows = [[p["model"], str(p["batch"]), p["dataset"], f"{p['tokens_per_s']:,.0f}",
+             f"{p['gemm_s'] * 1e3:,.2f}", f"{p['attention_s'] * 1e3:,.2f}",
+             _ratio(p["neupims/gpu"]), f"{gpu['paper']:.1f}x"] for p in gpu["points"]]
+    return ["", f"GPU-only: one {g['name']} per device, holding its share (a roofline "
+                f"estimate, not simulated: every GEMM and attention at the longer of its FLOPs "
+                f"at {g['fp16_tflops']:g} TFLOPS and its bytes at {g['hbm_gbytes_per_s']:g} "
+                f"GB/s; a best case for the GPU; the paper's 3x is over a real A100; "
+                f"sim.gpu_roofline)"] + \
+        _table(["model", "batch", "dataset", "GPU tokens/s", "GEMMs ms/step",
+                "attention ms/step", "neupims/GPU", "paper"], rows)
 
 
 _PALETTE = {"npu-only": "tab:gray", "npu+pim": "tab:purple", "neupims": "tab:red"}

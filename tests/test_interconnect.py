@@ -51,7 +51,7 @@ def test_cli_rejects_a_bad_link_before_any_run(capsys):
 def _paper_points(cycles):
     """Synthetic full-scale points of GPT3-7B at batch 64 (the report's arithmetic)."""
     return [{"model": "gpt3-7b", "batch": 64, "dataset": "sharegpt-like", "mode": mode,
-             "tokens_per_s": 64 * 1e9 / c, "cycles": c, "tokens": 64,
+             "tokens_per_s": 64 * 1e9 / c, "cycles": c, "tokens": 64, "kv_lens": [200] * 64,
              "stages": {"QKV": c}, "npu_util": 0.1, "pim_util": 0.01}
             for mode, c in cycles.items()]
 
@@ -82,6 +82,7 @@ def test_no_estimate_for_models_on_one_device():
     grid = dataclasses.replace(GRIDS["quick"], modes=("neupims",))
     points = [{"model": "gpt3-7b-s32", "batch": 8, "dataset": "sharegpt-like",
                "mode": "neupims", "tokens_per_s": 8e3, "cycles": 10 ** 6, "tokens": 8,
+               "kv_lens": [50] * 8,
                "stages": {"QKV": 10 ** 6}, "npu_util": 0.1, "pim_util": 0.01}]
     assert with_communication(points, Interconnect(), 1e9)["points"] == []
     assert "With the devices' communication" not in format_report(

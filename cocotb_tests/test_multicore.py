@@ -11,19 +11,23 @@ from sim.harness import npu_top_verilog, simulate
 from sim.npu_programs import row_words
 
 
-def multicore_config(arrays: int = 2):
+def multicore_config(arrays: int = 2, response_buffer: int = 0):
     base = preset("tiny")
     return base.replace(geometry=dataclasses.replace(base.geometry, channels=2),
-                        npu=dataclasses.replace(base.npu, arrays=arrays), stored_rows=32)
+                        npu=dataclasses.replace(base.npu, arrays=arrays,
+                                                response_buffer=response_buffer),
+                        stored_rows=32)
 
 
 @pytest.mark.xdist_group("multicore")
-def test_two_cores_share_two_channels(tmp_path):
+@pytest.mark.parametrize("buffer", [0, 2])
+def test_two_cores_share_two_channels(tmp_path, buffer):
     """GEMMs bit-exact on each core alone and on both at once (faster than one after the
     other), PIM GEMV results routed to their core, an error named with its core, SYNC
     between the cores (a store on one, then a load on the other); every
-    command timing-checked. About a minute from scratch (the Verilator build)."""
-    config = multicore_config()
+    command timing-checked; responses routed straight and through 2-deep buffers per
+    channel and core. About a minute from scratch (the Verilator build)."""
+    config = multicore_config(response_buffer=buffer)
     report = tmp_path / "report.json"
     simulate(npu_top_verilog(config, "npu_multicore"), "npu_multicore", "cocotb_tests.tb_multicore",
              env={"NEUPIMS_CONFIG": config.to_json(), "NEUPIMS_REPORT": str(report)},
@@ -42,11 +46,13 @@ def test_too_few_tags_names_the_field():
 
 
 @pytest.mark.xdist_group("multicore")
-def test_device_benchmark_on_two_cores():
-    """``neupims bench device`` on the same build: both cores stream weight tiles under
-    their GEMMs; MACs, bytes and clocks from the RTL counters add up."""
+@pytest.mark.parametrize("buffer, datapath", [(0, True), (2, True), (2, False)])
+def test_device_benchmark_on_two_cores(buffer, datapath):
+    """``neupims bench device`` on the same builds (and a timing-only one, whose response
+    buffers keep tags only): both cores stream weight tiles under their GEMMs; MACs,
+    bytes and clocks from the RTL counters add up."""
     from sim.device_bench import bench_device, format_device
-    config = multicore_config()
+    config = multicore_config(response_buffer=buffer).replace(datapath=datapath)
     tiles, rows = 6, 16
     report = bench_device(config, tiles=tiles, rows=rows, name="npu_multicore")
     print(format_device(report))

@@ -148,7 +148,8 @@ def cmd_bench_npu(args):
     from sim.npu_bench import bench_npu, format_npu, npu_channels
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
         lambda line: print(line, flush=True))
-    config = npu_channels(_with_weight_buffers(_config(args), args.weight_buffers), args.channels)
+    config = npu_channels(_with_weight_buffers(_config(args), args.weight_buffers),
+                          2 if args.channels is None else args.channels)
     try:
         report = bench_npu(config, rows=args.rows, show=show)
     except ConfigError as error:
@@ -171,6 +172,14 @@ def cmd_bench_device(args):
         config = _with_weight_buffers(_config(args), args.weight_buffers)
         if args.timing_only:
             config = config.replace(datapath=False)
+        if args.channels is not None:
+            config = config.replace(geometry=dataclasses.replace(config.geometry,
+                                                                 channels=args.channels))
+        npu = {name: value for name, value in (("arrays", args.cores),
+                                               ("response_buffer", args.response_buffer))
+               if value is not None}
+        if npu:
+            config = config.replace(npu=dataclasses.replace(config.npu, **npu))
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
     except (BenchError, ConfigError) as error:
         sys.exit(f"neupims bench device: {error}")
@@ -429,8 +438,13 @@ def main(argv=None):
                                      "channel; default the paper's device, use --timing-only)")
     p.add_argument("target", choices=["channel", "controller", "npu", "device"])
     common(p, default=None)
-    p.add_argument("--channels", type=int, default=2,
-                   help="npu: memory channels (default: %(default)s)")
+    p.add_argument("--channels", type=int,
+                   help="npu, device: memory channels (default: npu 2, device the preset's)")
+    p.add_argument("--cores", type=int,
+                   help="device: NPU cores (default: the preset's)")
+    p.add_argument("--response-buffer", type=int,
+                   help="device: responses held per channel and core (NpuConfig."
+                        "response_buffer; default: the preset's, 0)")
     p.add_argument("--rows", type=int, default=448,
                    help="npu: activation rows of the resident-weights GEMM")
     p.add_argument("--repeat", type=int, default=5)

@@ -120,6 +120,7 @@ def bench_device(config: DeviceConfig, tiles: int = 24, rows: int | None = None,
     npu = config.npu
     macs_per_clock = npu.arrays * npu.array_rows * npu.array_cols
     return {"config": config.summary(), "cores": npu.arrays,
+            "response_buffer": npu.response_buffer,
             "array": [npu.array_rows, npu.array_cols], "channels": config.geometry.channels,
             "tiles": tiles, "rows": rows, "verilog_lines": len(verilog.splitlines()),
             "elaborate_s": round(elaborate_s, 1), "build_s": round(build_s, 1),
@@ -132,9 +133,11 @@ def format_device(report: dict) -> str:
     c = report["counters"]
     return "\n".join([
         f"Device benchmark ({report['config']}; {report['cores']} cores of {h} x {w}, "
-        f"{report['channels']} channels)",
+        f"{report['channels']} channels, response buffer {report.get('response_buffer', 0)})",
         f"  load                {report['tiles']} weight tiles ({2 * h} x {w} FP16) per core "
         f"streamed by DMA under GEMMs of {report['rows']} rows (no PIM work)",
+        f"  DMA rate            {c['dma_bytes_read'] / report['cycles']:,.1f} bytes read per "
+        f"clock, {c['dma_bytes_read'] / report['cycles'] / report['cores']:,.1f} per core",
         f"  simulated           {report['cycles']:,} clocks in {report['sim_wall_s']:.1f} s: "
         f"{report['cycles_per_s']:,.0f} cycles/s",
         f"  array utilization   {100 * report['array_util']:.1f} % ({c['macs']:,} MACs)",

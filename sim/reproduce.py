@@ -309,6 +309,11 @@ def _finished_file(out: Path, model: str, batch: int, dataset: str, mode: str) -
     return _point_file(out, model, batch, dataset, mode).with_suffix(".point.json")
 
 
+#: NpuConfig fields added after points were saved, with the value that is the behaviour
+#: of the code before them (a saved key without the field matches a config at it)
+ADDED_NPU_FIELDS = {"response_buffer": 0}
+
+
 def _point_key(grid: Grid, config_json: str) -> dict:
     """What a finished point's result depends on besides the code: the device and the
     grid's workload parameters (not its lists of models, batches, datasets and modes).
@@ -329,8 +334,11 @@ def _finished_point(out: Path, task: tuple, grid: Grid, config_json: str) -> dic
         return None
     saved = json.loads(path.read_text())
     key = saved.get("key")
-    if key and isinstance(key.get("config"), dict):     # a key saved with the depth in it
-        key["config"].get("npu", {}).pop("instruction_words", None)
+    if key and isinstance(key.get("config"), dict):
+        npu = key["config"].get("npu", {})
+        npu.pop("instruction_words", None)             # a key saved with the depth in it
+        for name, value in ADDED_NPU_FIELDS.items():    # saved before the field existed
+            npu.setdefault(name, value)
     return saved["point"] if key == _point_key(grid, config_json) else None
 
 

@@ -52,6 +52,7 @@ BAD = [
     (lambda: DramTiming(CL=-1), "DramTiming.CL", "positive"),
     (lambda: PimUnit(lanes=12), "PimUnit.lanes", "power of two"),
     (lambda: NpuConfig(arrays=0), "NpuConfig.arrays", "positive"),
+    (lambda: NpuConfig(response_buffer=-1), "NpuConfig.response_buffer", ">= 0"),
     (lambda: DeviceConfig(stored_rows=6), "DeviceConfig.stored_rows", "power of two"),
     (lambda: DeviceConfig(geometry=DramGeometry(rows=4), stored_rows=8), "DeviceConfig.stored_rows",
      "exceeds"),

@@ -60,3 +60,22 @@ def test_bench_weight_buffers_option():
     assert _with_weight_buffers(preset("neupims"), None) == preset("neupims")
     assert _with_weight_buffers(preset("neupims"), 1).npu.weight_buffers == 1
     assert _with_weight_buffers(preset("small"), 2).npu.weight_buffers == 2
+
+
+def test_bench_device_shapes_the_device(monkeypatch, capsys):
+    """``neupims bench device --channels --cores --response-buffer`` reach the benchmarked
+    configuration; without them the preset's stay."""
+    import sim.device_bench
+    from sim.cli import main
+    seen = []
+    monkeypatch.setattr(sim.device_bench, "bench_device",
+                        lambda config, **kwargs: seen.append(config) or {"ok": 1})
+    main(["bench", "device", "--config", "neupims", "--timing-only", "--channels", "8",
+          "--cores", "2", "--response-buffer", "4", "--json"])
+    main(["bench", "device", "--config", "neupims", "--json"])
+    shaped, plain = seen
+    assert (shaped.geometry.channels, shaped.npu.arrays, shaped.npu.response_buffer) == (8, 2, 4)
+    assert not shaped.datapath
+    assert plain == preset("neupims")
+    with pytest.raises(SystemExit, match="NpuConfig.response_buffer"):
+        main(["bench", "device", "--config", "neupims", "--response-buffer", "-1"])

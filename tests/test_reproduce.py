@@ -280,9 +280,13 @@ def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     saved["key"]["config"] = json.loads(config.to_json())
     _finished_file(tmp_path, *task).write_text(json.dumps(saved))
     assert _finished_point(tmp_path, task, grid, deeper.to_json()) == points[0]
+    del saved["key"]["config"]["npu"]["response_buffer"]     # saved before the field
+    _finished_file(tmp_path, *task).write_text(json.dumps(saved))
+    assert _finished_point(tmp_path, task, grid, config.to_json()) == points[0]
+    buffered = config.replace(npu=dataclasses.replace(config.npu, response_buffer=2))
     for other_grid, other_config in ((dataclasses.replace(grid, vocab=256), config),
                                      (dataclasses.replace(grid, seed=1), config),
-                                     (grid, slice_config(cores=2))):
+                                     (grid, slice_config(cores=2)), (grid, buffered)):
         assert _finished_point(tmp_path, task, other_grid, other_config.to_json()) is None
     _finished_file(tmp_path, *task).unlink()
     assert _finished_point(tmp_path, task, grid, config.to_json()) is None

@@ -24,7 +24,11 @@ class NpuConfig:
     with its own tag; at most the controller's ``tags``). ``weight_buffers``: weight
     registers per PE: 1 (a pass's preload waits for the array to drain) or 2 (the next
     pass's weights preload while the current pass streams, as the reference model's hidden
-    preload; ``rtl.npu.systolic``)."""
+    preload; ``rtl.npu.systolic``). ``response_buffer`` (several arrays only): responses
+    each (channel, core) pair holds between the channel's one response stream and the
+    core (``rtl.npu.top``); 0 routes them straight, so a response whose core takes
+    another channel's this clock holds up the channel's responses for every core behind
+    it (head-of-line blocking)."""
     arrays: int = 8
     array_rows: int = 128
     array_cols: int = 128
@@ -35,6 +39,7 @@ class NpuConfig:
     dma_in_flight: int = 32
     word_bytes: int = 64
     weight_buffers: int = 1
+    response_buffer: int = 0
 
     def __post_init__(self):
         require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
@@ -44,6 +49,9 @@ class NpuConfig:
                 f"must be a power of two, got {self.word_bytes}")
         require(self.weight_buffers in (1, 2), "NpuConfig.weight_buffers",
                 f"must be 1 or 2, got {self.weight_buffers}")
+        require(isinstance(self.response_buffer, int) and not isinstance(self.response_buffer, bool)
+                and self.response_buffer >= 0, "NpuConfig.response_buffer",
+                f"must be an integer >= 0, got {self.response_buffer!r}")
         for name in ("scratchpad_words", "instruction_words"):
             value = getattr(self, name)
             require(is_power_of_two(value) and value >= 2, f"NpuConfig.{name}",

@@ -2,6 +2,7 @@
 per channel, shared by the cores (one per systolic array)."""
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..channel.datapath import ChannelError
@@ -269,6 +270,7 @@ class NpuTop(wiring.Component):
                          arbiter.output.ready.eq(sink.ready)]
             if kind == "pim_requests":
                 self._lock_pim_sequences(m, c, arbiter)
+        depth = cfg.npu.response_buffer
         for kind, by in (("read_responses", shift), ("write_responses", shift),
                          ("pim_responses", 0)):
             source = getattr(top, kind)
@@ -278,6 +280,17 @@ class NpuTop(wiring.Component):
                 sink = getattr(core, kind)[c]
                 mine = owner == a
                 payload = Signal.like(sink.payload, name=f"{kind}{c}_core{a}")
+                if depth and kind != "pim_responses":
+                    m.d.comb += [payload.eq(source.payload),
+                                 payload.tag.eq(source.payload.tag[:by])]
+                    buffered = self._response_buffer(m, f"{kind}{c}_buffer{a}", payload, depth)
+                    m.d.comb += [buffered.w_en.eq(source.valid & mine),
+                                 sink.valid.eq(buffered.r_rdy),
+                                 buffered.r_en.eq(sink.ready)]
+                    m.d.comb += sink.payload.as_value().eq(buffered.r_data)  # data 0 if dropped
+                    with m.If(mine):
+                        m.d.comb += ready.eq(buffered.w_rdy)
+                    continue
                 m.d.comb += [payload.eq(source.payload), sink.valid.eq(source.valid & mine),
                              sink.payload.eq(payload)]
                 if by:
@@ -287,6 +300,16 @@ class NpuTop(wiring.Component):
                 with m.If(mine):
                     m.d.comb += ready.eq(sink.ready)
             m.d.comb += source.ready.eq(ready)
+
+    def _response_buffer(self, m, name, payload, depth):
+        """A FIFO of ``depth`` responses for one (channel, core) pair; timing-only keeps
+        the tag and drops the data (zero, as a timing-only bank returns)."""
+        keep = payload.as_value()
+        if not self.config.datapath and "data" in payload.shape().members:
+            keep = payload.tag
+        fifo = m.submodules[name] = SyncFIFO(width=len(keep), depth=depth)
+        m.d.comb += fifo.w_data.eq(keep)
+        return fifo
 
     @staticmethod
     def _lock_pim_sequences(m, c, arbiter):

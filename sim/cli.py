@@ -321,7 +321,7 @@ def cmd_reproduce(args):
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
         link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
-                          resume=args.resume, link=link)
+                          resume=args.resume, link=link, report_only=args.report_only)
     except (ReproduceError, RuntimeError, DecodeError, ConfigError, LinkError) as error:
         sys.exit(f"neupims reproduce: {error}")
     files = write_outputs(report, out)
@@ -411,6 +411,9 @@ def main(argv=None):
                    help="weight registers per PE: 2 preloads a pass's weights under the pass "
                         "before, as the paper's NPU; 1 waits for the array to drain "
                         "(default %(default)s)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: the report of the grid's points an earlier run in --out "
+                        "finished (as --resume), the others listed as not finished")
     from sim.interconnect import Interconnect
     p.add_argument("--link-gbs", type=float, default=Interconnect.gbytes_per_s,
                    help="the report's communication estimate (TP all-reduce, PP hand-over; "

@@ -509,7 +509,8 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
 
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
              jobs: int | None = None, log=print, precheck: bool = False,
-             resume: bool = False, link: Interconnect | None = None) -> dict:
+             resume: bool = False, link: Interconnect | None = None,
+             report_only: bool = False) -> dict:
     """Run every point of ``grid`` in every mode on the RTL; the report dict (see
     :func:`to_json`). ``jobs``: worker processes (default: the CPU count). ``log``:
     receives one line per finished point (with the count, the simulated cycles and the
@@ -517,16 +518,30 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
     the points an earlier run in ``out`` finished with the same device and workload
     parameters (``points/*.point.json``; each records its code's git commit) instead of
     running them again. ``link``: the links between the devices of a TP/PP group, for the
-    report's communication estimate (default :class:`sim.interconnect.Interconnect`)."""
+    report's communication estimate (default :class:`sim.interconnect.Interconnect`).
+    ``report_only``: run nothing; the report of the points an earlier run in ``out``
+    finished (as ``resume``), the others listed in its ``unfinished``."""
     grid.validate()
     config = config or slice_config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or os.cpu_count() or 1)
-    if precheck:
+    if precheck and not report_only:
         _check_points(grid, config, out, jobs, log)
     tasks = [(m, b, d, mode) for m, b, d in grid.points() for mode in grid.modes]
     total, points, cycles = len(tasks), [], 0
+    if report_only:
+        points = [p for p in (_finished_point(out, t, grid, config.to_json()) for t in tasks)
+                  if p is not None]
+        done = {(p["model"], p["batch"], p["dataset"], p["mode"]) for p in points}
+        unfinished = [t for t in tasks if t not in done]
+        log(f"neupims reproduce: the report of {len(points)} finished point"
+            f"{'s' if len(points) != 1 else ''} in {out / 'points'}, {len(unfinished)} not "
+            f"finished (--report-only: nothing run)")
+        report = to_json(grid, config, points, jobs=jobs, link=link)
+        report["unfinished"] = [dict(zip(("model", "batch", "dataset", "mode"), t))
+                                for t in unfinished]
+        return report
     if resume:
         points = [p for p in (_finished_point(out, t, grid, config.to_json()) for t in tasks)
                   if p is not None]
@@ -777,6 +792,10 @@ def format_report(report: dict) -> str:
                     [[p["model"], str(p["batch"]), p["dataset"], p["mode"], f"{p['cycles']:,}"]
                      + [f"{p['stages'][n]:,}" if n in p["stages"] else "" for n in names]
                      for p in report["points"]])
+    if report.get("unfinished"):
+        lines += ["", "Not finished (no point saved in --out; --report-only runs none)"]
+        lines += [f"  {u['model']} batch {u['batch']} {u['dataset']} {u['mode']}"
+                  for u in report["unfinished"]]
     if report["not_run"]:
         lines += ["", "The paper's models at full scale (not in this grid)"]
     for x in report["not_run"]:

@@ -292,6 +292,25 @@ def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     assert _finished_point(tmp_path, task, grid, config.to_json()) is None
 
 
+def test_report_only_runs_nothing_and_lists_what_did_not_finish(tmp_path):
+    grid, config = GRIDS["quick"], slice_config()
+    points = _points(grid)
+    kept = [p for p in points if p["mode"] != "npu-only" or p["batch"] != 16]
+    for p in kept:
+        path = _finished_file(tmp_path, p["model"], p["batch"], p["dataset"], p["mode"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": _point_key(grid, config.to_json()), "point": p}))
+    lines = []
+    report = run_grid(grid, tmp_path, config=config, jobs=1, log=lines.append,
+                      precheck=True, report_only=True)
+    assert report["points"] == kept and "nothing run" in lines[0]
+    assert report["unfinished"] == [{"model": "gpt3-7b-s32", "batch": 16, "dataset": d,
+                                     "mode": "npu-only"} for d in grid.datasets]
+    assert not list((tmp_path / "points").glob("*.compiled.pkl"))     # not even compiled
+    text = format_report(report)
+    assert "Not finished" in text and "gpt3-7b-s32 batch 16 alpaca-like npu-only" in text
+
+
 def test_long_elementwise_vector_is_split_into_whole_words():
     s = Stream(Costs(preset("decode")))
     s.vec(VectorOp.CVT32TO16, a=100, d=5000, length=70_000)

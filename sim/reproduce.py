@@ -665,9 +665,10 @@ def gpu_estimate(points: list[dict], gpu: Gpu) -> dict:
 def to_json(grid: Grid, config: DeviceConfig, points: list[dict], wall_s: float = 0.0,
             jobs: int = 1, link: Interconnect | None = None) -> dict:
     """``{"config": ..., "points": [...], "ratios": [...], "summary": {...}, "paper": ...,
-    "communication": {...}, "not_run": [...]}``; ``points[]``: model, batch, dataset, mode,
-    tokens_per_s, stages, npu_util, pim_util, cycles, ... (one per point and mode);
-    ``communication``: :func:`with_communication` over ``link``."""
+    "communication": {...}, "gpu": {...} or None, "not_run": [...]}``; ``points[]``: model,
+    batch, dataset, mode, tokens_per_s, stages, npu_util, pim_util, cycles, ... (one per
+    point and mode); ``communication``: :func:`with_communication` over ``link``;
+    ``gpu``: :func:`gpu_estimate` on the paper's device (None on the slice)."""
     link = link or Interconnect()
     r = ratios(points)
     reference = grid.reference_point()

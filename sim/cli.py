@@ -176,7 +176,8 @@ def cmd_bench_device(args):
             config = config.replace(geometry=dataclasses.replace(config.geometry,
                                                                  channels=args.channels))
         npu = {name: value for name, value in (("arrays", args.cores),
-                                               ("response_buffer", args.response_buffer))
+                                               ("response_buffer", args.response_buffer),
+                                               ("dma_responses", args.dma_responses))
                if value is not None}
         if npu:
             config = config.replace(npu=dataclasses.replace(config.npu, **npu))
@@ -319,6 +320,11 @@ def cmd_reproduce(args):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
+        dma = {name: value for name, value in (("response_buffer", args.response_buffer),
+                                               ("dma_responses", args.dma_responses))
+               if value is not None}
+        if dma:
+            config = config.replace(npu=dataclasses.replace(config.npu, **dma))
         link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
                           resume=args.resume, link=link, report_only=args.report_only)
@@ -411,6 +417,12 @@ def main(argv=None):
                    help="weight registers per PE: 2 preloads a pass's weights under the pass "
                         "before, as the paper's NPU; 1 waits for the array to drain "
                         "(default %(default)s)")
+    p.add_argument("--response-buffer", type=int,
+                   help="responses held per channel and core between a channel and the "
+                        "cores (NpuConfig.response_buffer; default: the config's, 0)")
+    p.add_argument("--dma-responses", type=int,
+                   help="read responses each core's DMA writes per clock "
+                        "(NpuConfig.dma_responses; default: the config's, 1)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: the report of the grid's points an earlier run in --out "
                         "finished (as --resume), the others listed as not finished")
@@ -448,6 +460,9 @@ def main(argv=None):
     p.add_argument("--response-buffer", type=int,
                    help="device: responses held per channel and core (NpuConfig."
                         "response_buffer; default: the preset's, 0)")
+    p.add_argument("--dma-responses", type=int,
+                   help="device: read responses each core's DMA writes per clock "
+                        "(NpuConfig.dma_responses; default: the preset's, 1)")
     p.add_argument("--rows", type=int, default=448,
                    help="npu: activation rows of the resident-weights GEMM")
     p.add_argument("--repeat", type=int, default=5)

@@ -120,7 +120,7 @@ def bench_device(config: DeviceConfig, tiles: int = 24, rows: int | None = None,
     npu = config.npu
     macs_per_clock = npu.arrays * npu.array_rows * npu.array_cols
     return {"config": config.summary(), "cores": npu.arrays,
-            "response_buffer": npu.response_buffer,
+            "response_buffer": npu.response_buffer, "dma_responses": npu.dma_responses,
             "array": [npu.array_rows, npu.array_cols], "channels": config.geometry.channels,
             "tiles": tiles, "rows": rows, "verilog_lines": len(verilog.splitlines()),
             "elaborate_s": round(elaborate_s, 1), "build_s": round(build_s, 1),
@@ -133,7 +133,8 @@ def format_device(report: dict) -> str:
     c = report["counters"]
     return "\n".join([
         f"Device benchmark ({report['config']}; {report['cores']} cores of {h} x {w}, "
-        f"{report['channels']} channels, response buffer {report.get('response_buffer', 0)})",
+        f"{report['channels']} channels, response buffer {report.get('response_buffer', 0)}, "
+        f"{report.get('dma_responses', 1)} DMA responses per clock)",
         f"  load                {report['tiles']} weight tiles ({2 * h} x {w} FP16) per core "
         f"streamed by DMA under GEMMs of {report['rows']} rows (no PIM work)",
         f"  DMA rate            {c['dma_bytes_read'] / report['cycles']:,.1f} bytes read per "

@@ -53,6 +53,7 @@ BAD = [
     (lambda: PimUnit(lanes=12), "PimUnit.lanes", "power of two"),
     (lambda: NpuConfig(arrays=0), "NpuConfig.arrays", "positive"),
     (lambda: NpuConfig(response_buffer=-1), "NpuConfig.response_buffer", ">= 0"),
+    (lambda: NpuConfig(dma_responses=0), "NpuConfig.dma_responses", "positive"),
     (lambda: DeviceConfig(stored_rows=6), "DeviceConfig.stored_rows", "power of two"),
     (lambda: DeviceConfig(geometry=DramGeometry(rows=4), stored_rows=8), "DeviceConfig.stored_rows",
      "exceeds"),

@@ -47,8 +47,8 @@ def _bursts(rng, count):
     return [pack_words(rng.integers(0, 1 << 16, 32, dtype=np.uint16)) for _ in range(count)]
 
 
-@pytest.mark.parametrize("word_bytes", [128, 256])
-def test_dma_and_pim_burst_slices(word_bytes):
+@pytest.mark.parametrize("word_bytes, dma_responses", [(128, 1), (256, 1), (128, 2), (256, 2)])
+def test_dma_and_pim_burst_slices(word_bytes, dma_responses):
     """k = 2 and 4 bursts per word, two channels answering out of order. DMA: loads and
     stores of ``count`` bursts (not a multiple of k) from odd words and odd bursts: burst
     i in slice i % k of word sp + i // k; slices of a word outside the transfer keep
@@ -56,8 +56,9 @@ def test_dma_and_pim_burst_slices(word_bytes):
     (``execute_npu``) agrees word for word. The sequencer's range check is on
     [sp, sp + ceil(count / k)) words. A PIM GEMV's 64-byte result goes to burst slice 0
     of its word, the other slices keep what the DMA loaded. The timing-only core runs the
-    same programs in the same clocks with the same counters."""
-    config = wide_config(word_bytes, array_cols=4, array_rows=4)
+    same programs in the same clocks with the same counters. ``dma_responses`` 2: both
+    channels' responses written in one clock, to slices of one word or of two."""
+    config = wide_config(word_bytes, array_cols=4, array_rows=4, dma_responses=dma_responses)
     k, burst = word_bursts(config), config.geometry.burst_bytes
     spw = config.npu.scratchpad_words
     rng = np.random.default_rng(word_bytes)
@@ -115,6 +116,35 @@ def test_dma_and_pim_burst_slices(word_bytes):
         lanes = unpack_word(word, np.uint16, word_bytes)
         assert np.all(lanes[:32] == result)
         assert split_words([word], word_bytes)[1:] == loaded[w * k + 1:(w + 1) * k]
+
+
+def test_two_response_lanes_write_two_bursts_a_clock():
+    """``dma_responses`` 2 on two channels: a load of 24 words (48 bursts, the two
+    channels alternating) ends with the same words in fewer clocks than with one lane,
+    16 tags per channel, each lane writing its own burst slices (the two of a word in one clock), and the
+    bytes counter counts both lanes; the timing-only core keeps the clocks. More lanes
+    than channels names the field."""
+    rng = np.random.default_rng(3)
+    data = _bursts(rng, 48)
+    runs = {}
+    for lanes in (1, 2):
+        config = wide_config(128, array_cols=4, array_rows=4, dma_responses=lanes,
+                             dma_in_flight=16)
+        image = HbmImage(config)
+        image.write(0x2000, data)
+        program = [dma_load(0x2000, 0, 48), wait("dma"), halt()]
+        plan = [(program, image, list(range(24)))]
+        runs[lanes] = CoreBench(config, seed=1, accept=1.0).run(plan)[0]
+        timing = CoreBench(config.replace(datapath=False), seed=1, accept=1.0).run(plan)[0]
+        assert timing[4] == runs[lanes][4]
+    for lanes, (code, _, counters, words, _) in runs.items():
+        assert code is NpuError.NONE
+        assert split_words(words, 128, 64) == data, f"{lanes} lanes"
+        assert counters["dma_bytes_read"] == 48 * 64
+    print(f"48 bursts: {runs[1][4]} clocks with one lane, {runs[2][4]} with two")
+    assert runs[2][4] < runs[1][4], (runs[1][4], runs[2][4])
+    with pytest.raises(ConfigError, match="NpuConfig.dma_responses"):
+        NpuCore(wide_config(128, array_cols=4, array_rows=4, dma_responses=3))
 
 
 @pytest.mark.parametrize("word_bytes", [256])

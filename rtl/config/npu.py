@@ -28,7 +28,9 @@ class NpuConfig:
     each (channel, core) pair holds between the channel's one response stream and the
     core (``rtl.npu.top``); 0 routes them straight, so a response whose core takes
     another channel's this clock holds up the channel's responses for every core behind
-    it (head-of-line blocking)."""
+    it (head-of-line blocking). ``dma_responses``: read responses the DMA writes to the
+    scratchpad per clock, from as many channels, each through a write port of its own
+    (``rtl.npu.dma``); 1 caps a core at one burst per clock."""
     arrays: int = 8
     array_rows: int = 128
     array_cols: int = 128
@@ -40,11 +42,13 @@ class NpuConfig:
     word_bytes: int = 64
     weight_buffers: int = 1
     response_buffer: int = 0
+    dma_responses: int = 1
 
     def __post_init__(self):
         require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
                                      "scratchpad_words", "accumulator_rows",
-                                     "instruction_words", "dma_in_flight", "word_bytes"))
+                                     "instruction_words", "dma_in_flight", "word_bytes",
+                                     "dma_responses"))
         require(is_power_of_two(self.word_bytes), "NpuConfig.word_bytes",
                 f"must be a power of two, got {self.word_bytes}")
         require(self.weight_buffers in (1, 2), "NpuConfig.weight_buffers",

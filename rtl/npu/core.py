@@ -186,9 +186,11 @@ class NpuCore(wiring.Component):
         if vector_engine:
             self.vector_engine = VectorEngine(config)
             self.vector_unit = VectorUnit(config, shared_modules=shared_modules)
+        dma_lanes = range(1, npu.dma_responses)     # the DMA's further write ports
         self.scratchpad = Scratchpad(config, read_groups=[["gemm_a"], ["gemm_b"], ["gemm_c"],
                                                           ["dma", *vec, "ext"]],
-                                     write_groups=[["gemm"], ["dma"], ["pim", *vec, "ext"]])
+                                     write_groups=[["gemm"], ["dma"], ["pim", *vec, "ext"],
+                                                   *([f"dma{i}"] for i in dma_lanes)])
         super().__init__({
             "program_en": In(1), "program_addr": In(range(npu.instruction_words)),
             "program_data": In(INSTRUCTION_BITS),
@@ -257,6 +259,8 @@ class NpuCore(wiring.Component):
         wiring.connect(m, gemm.write_c, sp.write_gemm)
         wiring.connect(m, dma.sp_read, sp.read_dma)
         wiring.connect(m, dma.sp_write, sp.write_dma)
+        for i in range(1, self.config.npu.dma_responses):
+            wiring.connect(m, getattr(dma, f"sp_write{i}"), getattr(sp, f"write_dma{i}"))
         wiring.connect(m, pim.sp_write, sp.write_pim)
         wiring.connect(m, wiring.flipped(self.ext_read), sp.read_ext)
         wiring.connect(m, wiring.flipped(self.ext_write), sp.write_ext)

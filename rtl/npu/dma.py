@@ -41,6 +41,10 @@ def burst_fields(config) -> dict[str, tuple[int, int]]:
 def check_dma_config(config) -> None:
     """Raise ConfigError when the DMA cannot be built for ``config``."""
     npu = config.npu
+    if npu.dma_responses > config.geometry.channels:
+        raise ConfigError("NpuConfig.dma_responses",
+                          f"{npu.dma_responses} read responses per clock need as many "
+                          f"channels, the device has {config.geometry.channels}")
     if npu.dma_in_flight > config.controller.tags:
         raise ConfigError("NpuConfig.dma_in_flight",
                           f"{npu.dma_in_flight} exceeds the controller's "
@@ -83,8 +87,10 @@ class DmaEngine(wiring.Component):
     first; the tag table remembers each request's scratchpad word and burst slice) and a
     4-deep request FIFO, so every channel can take one request per clock. Loads: each channel issues a
     read per clock; read data come back out of order and are written to the word of
-    their tag, one response per clock over all channels (round-robin, back-pressure on
-    the others). Stores: one scratchpad word is read per clock (``sp_read``, which may
+    their tag, ``R`` = ``dma_responses`` responses per clock from as many channels
+    (round-robin: response lane ``i`` takes the first channel with a response after lane
+    ``i - 1``'s; back-pressure on the others), lane ``i`` through write port
+    ``sp_write`` (``i`` = 0) or ``sp_write{i}``. Stores: one scratchpad word is read per clock (``sp_read``, which may
     lose to nobody: it has the port's priority) for the channels in turn; a write is
     done when acknowledged.
 
@@ -111,6 +117,8 @@ class DmaEngine(wiring.Component):
             "write_responses": In(stream.Signature(write_response_layout(config))).array(channels),
             "sp_read": Out(read_port_signature(config)),
             "sp_write": Out(write_port_signature(config)),
+            **{f"sp_write{i}": Out(write_port_signature(config))
+               for i in range(1, config.npu.dma_responses)},
             "bytes_read": Out(COUNTER_WIDTH),
             "bytes_written": Out(COUNTER_WIDTH),
         })
@@ -126,7 +134,6 @@ class DmaEngine(wiring.Component):
         req_layout = request_layout(cfg)
         k = word_bursts(cfg)                    # bursts per scratchpad word
         kb = k.bit_length() - 1                 # slice bits: a burst's place in its word
-        bl = burst_lanes(cfg)                   # FP16 lanes of a burst slice
         burst_bits = g.burst_bytes * 8
 
         cmd = self.cmd.payload
@@ -230,40 +237,59 @@ class DmaEngine(wiring.Component):
                          self.requests[c].payload.eq(fifo.r_data),
                          fifo.r_en.eq(self.requests[c].ready)]
 
-        # -- read data: one response per clock, round-robin over channels --
+        # -- read data: R responses per clock, round-robin over channels --
         rd_valid = Cat(*(self.read_responses[c].valid for c in range(C)))
         rd_pointer = Signal(range(max(C, 2)))
-        rd_winner, rd_any = round_robin(m, rd_valid, rd_pointer, "read")
-        rd_tag = Signal(max(1, (T - 1).bit_length()))
-        rd_data = Signal(g.burst_bytes * 8)
-        rd_addr = Signal(SP_BITS + kb)
-        m.d.comb += [rd_tag.eq(Array(self.read_responses[c].payload.tag for c in range(C))[rd_winner]),
-                     rd_data.eq(Array(self.read_responses[c].payload.data for c in range(C))[rd_winner]),
-                     rd_addr.eq(Array(Array(table[c])[rd_tag] for c in range(C))[rd_winner])]
-        if k == 1:
-            m.d.comb += [self.sp_write.addr.eq(rd_addr), self.sp_write.data.eq(rd_data),
-                         self.sp_write.lanes.eq(Mux(rd_any, (1 << word_lanes(cfg)) - 1, 0))]
-        else:   # the burst into its slice of the word (lane enables keep the others)
-            slice_lanes = Cat(*(Mux(rd_addr[:kb] == s, Const((1 << bl) - 1, bl), Const(0, bl))
-                                for s in range(k)))
-            m.d.comb += [self.sp_write.addr.eq(rd_addr[kb:]),
-                         self.sp_write.data.eq(Cat(*([rd_data] * k))),
-                         self.sp_write.lanes.eq(Mux(rd_any, slice_lanes, 0))]
-        rd_done = rd_any & self.sp_write.grant
-        with m.If(rd_done):
-            m.d.sync += rd_pointer.eq(Mux(rd_winner == C - 1, 0, rd_winner + 1))
+        left, pointer = rd_valid, rd_pointer
+        lanes = []                                  # (winner, taken) per response lane
+        for i in range(cfg.npu.dma_responses):
+            name = "read" if i == 0 else f"read{i}"
+            winner, any_ = round_robin(m, left, pointer, name)
+            port = self.sp_write if i == 0 else getattr(self, f"sp_write{i}")
+            self._write_response(m, port, table, winner, any_, "rd" if i == 0 else name)
+            done = any_ & port.grant
+            lanes.append((winner, done))
+            left = left & ~Mux(any_, Const(1, C) << winner, 0)
+            pointer = Mux(winner == C - 1, 0, winner + 1)
+        for winner, done in lanes:                  # the pointer follows the last lane taken
+            with m.If(done):
+                m.d.sync += rd_pointer.eq(Mux(winner == C - 1, 0, winner + 1))
+        read_bytes = (Mux(lanes[0][1], g.burst_bytes, 0) if len(lanes) == 1
+                      else _popcount(Cat(*(done for _, done in lanes))) * g.burst_bytes)
         writes_done = Signal(C)
         for c in range(C):
             rr, wr = self.read_responses[c], self.write_responses[c]
-            m.d.comb += [rr.ready.eq(rd_done & (rd_winner == c)), wr.ready.eq(1),
+            taken = _any([done & (winner == c) for winner, done in lanes])
+            m.d.comb += [rr.ready.eq(taken), wr.ready.eq(1),
                          writes_done[c].eq(wr.valid)]
             m.d.comb += freed[c].eq(Mux(rr.valid & rr.ready, Const(1, T) << rr.payload.tag, 0)
                                     | Mux(wr.valid, Const(1, T) << wr.payload.tag, 0))
 
         burst = g.burst_bytes
-        m.d.sync += [self.bytes_read.eq(self.bytes_read + Mux(rd_done, burst, 0)),
+        m.d.sync += [self.bytes_read.eq(self.bytes_read + read_bytes),
                      self.bytes_written.eq(self.bytes_written + _popcount(writes_done) * burst)]
         return m
+
+    def _write_response(self, m, port, table, winner, valid, name):
+        """Channel ``winner``'s read response (when ``valid``) to the word and burst slice
+        its tag recorded, through write ``port``."""
+        cfg, g = self.config, self.config.geometry
+        C, k = g.channels, word_bursts(cfg)
+        kb, bl = k.bit_length() - 1, burst_lanes(cfg)
+        tag = Signal(max(1, (cfg.npu.dma_in_flight - 1).bit_length()), name=f"{name}_tag")
+        rdata = Signal(g.burst_bytes * 8, name=f"{name}_data")
+        addr = Signal(SP_BITS + kb, name=f"{name}_addr")
+        m.d.comb += [tag.eq(Array(self.read_responses[c].payload.tag for c in range(C))[winner]),
+                     rdata.eq(Array(self.read_responses[c].payload.data for c in range(C))[winner]),
+                     addr.eq(Array(Array(table[c])[tag] for c in range(C))[winner])]
+        if k == 1:
+            m.d.comb += [port.addr.eq(addr), port.data.eq(rdata),
+                         port.lanes.eq(Mux(valid, (1 << word_lanes(cfg)) - 1, 0))]
+        else:   # the burst into its slice of the word (lane enables keep the others)
+            slice_lanes = Cat(*(Mux(addr[:kb] == s, Const((1 << bl) - 1, bl), Const(0, bl))
+                                for s in range(k)))
+            m.d.comb += [port.addr.eq(addr[kb:]), port.data.eq(Cat(*([rdata] * k))),
+                         port.lanes.eq(Mux(valid, slice_lanes, 0))]
 
     @staticmethod
     def _field(layout, name, here, store, tag):
@@ -305,6 +331,11 @@ class DmaEngine(wiring.Component):
             return step
         later = (((value >> (q + cw)) + 1) << (q + cw)) | (c << q)
         return Mux(step[q:q + cw] == c, step, later)
+
+
+def _any(values):
+    """OR of ``values`` (the value itself when there is one)."""
+    return values[0] if len(values) == 1 else Cat(*values).any()
 
 
 def _popcount(bits):

@@ -111,14 +111,18 @@ def _npu_line(result: dict) -> str:
 def npu_line(npu: dict) -> str:
     """"N cores, each: R x C array, L vector lanes" from an NpuConfig's dict (and
     " (two weight buffers)", ", W-byte scratchpad words" when a word is wider than one
-    64-byte burst)."""
+    64-byte burst, the DMA's response buffers and lanes when not the defaults)."""
     cores = npu["arrays"]
     words = npu.get("word_bytes", 64)
     return (f"{cores} core{'s, each' if cores > 1 else ''}: {npu['array_rows']} x "
             f"{npu['array_cols']} array"
             + (" (two weight buffers)" if npu.get("weight_buffers", 1) == 2 else "")
             + f", {npu['vector_lanes']} vector lanes"
-            + (f", {words}-byte scratchpad words" if words != 64 else ""))
+            + (f", {words}-byte scratchpad words" if words != 64 else "")
+            + (f", {buffer} responses buffered per channel"
+               if (buffer := npu.get("response_buffer", 0)) else "")
+            + (f", {lanes} DMA responses per clock" if (lanes := npu.get("dma_responses", 1)) > 1
+               else ""))
 
 
 def format_table(results_by_mode: dict, description: dict | None = None) -> str:

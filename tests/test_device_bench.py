@@ -63,19 +63,24 @@ def test_bench_weight_buffers_option():
 
 
 def test_bench_device_shapes_the_device(monkeypatch, capsys):
-    """``neupims bench device --channels --cores --response-buffer`` reach the benchmarked
-    configuration; without them the preset's stay."""
+    """``neupims bench device --channels --cores --response-buffer --dma-responses`` reach
+    the benchmarked configuration; without them the preset's stay (the paper's device: 4
+    responses buffered, 2 DMA responses per clock)."""
     import sim.device_bench
     from sim.cli import main
     seen = []
     monkeypatch.setattr(sim.device_bench, "bench_device",
                         lambda config, **kwargs: seen.append(config) or {"ok": 1})
     main(["bench", "device", "--config", "neupims", "--timing-only", "--channels", "8",
-          "--cores", "2", "--response-buffer", "4", "--json"])
+          "--cores", "2", "--response-buffer", "0", "--dma-responses", "1", "--json"])
     main(["bench", "device", "--config", "neupims", "--json"])
     shaped, plain = seen
-    assert (shaped.geometry.channels, shaped.npu.arrays, shaped.npu.response_buffer) == (8, 2, 4)
+    assert (shaped.geometry.channels, shaped.npu.arrays, shaped.npu.response_buffer,
+            shaped.npu.dma_responses) == (8, 2, 0, 1)
+    assert (plain.npu.response_buffer, plain.npu.dma_responses) == (4, 2)
     assert not shaped.datapath
     assert plain == preset("neupims")
     with pytest.raises(SystemExit, match="NpuConfig.response_buffer"):
         main(["bench", "device", "--config", "neupims", "--response-buffer", "-1"])
+    with pytest.raises(SystemExit, match="NpuConfig.dma_responses"):
+        main(["bench", "device", "--config", "neupims", "--channels", "1", "--json"])

@@ -144,7 +144,7 @@ def test_two_response_lanes_write_two_bursts_a_clock():
     print(f"48 bursts: {runs[1][4]} clocks with one lane, {runs[2][4]} with two")
     assert runs[2][4] < runs[1][4], (runs[1][4], runs[2][4])
     with pytest.raises(ConfigError, match="NpuConfig.dma_responses"):
-        NpuCore(wide_config(128, array_cols=4, array_rows=4, dma_responses=3))
+        wide_config(128, array_cols=4, array_rows=4, dma_responses=3)
 
 
 @pytest.mark.parametrize("word_bytes", [256])

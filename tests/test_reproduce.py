@@ -172,6 +172,7 @@ def test_paper_config_is_the_neupims_preset_timing_only():
             config.npu.vector_lanes, config.npu.word_bytes) == (8, 128, 128, 128, 512)
     assert not config.datapath and config.stored_rows == paper.geometry.rows
     assert config.npu.weight_buffers == 2 and paper_config(1).npu.weight_buffers == 1
+    assert (config.npu.response_buffer, config.npu.dma_responses) == (4, 2)
     assert batch_factor(config) == 1
 
 

@@ -76,6 +76,9 @@ class DeviceConfig:
         require(self.npu.word_bytes % self.geometry.burst_bytes == 0, "NpuConfig.word_bytes",
                 f"{self.npu.word_bytes} is not a multiple of the {self.geometry.burst_bytes}-byte "
                 f"DRAM burst")
+        require(self.npu.dma_responses <= self.geometry.channels, "NpuConfig.dma_responses",
+                f"{self.npu.dma_responses} read responses per clock need as many channels, "
+                f"the device has {self.geometry.channels}")
         require(self.refresh_rate in REFRESH_RATES, "DeviceConfig.refresh_rate",
                 f"must be one of {', '.join(map(str, REFRESH_RATES))}, got {self.refresh_rate!r}")
         t = self.timing
@@ -138,8 +141,11 @@ class DeviceConfig:
 #: words of 512 bytes (8 bursts) so that an array row of 128 FP32 results and the vector
 #: unit's 128 FP32 lanes fit one word; 8 DMA requests in flight per core and channel, so
 #: the 8 cores' tags (8 x 8) fit the controller's 64; two weight buffers per PE (the
-#: reference model hides each pass's weight preload under the pass before).
-PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8, weight_buffers=2)
+#: reference model hides each pass's weight preload under the pass before); a DMA that
+#: takes two read responses per clock (8 cores x 2 x 64 bytes: the 32 channels' peak)
+#: through 4-deep response buffers per channel and core (no head-of-line blocking).
+PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8, weight_buffers=2, response_buffer=4,
+                      dma_responses=2)
 
 
 def _neupims() -> DeviceConfig:
@@ -149,8 +155,10 @@ def _neupims() -> DeviceConfig:
 
 
 def _channel() -> DeviceConfig:
-    """One channel of the paper's device (32 banks x 16 lanes), few stored rows."""
-    return DeviceConfig(name="channel", geometry=DramGeometry(channels=1), npu=PAPER_NPU,
+    """One channel of the paper's device (32 banks x 16 lanes), few stored rows (a DMA
+    response per clock: one channel gives no more)."""
+    return DeviceConfig(name="channel", geometry=DramGeometry(channels=1),
+                        npu=dataclasses.replace(PAPER_NPU, dma_responses=1),
                         stored_rows=8)
 
 

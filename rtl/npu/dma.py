@@ -41,10 +41,6 @@ def burst_fields(config) -> dict[str, tuple[int, int]]:
 def check_dma_config(config) -> None:
     """Raise ConfigError when the DMA cannot be built for ``config``."""
     npu = config.npu
-    if npu.dma_responses > config.geometry.channels:
-        raise ConfigError("NpuConfig.dma_responses",
-                          f"{npu.dma_responses} read responses per clock need as many "
-                          f"channels, the device has {config.geometry.channels}")
     if npu.dma_in_flight > config.controller.tags:
         raise ConfigError("NpuConfig.dma_in_flight",
                           f"{npu.dma_in_flight} exceeds the controller's "

@@ -164,6 +164,23 @@ def _with_weight_buffers(config, buffers):
     return config.replace(npu=dataclasses.replace(config.npu, weight_buffers=buffers))
 
 
+def _with_npu(config, **fields):
+    """``config`` with the NpuConfig fields given (None: keep the configuration's)."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return config.replace(npu=dataclasses.replace(config.npu, **given)) if given else config
+
+
+def _add_dma_options(p, scope: str = ""):
+    p.add_argument("--response-buffer", type=int,
+                   help=f"{scope}responses held per channel and core between a channel and "
+                        "the cores (NpuConfig.response_buffer; default: the configuration's, "
+                        "4 on the paper's NPU, else 0)")
+    p.add_argument("--dma-responses", type=int,
+                   help=f"{scope}read responses each core's DMA writes per clock "
+                        "(NpuConfig.dma_responses; default: the configuration's, 2 on the "
+                        "paper's NPU, else 1)")
+
+
 def cmd_bench_device(args):
     from sim.device_bench import BenchError, bench_device, format_device
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
@@ -175,12 +192,8 @@ def cmd_bench_device(args):
         if args.channels is not None:
             config = config.replace(geometry=dataclasses.replace(config.geometry,
                                                                  channels=args.channels))
-        npu = {name: value for name, value in (("arrays", args.cores),
-                                               ("response_buffer", args.response_buffer),
-                                               ("dma_responses", args.dma_responses))
-               if value is not None}
-        if npu:
-            config = config.replace(npu=dataclasses.replace(config.npu, **npu))
+        config = _with_npu(config, arrays=args.cores, response_buffer=args.response_buffer,
+                           dma_responses=args.dma_responses)
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
     except (BenchError, ConfigError) as error:
         sys.exit(f"neupims bench device: {error}")
@@ -320,11 +333,8 @@ def cmd_reproduce(args):
                 sys.exit(f"neupims reproduce: array: {args.array!r} is not ROWSxCOLS (e.g. 16x8)")
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
-        dma = {name: value for name, value in (("response_buffer", args.response_buffer),
-                                               ("dma_responses", args.dma_responses))
-               if value is not None}
-        if dma:
-            config = config.replace(npu=dataclasses.replace(config.npu, **dma))
+        config = _with_npu(config, response_buffer=args.response_buffer,
+                           dma_responses=args.dma_responses)
         link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
                           resume=args.resume, link=link, report_only=args.report_only)
@@ -417,12 +427,7 @@ def main(argv=None):
                    help="weight registers per PE: 2 preloads a pass's weights under the pass "
                         "before, as the paper's NPU; 1 waits for the array to drain "
                         "(default %(default)s)")
-    p.add_argument("--response-buffer", type=int,
-                   help="responses held per channel and core between a channel and the "
-                        "cores (NpuConfig.response_buffer; default: the config's, 0)")
-    p.add_argument("--dma-responses", type=int,
-                   help="read responses each core's DMA writes per clock "
-                        "(NpuConfig.dma_responses; default: the config's, 1)")
+    _add_dma_options(p)
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: the report of the grid's points an earlier run in --out "
                         "finished (as --resume), the others listed as not finished")
@@ -457,12 +462,7 @@ def main(argv=None):
                    help="npu, device: memory channels (default: npu 2, device the preset's)")
     p.add_argument("--cores", type=int,
                    help="device: NPU cores (default: the preset's)")
-    p.add_argument("--response-buffer", type=int,
-                   help="device: responses held per channel and core (NpuConfig."
-                        "response_buffer; default: the preset's, 0)")
-    p.add_argument("--dma-responses", type=int,
-                   help="device: read responses each core's DMA writes per clock "
-                        "(NpuConfig.dma_responses; default: the preset's, 1)")
+    _add_dma_options(p, "device: ")
     p.add_argument("--rows", type=int, default=448,
                    help="npu: activation rows of the resident-weights GEMM")
     p.add_argument("--repeat", type=int, default=5)

@@ -90,6 +90,27 @@ def test_cli_paper_refuses_the_slice_options(option):
     assert option[0] in str(stop.value) and "--paper" in str(stop.value)
 
 
+def test_cli_dma_options_reach_the_device(monkeypatch):
+    """``--response-buffer`` and ``--dma-responses`` shape the reproduced device (the
+    paper's earlier DMA back with 0 and 1); without them the configuration's stay; a bad
+    value names the field."""
+    import sim.reproduce
+    seen = []
+
+    def fake_run_grid(grid, out, config, **kwargs):
+        seen.append(config)
+        raise sim.reproduce.ReproduceError("test", "stop here")
+    monkeypatch.setattr(sim.reproduce, "run_grid", fake_run_grid)
+    for extra in (["--response-buffer", "0", "--dma-responses", "1"], []):
+        with pytest.raises(SystemExit, match="stop here"):
+            main(["reproduce", "--paper", "--quick", *extra, "--out", "/nonexistent/never"])
+    earlier, preset_dma = seen
+    assert (earlier.npu.response_buffer, earlier.npu.dma_responses) == (0, 1)
+    assert preset_dma == paper_config()
+    with pytest.raises(SystemExit, match="NpuConfig.dma_responses"):
+        main(["reproduce", "--dma-responses", "0", "--out", "/nonexistent/never"])
+
+
 def test_cli_rejects_one_layer_run():
     with pytest.raises(SystemExit) as stop:
         main(["reproduce", "--paper", "--layers-run", "1", "--out",

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rtl.config import REFRESH_RATES, ConfigError, PRESETS, preset
+from rtl.config import REFRESH_RATES, ConfigError, NpuConfig, PRESETS, preset
 from sim.decode.golden import MODES
 from sim.decode.job import DEFAULTS as DECODE
 from sim.lint import BLOCK_NAMES, NPU_BLOCKS
@@ -93,7 +93,7 @@ def cmd_sim(args):
         if args.refresh_rate != 1:
             config = (config or preset("decode")).replace(refresh_rate=args.refresh_rate)
         if args.weight_buffers is not None:
-            config = _with_weight_buffers(config or preset("decode"), args.weight_buffers)
+            config = _with_npu(config or preset("decode"), weight_buffers=args.weight_buffers)
         if args.cores != 1:
             from sim.decode.compiler import with_cores
             config = with_cores(config or preset("decode"), args.cores)
@@ -148,7 +148,7 @@ def cmd_bench_npu(args):
     from sim.npu_bench import bench_npu, format_npu, npu_channels
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
         lambda line: print(line, flush=True))
-    config = npu_channels(_with_weight_buffers(_config(args), args.weight_buffers),
+    config = npu_channels(_with_npu(_config(args), weight_buffers=args.weight_buffers),
                           2 if args.channels is None else args.channels)
     try:
         report = bench_npu(config, rows=args.rows, show=show)
@@ -157,28 +157,28 @@ def cmd_bench_npu(args):
     print(json.dumps(report, indent=2) if args.json else "\n" + format_npu(report))
 
 
-def _with_weight_buffers(config, buffers):
-    """``config`` with ``buffers`` weight registers per PE (None: the preset's)."""
-    if buffers is None:
-        return config
-    return config.replace(npu=dataclasses.replace(config.npu, weight_buffers=buffers))
-
-
-def _with_npu(config, **fields):
-    """``config`` with the NpuConfig fields given (None: keep the configuration's)."""
+def _with_npu(config, channels=None, **fields):
+    """``config`` with ``channels`` memory channels and the NpuConfig fields given (None:
+    keep the configuration's), checked together (a DMA's response lanes need channels)."""
     given = {name: value for name, value in fields.items() if value is not None}
-    return config.replace(npu=dataclasses.replace(config.npu, **given)) if given else config
+    if channels is None and not given:
+        return config
+    geometry = config.geometry if channels is None else dataclasses.replace(
+        config.geometry, channels=channels)
+    return config.replace(geometry=geometry, npu=dataclasses.replace(config.npu, **given))
 
 
 def _add_dma_options(p, scope: str = ""):
+    paper, plain = preset("neupims").npu, NpuConfig()
     p.add_argument("--response-buffer", type=int,
                    help=f"{scope}responses held per channel and core between a channel and "
                         "the cores (NpuConfig.response_buffer; default: the configuration's, "
-                        "4 on the paper's NPU, else 0)")
+                        f"{paper.response_buffer} on the paper's NPU, else "
+                        f"{plain.response_buffer})")
     p.add_argument("--dma-responses", type=int,
                    help=f"{scope}read responses each core's DMA writes per clock "
-                        "(NpuConfig.dma_responses; default: the configuration's, 2 on the "
-                        "paper's NPU, else 1)")
+                        "(NpuConfig.dma_responses; default: the configuration's, "
+                        f"{paper.dma_responses} on the paper's NPU, else {plain.dma_responses})")
 
 
 def cmd_bench_device(args):
@@ -186,14 +186,12 @@ def cmd_bench_device(args):
     show = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (
         lambda line: print(line, flush=True))
     try:
-        config = _with_weight_buffers(_config(args), args.weight_buffers)
+        config = _with_npu(_config(args), channels=args.channels,
+                           weight_buffers=args.weight_buffers, arrays=args.cores,
+                           response_buffer=args.response_buffer,
+                           dma_responses=args.dma_responses)
         if args.timing_only:
             config = config.replace(datapath=False)
-        if args.channels is not None:
-            config = config.replace(geometry=dataclasses.replace(config.geometry,
-                                                                 channels=args.channels))
-        config = _with_npu(config, arrays=args.cores, response_buffer=args.response_buffer,
-                           dma_responses=args.dma_responses)
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
     except (BenchError, ConfigError) as error:
         sys.exit(f"neupims bench device: {error}")

@@ -55,11 +55,11 @@ def test_program_totals_count_what_the_program_asks():
 def test_bench_weight_buffers_option():
     """``neupims bench npu|device --weight-buffers N`` sets the array's weight buffers;
     without it the preset's count stays (the paper's device: two)."""
-    from sim.cli import _with_weight_buffers
+    from sim.cli import _with_npu
     assert preset("neupims").npu.weight_buffers == 2
-    assert _with_weight_buffers(preset("neupims"), None) == preset("neupims")
-    assert _with_weight_buffers(preset("neupims"), 1).npu.weight_buffers == 1
-    assert _with_weight_buffers(preset("small"), 2).npu.weight_buffers == 2
+    assert _with_npu(preset("neupims"), weight_buffers=None) == preset("neupims")
+    assert _with_npu(preset("neupims"), weight_buffers=1).npu.weight_buffers == 1
+    assert _with_npu(preset("small"), weight_buffers=2).npu.weight_buffers == 2
 
 
 def test_bench_device_shapes_the_device(monkeypatch, capsys):
@@ -84,3 +84,6 @@ def test_bench_device_shapes_the_device(monkeypatch, capsys):
         main(["bench", "device", "--config", "neupims", "--response-buffer", "-1"])
     with pytest.raises(SystemExit, match="NpuConfig.dma_responses"):
         main(["bench", "device", "--config", "neupims", "--channels", "1", "--json"])
+    main(["bench", "device", "--config", "neupims", "--channels", "1", "--dma-responses", "1",
+          "--json"])                                  # checked together, not in turn
+    assert (seen[-1].geometry.channels, seen[-1].npu.dma_responses) == (1, 1)

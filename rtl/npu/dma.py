@@ -250,8 +250,9 @@ class DmaEngine(wiring.Component):
         for winner, done in lanes:                  # the pointer follows the last lane taken
             with m.If(done):
                 m.d.sync += rd_pointer.eq(Mux(winner == C - 1, 0, winner + 1))
-        read_bytes = (Mux(lanes[0][1], g.burst_bytes, 0) if len(lanes) == 1
-                      else _popcount(Cat(*(done for _, done in lanes))) * g.burst_bytes)
+        burst = g.burst_bytes
+        read_bytes = (Mux(lanes[0][1], burst, 0) if len(lanes) == 1
+                      else _popcount(Cat(*(done for _, done in lanes))) * burst)
         writes_done = Signal(C)
         for c in range(C):
             rr, wr = self.read_responses[c], self.write_responses[c]
@@ -261,7 +262,6 @@ class DmaEngine(wiring.Component):
             m.d.comb += freed[c].eq(Mux(rr.valid & rr.ready, Const(1, T) << rr.payload.tag, 0)
                                     | Mux(wr.valid, Const(1, T) << wr.payload.tag, 0))
 
-        burst = g.burst_bytes
         m.d.sync += [self.bytes_read.eq(self.bytes_read + read_bytes),
                      self.bytes_written.eq(self.bytes_written + _popcount(writes_done) * burst)]
         return m

@@ -339,7 +339,13 @@ def _finished_point(out: Path, task: tuple, grid: Grid, config_json: str) -> dic
         npu.pop("instruction_words", None)             # a key saved with the depth in it
         for name, value in ADDED_NPU_FIELDS.items():    # saved before the field existed
             npu.setdefault(name, value)
-    return saved["point"] if key == _point_key(grid, config_json) else None
+    if key != _point_key(grid, config_json):
+        return None
+    point = saved["point"]
+    result = _point_file(out, *task)
+    if "stage_busy" not in point and result.exists():    # saved before the field
+        point.update(_stage_busy(json.loads(result.read_text())))
+    return point
 
 
 def _compiled_file(out: Path, model: str, batch: int, dataset: str, mode: str) -> Path:
@@ -462,7 +468,19 @@ def _point_fields(model, batch, dataset, mode, run, result, s, measured, config)
             "timing_violations": s["timing_violations"],
             "commands_checked": s["commands_checked"], "complete": s["complete"],
             "instructions": sum(len(step.program) for step in run.steps),
-            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0)}
+            "sim_cycles_per_s": s["sim_cycles_per_s"], "build_s": result.get("build_s", 0.0),
+            **_stage_busy(result)}
+
+
+def _stage_busy(result: dict) -> dict:
+    """``stage_busy``: the first step's stages with their units' busy fractions
+    (``sim.decode.report.stage_busy``); ``timeline_period``: the clocks between the
+    counter reads they come from."""
+    from .decode.report import stage_busy
+    if not result.get("steps"):
+        return {"stage_busy": [], "timeline_period": None}
+    step = result["steps"][0]
+    return {"stage_busy": stage_busy(step), "timeline_period": step["timeline"]["period"]}
 
 
 def _whole_model(result: dict, s: dict, mode: str, grid: Grid, model: str,
@@ -793,6 +811,7 @@ def format_report(report: dict) -> str:
                     [[p["model"], str(p["batch"]), p["dataset"], p["mode"], f"{p['cycles']:,}"]
                      + [f"{p['stages'][n]:,}" if n in p["stages"] else "" for n in names]
                      for p in report["points"]])
+    lines += _stage_busy_lines(report["points"], grid.get("layers_run"))
     if report.get("unfinished"):
         lines += ["", "Not finished (no point saved in --out; --report-only runs none)"]
         lines += [f"  {u['model']} batch {u['batch']} {u['dataset']} {u['mode']}"
@@ -805,6 +824,31 @@ def format_report(report: dict) -> str:
         lines.append(f"  {x['model']} on {x['config']}, batches "
                      f"{', '.join(map(str, x['batches']))}: {state}")
     return "\n".join(lines)
+
+
+def _stage_busy_lines(points: list[dict], layers_run: int | None) -> list[str]:
+    """Full-scale grids: per point and mode, the steady-state layer's stages (the unit
+    that ``sim.decode.layers`` repeats) with each unit's busy fraction."""
+    from .decode.layers import repeating_unit
+    from .decode.report import BUSY_UNITS
+    rows, periods = [], set()
+    for p in points:
+        if not layers_run or not p.get("stage_busy"):
+            continue
+        periods.add(p["timeline_period"])
+        for stage in repeating_unit(p["stage_busy"], p["mode"], layers_run):
+            rows.append([p["model"], str(p["batch"]), p["dataset"], p["mode"], stage["name"],
+                         f"{stage['cycles']:,}"] + [_pct(stage[k]) for k in BUSY_UNITS])
+    if not rows:
+        return []
+    return (["", "Where the steady-state layer's clocks go (each unit's busy clocks over the "
+             "stage's, from the RTL counters read every "
+             f"{' or '.join(f'{x:,}' for x in sorted(periods))} clocks)"]
+            + _table(["model", "batch", "dataset", "mode", "stage", "cycles", "array", "GEMM",
+                      "DMA", "vector", "PIM unit", "PIM GEMV"], rows)
+            + ["  array, GEMM, DMA, vector, PIM unit (a PIM transaction in flight): the cores' "
+               "units, the mean over the cores; PIM GEMV: the controllers' PIM_GEMV clocks, "
+               "the mean over the channels"])
 
 
 def _communication_lines(comm: dict | None) -> list[str]:

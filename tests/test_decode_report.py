@@ -10,7 +10,8 @@ from rtl.config import preset
 from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
 from rtl.isa.npu import dma_load, halt, nop, wait
 from rtl.npu.core import COUNTERS as NPU_COUNTERS
-from sim.decode.report import format_table, plot_timeline, summarize, to_json
+from sim.decode.report import (BUSY_UNITS, format_table, plot_timeline, stage_busy, summarize,
+                               to_json)
 from sim.decode.run import DecodeRun, StepProgram, load_run
 from sim.npu_programs import HbmImage
 
@@ -139,3 +140,30 @@ def test_decode_run_pickles_and_validates(tmp_path):
             DecodeRun(config, "neupims", image, [s]).validate()
     with pytest.raises(ValueError, match="mode"):
         DecodeRun(config, "gpu", image, [step]).validate()
+
+
+def test_stage_busy_splits_the_windows_a_stage_end_cuts():
+    """Windows [0, 100), [100, 200), [200, 300); stages end at 150 and 300: the first
+    stage is window 0 and half of window 1, the second the other half and window 2."""
+    step = _step("step 0", 300, 1, 0, [0, 0], [0, 0], [("X", 150), ("Y", 150)])
+    step["timeline"] = {"period": 100, "start": [0, 100, 200], "end": [100, 200, 300],
+                        "array": [1.0, 0.5, 0.0], "gemm": [1.0, 0.5, 0.0],
+                        "dma": [0.0, 1.0, 0.2], "vector": [0.0, 0.0, 0.0],
+                        "pim_port": [0.0, 0.3, 0.9], "pim": [[0.0, 0.2, 0.4], [0.0, 0.0, 0.2]]}
+    x, y = stage_busy(step)
+    near = lambda value: pytest.approx(value, abs=1e-4)   # noqa: E731 (4 decimals kept)
+    assert (x["name"], x["cycles"], y["name"], y["cycles"]) == ("X", 150, "Y", 150)
+    assert x["array"] == near((100 * 1.0 + 50 * 0.5) / 150)
+    assert y["array"] == near(50 * 0.5 / 150)
+    assert x["dma"] == near(50 / 150) and y["dma"] == near((50 + 20) / 150)
+    assert x["pim"] == near(50 * 0.1 / 150)            # the mean over channels
+    assert y["pim"] == near((50 * 0.1 + 100 * 0.3) / 150)
+    assert y["pim_port"] == near((50 * 0.3 + 100 * 0.9) / 150)
+    assert set(x) == {"name", "cycles", *BUSY_UNITS}
+
+
+def test_stage_busy_of_a_uniform_timeline_is_its_level():
+    step = _step("step 0", 4000, 4, 1000, [0, 0], [0, 0], [("A", 3000), ("B", 1000)])
+    for stage in stage_busy(step):
+        assert (stage["array"], stage["dma"], stage["vector"]) == (0.5, 0.25, 0.1)
+        assert stage["pim"] == pytest.approx(0.3)

@@ -14,13 +14,13 @@ from rtl.npu.vector_engine import FLAG_SCALAR_B
 from sim.cli import main
 from sim.decode.compiler import Costs, Stream
 from sim.decode.golden import MODES
-from sim.decode.report import npu_line
+from sim.decode.report import BUSY_UNITS, npu_line
 from sim.models import get_model
 from sim.reproduce import (GRIDS, PAPER, PAPER_LAYERS_RUN, PAPER_VOCAB, SLICE_MODELS, Grid,
                            ReproduceError, _check_points, _compiled_file, _finished_file,
-                           _finished_point, _point_key, _whole_model, _workload, batch_factor,
-                           format_report, paper_config, paper_scale_status, ratios, run_grid,
-                           slice_config, to_json, write_outputs)
+                           _finished_point, _point_file, _point_key, _whole_model, _workload,
+                           batch_factor, format_report, paper_config, paper_scale_status,
+                           ratios, run_grid, slice_config, to_json, write_outputs)
 
 #: one worker: several tests report on the slice, and a report computes
 #: ``paper_scale_status()`` (about 100 s, once per process)
@@ -373,3 +373,58 @@ def test_slice_weight_buffers_option():
     assert "4 responses buffered" in npu_line(dict(slice_config().npu.__dict__, response_buffer=4))
     with pytest.raises(ConfigError, match="NpuConfig.weight_buffers"):
         slice_config(weight_buffers=3)
+
+
+def _busy_stages(names, level):
+    """Stages of one step, unit k of stage i busy level + i / 100 + k / 1000."""
+    return [{"name": n, "cycles": 100 * (i + 1),
+             **{k: round(level + i / 100 + j / 1000, 4) for j, k in enumerate(BUSY_UNITS)}}
+            for i, n in enumerate(names)]
+
+
+SERIAL = ["load", "QKV", "MHA", "Proj/FFN", "QKV", "MHA", "Proj/FFN", "head"]
+NEUPIMS = ["load", "A", "B", "C", "D", "E", "F", "head"]
+
+
+def test_report_shows_where_the_steady_layers_clocks_go():
+    """Full-scale grids: the repeating unit's stages (the first layer of a serial run of
+    2, the C and D of neupims) with each unit's busy fraction, not the other stages."""
+    grid = dataclasses.replace(GRIDS["quick"], layers_run=2)
+    points = [dict(p) for p in _points(GRIDS["quick"])[:3]]
+    for p in points:
+        p.update(stage_busy=_busy_stages(NEUPIMS if p["mode"] == "neupims" else SERIAL, 0.1),
+                 timeline_period=2048)
+    text = format_report(to_json(grid, slice_config(), points))
+    table = text[text.index("Where the steady-state layer"):].splitlines()
+    assert "every 2,048 clocks" in table[0]
+    rows = [line.split() for line in table[3:] if line.startswith(points[0]["model"])]
+    assert [(r[3], r[4]) for r in rows] == [("npu-only", "QKV"), ("npu-only", "MHA"),
+                                            ("npu-only", "Proj/FFN"), ("npu+pim", "QKV"),
+                                            ("npu+pim", "MHA"), ("npu+pim", "Proj/FFN"),
+                                            ("neupims", "C"), ("neupims", "D")]
+    assert rows[0][5:] == ["200", "11.0", "%", "11.1", "%", "11.2", "%", "11.3", "%",
+                           "11.4", "%", "11.5", "%"]                 # stage 1 of SERIAL
+    assert rows[-1][5] == "500" and rows[-1][6:8] == ["14.0", "%"]   # D: stage 4
+    assert "Where the steady-state" not in format_report(to_json(GRIDS["quick"],
+                                                                 slice_config(), points))
+
+
+def test_a_saved_point_gets_its_stage_busy_from_its_result(tmp_path):
+    """Points saved before ``stage_busy`` existed get it from the run's result file."""
+    grid, config = GRIDS["quick"], slice_config()
+    point = _points(grid)[0]
+    task = (point["model"], point["batch"], point["dataset"], point["mode"])
+    path = _finished_file(tmp_path, *task)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"key": _point_key(grid, config.to_json()), "point": point}))
+    stages = [{"name": "load", "index": 0, "end": 100, "cycles": 100},
+              {"name": "head", "index": 1, "end": 300, "cycles": 200}]
+    timeline = {"period": 100, "start": [0, 100, 200], "end": [100, 200, 300],
+                "array": [0.0, 1.0, 0.5], "gemm": [0.0, 1.0, 0.5], "dma": [1.0, 0.0, 0.0],
+                "vector": [0.0, 0.0, 1.0], "pim_port": [0.0] * 3, "pim": [[0.0] * 3]}
+    _point_file(tmp_path, *task).write_text(json.dumps(
+        {"steps": [{"stages": stages, "timeline": timeline}]}))
+    saved = _finished_point(tmp_path, task, grid, config.to_json())
+    assert saved["timeline_period"] == 100
+    assert [(s["name"], s["array"], s["dma"], s["vector"]) for s in saved["stage_busy"]] == \
+        [("load", 0.0, 1.0, 0.0), ("head", 0.75, 0.0, 0.5)]

@@ -22,7 +22,11 @@ its device line says "timing-only".
 """
 from __future__ import annotations
 
-__all__ = ["summarize", "format_table", "to_json", "plot_timeline", "npu_line"]
+__all__ = ["summarize", "format_table", "to_json", "plot_timeline", "npu_line", "stage_busy",
+           "BUSY_UNITS"]
+
+#: The units of :func:`stage_busy`, in the order of its tables.
+BUSY_UNITS = ("array", "gemm", "dma", "vector", "pim_port", "pim")
 
 
 def _clock_hz(result: dict) -> float:
@@ -85,6 +89,43 @@ def summarize(result: dict) -> dict:
         "timing_violations": result.get("timing_violations", 0),
         "sim_cycles_per_s": result.get("sim_cycles_per_s", 0.0),
     }
+
+
+def stage_busy(step: dict) -> list[dict]:
+    """Each stage of one step (``step["stages"]``, in order) with the mean busy fraction of
+    every unit of :data:`BUSY_UNITS` over its clocks: ``{"name", "cycles", "array", "gemm",
+    "dma", "vector", "pim_port", "pim"}`` (the cores' units, the mean over the cores:
+    ``pim_port`` is a core's PIM unit with a transaction in flight; ``pim``: the
+    controllers' PIM_GEMV clocks, the mean over the channels). From the step's timeline,
+    the RTL counters read every ``period`` clocks: a window that a stage end cuts counts
+    for each side by its clocks there, as if busy evenly through it, so a stage's figures
+    can be off by up to ``period`` / cycles at each of its ends."""
+    line = step["timeline"]
+    windows = list(zip(line["start"], line["end"]))
+    channels = len(line["pim"])
+    pim = [sum(line["pim"][c][i] for c in range(channels)) / channels if channels else 0.0
+           for i in range(len(windows))]
+    series = {k: (pim if k == "pim" else line[k]) for k in BUSY_UNITS}
+    out, begin, first = [], 0, 0
+    for stage in step["stages"]:
+        end = stage["end"]
+        totals = dict.fromkeys(BUSY_UNITS, 0.0)
+        while first < len(windows) and windows[first][1] <= begin:
+            first += 1
+        i = first
+        while i < len(windows) and windows[i][0] < end:
+            w0, w1 = windows[i]
+            overlap = min(w1, end) - max(w0, begin)
+            if overlap > 0:
+                for k in BUSY_UNITS:
+                    totals[k] += series[k][i] * overlap
+            i += 1
+        span = end - begin
+        out.append({"name": stage["name"], "cycles": stage["cycles"],
+                    **{k: round(totals[k] / span, 4) if span > 0 else 0.0
+                       for k in BUSY_UNITS}})
+        begin = end
+    return out
 
 
 def _stage_names(summaries) -> list[str]:

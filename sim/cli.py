@@ -159,13 +159,21 @@ def cmd_bench_npu(args):
 
 def _with_npu(config, channels=None, **fields):
     """``config`` with ``channels`` memory channels and the NpuConfig fields given (None:
-    keep the configuration's), checked together (a DMA's response lanes need channels)."""
+    keep the configuration's), checked together (a DMA's response lanes need channels).
+    A ``dma_in_flight`` that the controllers' tags cannot give every core raises
+    ``ControllerConfig.tags`` to the power of two that can (cores x requests)."""
     given = {name: value for name, value in fields.items() if value is not None}
     if channels is None and not given:
         return config
     geometry = config.geometry if channels is None else dataclasses.replace(
         config.geometry, channels=channels)
-    return config.replace(geometry=geometry, npu=dataclasses.replace(config.npu, **given))
+    npu = dataclasses.replace(config.npu, **given)
+    controller = config.controller
+    if "dma_in_flight" in given and npu.dma_in_flight > 0:
+        need = 1 << (npu.arrays * npu.dma_in_flight - 1).bit_length()
+        if need > controller.tags:
+            controller = dataclasses.replace(controller, tags=need)
+    return config.replace(geometry=geometry, npu=npu, controller=controller)
 
 
 def _add_dma_options(p, scope: str = ""):
@@ -179,6 +187,11 @@ def _add_dma_options(p, scope: str = ""):
                    help=f"{scope}read responses each core's DMA writes per clock "
                         "(NpuConfig.dma_responses; default: the configuration's, "
                         f"{paper.dma_responses} on the paper's NPU, else {plain.dma_responses})")
+    p.add_argument("--dma-in-flight", type=int,
+                   help=f"{scope}DMA requests each core keeps in flight per channel "
+                        "(NpuConfig.dma_in_flight; default: the configuration's, "
+                        f"{paper.dma_in_flight} on the paper's NPU; the controllers' tags "
+                        "are raised to cores x this when fewer)")
 
 
 def cmd_bench_device(args):
@@ -189,7 +202,7 @@ def cmd_bench_device(args):
         config = _with_npu(_config(args), channels=args.channels,
                            weight_buffers=args.weight_buffers, arrays=args.cores,
                            response_buffer=args.response_buffer,
-                           dma_responses=args.dma_responses)
+                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight)
         if args.timing_only:
             config = config.replace(datapath=False)
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
@@ -332,7 +345,7 @@ def cmd_reproduce(args):
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
         config = _with_npu(config, response_buffer=args.response_buffer,
-                           dma_responses=args.dma_responses)
+                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight)
         link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
                           resume=args.resume, link=link, report_only=args.report_only)

@@ -63,8 +63,8 @@ def test_bench_weight_buffers_option():
 
 
 def test_bench_device_shapes_the_device(monkeypatch, capsys):
-    """``neupims bench device --channels --cores --response-buffer --dma-responses`` reach
-    the benchmarked configuration; without them the preset's stay (the paper's device: 4
+    """``neupims bench device --channels --cores --response-buffer --dma-responses
+    --dma-in-flight`` reach the benchmarked configuration; without them the preset's stay (the paper's device: 4
     responses buffered, 2 DMA responses per clock)."""
     import sim.device_bench
     from sim.cli import main
@@ -87,3 +87,9 @@ def test_bench_device_shapes_the_device(monkeypatch, capsys):
     main(["bench", "device", "--config", "neupims", "--channels", "1", "--dma-responses", "1",
           "--json"])                                  # checked together, not in turn
     assert (seen[-1].geometry.channels, seen[-1].npu.dma_responses) == (1, 1)
+    # requests in flight: the controllers' tags grow only when the cores need more
+    main(["bench", "device", "--config", "neupims", "--cores", "2", "--dma-in-flight", "32",
+          "--json"])
+    assert (seen[-1].npu.dma_in_flight, seen[-1].controller.tags) == (32, 64)
+    main(["bench", "device", "--config", "neupims", "--dma-in-flight", "16", "--json"])
+    assert (seen[-1].npu.dma_in_flight, seen[-1].controller.tags) == (16, 128)

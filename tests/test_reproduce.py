@@ -91,9 +91,10 @@ def test_cli_paper_refuses_the_slice_options(option):
 
 
 def test_cli_dma_options_reach_the_device(monkeypatch):
-    """``--response-buffer`` and ``--dma-responses`` shape the reproduced device (the
-    paper's earlier DMA back with 0 and 1); without them the configuration's stay; a bad
-    value names the field."""
+    """``--response-buffer``, ``--dma-responses`` and ``--dma-in-flight`` shape the
+    reproduced device (the paper's earlier DMA back with 0 and 1; more requests in flight
+    than the controllers' tags give every core raise the tags); without them the
+    configuration's stay; a bad value names the field."""
     import sim.reproduce
     seen = []
 
@@ -101,14 +102,21 @@ def test_cli_dma_options_reach_the_device(monkeypatch):
         seen.append(config)
         raise sim.reproduce.ReproduceError("test", "stop here")
     monkeypatch.setattr(sim.reproduce, "run_grid", fake_run_grid)
-    for extra in (["--response-buffer", "0", "--dma-responses", "1"], []):
+    for extra in (["--response-buffer", "0", "--dma-responses", "1"], [],
+                  ["--dma-in-flight", "16"], ["--dma-in-flight", "4"]):
         with pytest.raises(SystemExit, match="stop here"):
             main(["reproduce", "--paper", "--quick", *extra, "--out", "/nonexistent/never"])
-    earlier, preset_dma = seen
+    earlier, preset_dma, more_tags, fewer_tags = seen
     assert (earlier.npu.response_buffer, earlier.npu.dma_responses) == (0, 1)
     assert preset_dma == paper_config()
-    with pytest.raises(SystemExit, match="NpuConfig.dma_responses"):
-        main(["reproduce", "--dma-responses", "0", "--out", "/nonexistent/never"])
+    # 8 cores x 16 requests need 128 controller tags; 8 x 4 fit the preset's 64
+    assert (more_tags.npu.dma_in_flight, more_tags.controller.tags) == (16, 128)
+    assert (fewer_tags.npu.dma_in_flight, fewer_tags.controller.tags) == (4, 64)
+    assert "16 DMA requests in flight per channel" in npu_line(more_tags.npu.__dict__)
+    for option, field in (("--dma-responses", "NpuConfig.dma_responses"),
+                          ("--dma-in-flight", "NpuConfig.dma_in_flight")):
+        with pytest.raises(SystemExit, match=field):
+            main(["reproduce", option, "0", "--out", "/nonexistent/never"])
 
 
 def test_cli_rejects_one_layer_run():

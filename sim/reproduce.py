@@ -838,17 +838,28 @@ def _stage_busy_lines(points: list[dict], layers_run: int | None) -> list[str]:
         periods.add(p["timeline_period"])
         for stage in repeating_unit(p["stage_busy"], p["mode"], layers_run):
             rows.append([p["model"], str(p["batch"]), p["dataset"], p["mode"], stage["name"],
-                         f"{stage['cycles']:,}"] + [_pct(stage[k]) for k in BUSY_UNITS])
+                         f"{stage['cycles']:,}"] + [_pct(stage[k]) for k in BUSY_UNITS]
+                        + [_phases(stage)])
     if not rows:
         return []
     return (["", "Where the steady-state layer's clocks go (each unit's busy clocks over the "
              "stage's, from the RTL counters read every "
              f"{' or '.join(f'{x:,}' for x in sorted(periods))} clocks)"]
             + _table(["model", "batch", "dataset", "mode", "stage", "cycles", "array", "GEMM",
-                      "DMA", "vector", "PIM unit", "PIM GEMV"], rows)
+                      "DMA", "vector", "PIM unit", "PIM GEMV", "busy together (most clocks)"],
+                     rows)
             + ["  array, GEMM, DMA, vector, PIM unit (a PIM transaction in flight): the cores' "
                "units, the mean over the cores; PIM GEMV: the controllers' PIM_GEMV clocks, "
-               "the mean over the channels"])
+               "the mean over the channels; busy together: the stage's clocks by which of DMA, "
+               "array, vector and PIM unit were busy over 5 % in each window, the three largest "
+               "(sim.decode.report.stage_phases)"])
+
+
+def _phases(stage: dict, shown: int = 3) -> str:
+    """The largest ``shown`` phases of a ``stage_busy`` stage as "DMA 41 %, ..."."""
+    phases = stage.get("phases") or []
+    return ", ".join(f"{label} {100 * clocks / stage['cycles']:.0f} %"
+                     for label, clocks in phases[:shown]) if stage["cycles"] else ""
 
 
 def _communication_lines(comm: dict | None) -> list[str]:

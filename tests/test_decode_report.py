@@ -10,8 +10,8 @@ from rtl.config import preset
 from rtl.controller.interface import COUNTERS as CTRL_COUNTERS
 from rtl.isa.npu import dma_load, halt, nop, wait
 from rtl.npu.core import COUNTERS as NPU_COUNTERS
-from sim.decode.report import (BUSY_UNITS, format_table, plot_timeline, stage_busy, summarize,
-                               to_json)
+from sim.decode.report import (BUSY_UNITS, format_table, plot_timeline, stage_busy,
+                               stage_phases, summarize, to_json)
 from sim.decode.run import DecodeRun, StepProgram, load_run
 from sim.npu_programs import HbmImage
 
@@ -159,7 +159,21 @@ def test_stage_busy_splits_the_windows_a_stage_end_cuts():
     assert x["pim"] == near(50 * 0.1 / 150)            # the mean over channels
     assert y["pim"] == near((50 * 0.1 + 100 * 0.3) / 150)
     assert y["pim_port"] == near((50 * 0.3 + 100 * 0.9) / 150)
-    assert set(x) == {"name", "cycles", *BUSY_UNITS}
+    assert set(x) == {"name", "cycles", "phases", *BUSY_UNITS}
+    # order of PHASE_UNITS: DMA, array, vector, PIM; by clocks, most first
+    assert x["phases"] == [["array", 100], ["DMA+array+PIM", 50]]
+    assert y["phases"] == [["DMA+PIM", 100], ["DMA+array+PIM", 50]]
+
+
+def test_stage_phases_label_windows_by_the_units_busy_together():
+    step = _step("step 0", 400, 1, 0, [0], [0], [("X", 400)])
+    step["timeline"] = {"period": 100, "start": [0, 100, 200, 300], "end": [100, 200, 300, 400],
+                        "array": [0.0, 0.0, 0.05, 0.6], "gemm": [0.0] * 4,
+                        "dma": [0.9, 0.0, 0.04, 0.5], "vector": [0.0, 0.0, 0.0, 0.06],
+                        "pim_port": [0.0, 0.0, 0.0, 0.0], "pim": [[0.0] * 4]}
+    assert stage_phases(step, 0) == [("idle", 200), ("DMA", 100), ("DMA+array+vector", 100)]
+    assert dict(stage_phases(step, 0, threshold=0.01)) == {
+        "DMA": 100, "idle": 100, "DMA+array": 100, "DMA+array+vector": 100}
 
 
 def test_stage_busy_of_a_uniform_timeline_is_its_level():

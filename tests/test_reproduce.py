@@ -386,7 +386,9 @@ def test_slice_weight_buffers_option():
 def _busy_stages(names, level):
     """Stages of one step, unit k of stage i busy level + i / 100 + k / 1000."""
     return [{"name": n, "cycles": 100 * (i + 1),
-             **{k: round(level + i / 100 + j / 1000, 4) for j, k in enumerate(BUSY_UNITS)}}
+             **{k: round(level + i / 100 + j / 1000, 4) for j, k in enumerate(BUSY_UNITS)},
+             "phases": [["DMA", 60 * (i + 1)], ["array", 30 * (i + 1)], ["idle", 6 * (i + 1)],
+                        ["vector", 4 * (i + 1)]]}
             for i, n in enumerate(names)]
 
 
@@ -411,7 +413,8 @@ def test_report_shows_where_the_steady_layers_clocks_go():
                                             ("npu+pim", "MHA"), ("npu+pim", "Proj/FFN"),
                                             ("neupims", "C"), ("neupims", "D")]
     assert rows[0][5:] == ["200", "11.0", "%", "11.1", "%", "11.2", "%", "11.3", "%",
-                           "11.4", "%", "11.5", "%"]                 # stage 1 of SERIAL
+                           "11.4", "%", "11.5", "%", "DMA", "60", "%,", "array", "30", "%,",
+                           "idle", "6", "%"]              # stage 1 of SERIAL, 3 phases
     assert rows[-1][5] == "500" and rows[-1][6:8] == ["14.0", "%"]   # D: stage 4
     assert "Where the steady-state" not in format_report(to_json(GRIDS["quick"],
                                                                  slice_config(), points))

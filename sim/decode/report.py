@@ -23,7 +23,7 @@ its device line says "timing-only".
 from __future__ import annotations
 
 __all__ = ["summarize", "format_table", "to_json", "plot_timeline", "npu_line", "stage_busy",
-           "BUSY_UNITS"]
+           "stage_phases", "BUSY_UNITS", "PHASE_UNITS"]
 
 #: The units of :func:`stage_busy`, in the order of its tables.
 BUSY_UNITS = ("array", "gemm", "dma", "vector", "pim_port", "pim")
@@ -94,9 +94,10 @@ def summarize(result: dict) -> dict:
 def stage_busy(step: dict) -> list[dict]:
     """Each stage of one step (``step["stages"]``, in order) with the mean busy fraction of
     every unit of :data:`BUSY_UNITS` over its clocks: ``{"name", "cycles", "array", "gemm",
-    "dma", "vector", "pim_port", "pim"}`` (the cores' units, the mean over the cores:
-    ``pim_port`` is a core's PIM unit with a transaction in flight; ``pim``: the
-    controllers' PIM_GEMV clocks, the mean over the channels). From the step's timeline,
+    "dma", "vector", "pim_port", "pim", "phases"}`` (the cores' units, the mean over the
+    cores: ``pim_port`` is a core's PIM unit with a transaction in flight; ``pim``: the
+    controllers' PIM_GEMV clocks, the mean over the channels; ``phases``: its clocks by
+    the units busy together, :func:`stage_phases`, as [label, clocks] lists). From the step's timeline,
     the RTL counters read every ``period`` clocks: a window that a stage end cuts counts
     for each side by its clocks there, as if busy evenly through it, so a stage's figures
     can be off by up to ``period`` / cycles at each of its ends."""
@@ -123,9 +124,34 @@ def stage_busy(step: dict) -> list[dict]:
         span = end - begin
         out.append({"name": stage["name"], "cycles": stage["cycles"],
                     **{k: round(totals[k] / span, 4) if span > 0 else 0.0
-                       for k in BUSY_UNITS}})
+                       for k in BUSY_UNITS},
+                    "phases": [list(x) for x in stage_phases(step, len(out))]})
         begin = end
     return out
+
+
+#: The units of :func:`stage_phases` (timeline series) and their names there.
+PHASE_UNITS = {"dma": "DMA", "array": "array", "vector": "vector", "pim_port": "PIM"}
+
+
+def stage_phases(step: dict, index: int, threshold: float = 0.05) -> list[tuple[str, int]]:
+    """Stage ``index`` of one step cut by which of :data:`PHASE_UNITS` were busy: each
+    timeline window is labelled by the units busy more than ``threshold`` of it (``DMA``,
+    ``array``, ``vector``, ``PIM``: a core's PIM unit; the mean over the cores) joined by
+    ``+``, or ``idle``; [(label, clocks)], most clocks first, the clocks of the windows
+    inside the stage (a window a stage end cuts by its clocks inside)."""
+    line = step["timeline"]
+    stage = step["stages"][index]
+    begin, end = (step["stages"][index - 1]["end"] if index else 0), stage["end"]
+    clocks: dict[str, int] = {}
+    for i, (w0, w1) in enumerate(zip(line["start"], line["end"])):
+        overlap = min(w1, end) - max(w0, begin)
+        if overlap <= 0:
+            continue
+        label = "+".join(name for key, name in PHASE_UNITS.items()
+                         if line[key][i] > threshold) or "idle"
+        clocks[label] = clocks.get(label, 0) + overlap
+    return sorted(clocks.items(), key=lambda kv: -kv[1])
 
 
 def _stage_names(summaries) -> list[str]:

@@ -97,10 +97,10 @@ def stage_busy(step: dict) -> list[dict]:
     "dma", "vector", "pim_port", "pim", "phases"}`` (the cores' units, the mean over the
     cores: ``pim_port`` is a core's PIM unit with a transaction in flight; ``pim``: the
     controllers' PIM_GEMV clocks, the mean over the channels; ``phases``: its clocks by
-    the units busy together, :func:`stage_phases`, as [label, clocks] lists). From the step's timeline,
-    the RTL counters read every ``period`` clocks: a window that a stage end cuts counts
-    for each side by its clocks there, as if busy evenly through it, so a stage's figures
-    can be off by up to ``period`` / cycles at each of its ends."""
+    the units busy together, :func:`stage_phases`, as [label, clocks] lists). From the
+    step's timeline, the RTL counters read every ``period`` clocks: a window that a stage
+    end cuts counts for each side by its clocks there, as if busy evenly through it, so a
+    stage's figures can be off by up to ``period`` / cycles at each of its ends."""
     line = step["timeline"]
     windows = list(zip(line["start"], line["end"]))
     channels = len(line["pim"])

@@ -575,3 +575,42 @@ def test_compile_without_values_needs_a_timing_only_device():
     with pytest.raises(DecodeError, match="values"):
         compile_decode(DecodeWorkload("tiny-gpt", (3, 9)), "neupims", preset("decode"),
                        values=False)
+
+
+def _gemms(run):
+    return [ins for step in run.steps for ins in step.instructions() if ins.op is NpuOp.GEMM]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_past_the_accumulator_goes_in_pieces(mode):
+    """A GEMM whose K spans several array tiles keeps its partial sums in the accumulator:
+    its rows go in pieces of ``accumulator_rows`` (more is the RTL's BAD_SHAPE), and the
+    pieces compute the same decode."""
+    workload = DecodeWorkload("tiny-gpt", (3, 9, 1, 30, 7, 17, 12, 5, 2, 8, 4), seed=4)
+    whole = preset("decode")
+    config = whole.replace(npu=dataclasses.replace(whole.npu, accumulator_rows=4))
+    run = compile_decode(workload, mode, config)
+    H = config.npu.array_rows
+
+    def chained(run):
+        return [(ins["k"], ins["n"], ins["m"]) for ins in _gemms(run) if ins["k"] > H]
+    pieces, gemms = chained(run), chained(compile_decode(workload, mode, whole))
+    assert max(m for _, _, m in pieces) <= 4 < max(m for _, _, m in gemms)
+    assert len(pieces) > len(gemms)
+    assert sum(m for _, _, m in pieces) == sum(m for _, _, m in gemms)   # every row once
+    _matches_golden(run)
+
+
+def test_the_papers_batch_256_fits_the_accumulator():
+    """GPT3-7B at batch 256 on the paper's device in npu+pim (no sub-batches: 256 rows
+    per GEMM, K = d = 4,096 over 32 tiles): every K-chained GEMM within 128 rows."""
+    from sim.reproduce import GRIDS, _workload, paper_config
+    workload, _ = _workload("gpt3-7b", 256, "sharegpt-like", GRIDS["paper"])
+    run = compile_decode(workload, "npu+pim", paper_config(), values=False)
+    npu = run.config.npu
+    chained = [ins for ins in _gemms(run) if ins["k"] > npu.array_rows]   # core 0's
+    assert all(ins["m"] <= npu.accumulator_rows for ins in chained)
+    by_weights = {}
+    for ins in chained:                     # each weight matrix: all 256 rows, in 2 pieces
+        by_weights.setdefault(ins["b"], []).append(ins["m"])
+    assert len(by_weights) >= 8 and all(rows == [128, 128] for rows in by_weights.values())

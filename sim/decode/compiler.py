@@ -194,8 +194,16 @@ class Stream:
         self.store(hbm, sp, words * self.words.k, channels)
 
     def gemm(self, a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32=False, acc=False):
-        self.ops.append(Op(gemm(a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32, acc), "gemm",
-                           self.costs.gemm(m, k, n)))
+        """C = A . B (+ C); when K spans several array tiles, rows in pieces of
+        ``accumulator_rows`` (the GEMM engine keeps a K chain's partial sums there: more
+        rows are a BAD_SHAPE), each piece the same rows' results bit for bit."""
+        npu = self.costs.config.npu
+        piece = npu.accumulator_rows if k > npu.array_rows else max(m, 1)
+        for m0 in range(0, m, piece):
+            rows = min(piece, m - m0)
+            self.ops.append(Op(gemm(a + m0 * a_pitch, b, c + m0 * c_pitch, rows, k, n,
+                                    a_pitch, b_pitch, c_pitch, fp32, acc), "gemm",
+                               self.costs.gemm(rows, k, n)))
 
     def vec(self, op, a=0, b=0, d=0, length=0, imm=0, flags=0):
         """One VECTOR (``op``: a VectorOp or a vop number, e.g. :data:`VECTOR_COPY`); a

@@ -169,7 +169,7 @@ def _with_npu(config, channels=None, **fields):
         config.geometry, channels=channels)
     npu = dataclasses.replace(config.npu, **given)
     controller = config.controller
-    if "dma_in_flight" in given and npu.dma_in_flight > 0:
+    if "dma_in_flight" in given:
         need = 1 << (npu.arrays * npu.dma_in_flight - 1).bit_length()
         if need > controller.tags:
             controller = dataclasses.replace(controller, tags=need)

@@ -102,32 +102,33 @@ def stage_busy(step: dict) -> list[dict]:
     end cuts counts for each side by its clocks there, as if busy evenly through it, so a
     stage's figures can be off by up to ``period`` / cycles at each of its ends."""
     line = step["timeline"]
-    windows = list(zip(line["start"], line["end"]))
     channels = len(line["pim"])
     pim = [sum(line["pim"][c][i] for c in range(channels)) / channels if channels else 0.0
-           for i in range(len(windows))]
+           for i in range(len(line["start"]))]
     series = {k: (pim if k == "pim" else line[k]) for k in BUSY_UNITS}
-    out, begin, first = [], 0, 0
-    for stage in step["stages"]:
-        end = stage["end"]
+    out = []
+    for index, stage in enumerate(step["stages"]):
         totals = dict.fromkeys(BUSY_UNITS, 0.0)
-        while first < len(windows) and windows[first][1] <= begin:
-            first += 1
-        i = first
-        while i < len(windows) and windows[i][0] < end:
-            w0, w1 = windows[i]
-            overlap = min(w1, end) - max(w0, begin)
-            if overlap > 0:
-                for k in BUSY_UNITS:
-                    totals[k] += series[k][i] * overlap
-            i += 1
-        span = end - begin
+        for i, overlap in _windows_in(step, index):
+            for k in BUSY_UNITS:
+                totals[k] += series[k][i] * overlap
+        span = stage["end"] - (step["stages"][index - 1]["end"] if index else 0)
         out.append({"name": stage["name"], "cycles": stage["cycles"],
                     **{k: round(totals[k] / span, 4) if span > 0 else 0.0
                        for k in BUSY_UNITS},
-                    "phases": [list(x) for x in stage_phases(step, len(out))]})
-        begin = end
+                    "phases": [list(x) for x in stage_phases(step, index)]})
     return out
+
+
+def _windows_in(step: dict, index: int):
+    """(window, clocks of it inside stage ``index``) for the timeline windows it meets."""
+    line = step["timeline"]
+    begin = step["stages"][index - 1]["end"] if index else 0
+    end = step["stages"][index]["end"]
+    for i, (w0, w1) in enumerate(zip(line["start"], line["end"])):
+        overlap = min(w1, end) - max(w0, begin)
+        if overlap > 0:
+            yield i, overlap
 
 
 #: The units of :func:`stage_phases` (timeline series) and their names there.
@@ -141,13 +142,8 @@ def stage_phases(step: dict, index: int, threshold: float = 0.05) -> list[tuple[
     ``+``, or ``idle``; [(label, clocks)], most clocks first, the clocks of the windows
     inside the stage (a window a stage end cuts by its clocks inside)."""
     line = step["timeline"]
-    stage = step["stages"][index]
-    begin, end = (step["stages"][index - 1]["end"] if index else 0), stage["end"]
     clocks: dict[str, int] = {}
-    for i, (w0, w1) in enumerate(zip(line["start"], line["end"])):
-        overlap = min(w1, end) - max(w0, begin)
-        if overlap <= 0:
-            continue
+    for i, overlap in _windows_in(step, index):
         label = "+".join(name for key, name in PHASE_UNITS.items()
                          if line[key][i] > threshold) or "idle"
         clocks[label] = clocks.get(label, 0) + overlap

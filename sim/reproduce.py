@@ -47,6 +47,7 @@ built once and cached (the row-buffer mode, dual or blocked, is a run-time input
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -56,7 +57,7 @@ import os
 import pickle
 import textwrap
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -525,6 +526,18 @@ def _check_points(grid: Grid, config: DeviceConfig, out: Path, jobs: int, log) -
         f"{len(grid.modes)} modes in {time.perf_counter() - began:.0f} s")
 
 
+def _on_failure(message: str, waiting, running: dict, out: Path, log) -> None:
+    """Say at once that a point failed: the points not started are left out, the ones
+    still running run to their end, each saved for ``--resume`` (Ctrl-C stops them)."""
+    names = [f"{m} b{b} {d} {mode}" for m, b, d, mode in running.values()]
+    log(f"neupims reproduce: {message}")
+    log(f"neupims reproduce: {len(waiting)} point{'s' if len(waiting) != 1 else ''} not "
+        f"started left out; " + (f"waiting for {len(names)} in flight ({', '.join(names)}): "
+                                 f"each one that finishes is kept in {out / 'points'} for "
+                                 f"--resume; Ctrl-C stops them" if names
+                                 else "none in flight"))
+
+
 def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConfig | None = None,
              jobs: int | None = None, log=print, precheck: bool = False,
              resume: bool = False, link: Interconnect | None = None,
@@ -574,25 +587,41 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
     log(f"neupims reproduce: {len(grid.points())} points x {len(grid.modes)} modes = "
         f"{len(tasks)} RTL runs on {config.summary()}, {jobs} at a time")
     began = time.perf_counter()
+    failures: list[str] = []
+    waiting = collections.deque(tasks)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_run_point, *task, grid, str(out), config.to_json()): task
-                   for task in tasks}
-        for future in as_completed(futures):
-            model, batch, dataset, mode = futures[future]
-            try:
-                point = future.result()
-            except Exception as error:
-                for f in futures:
-                    f.cancel()
-                raise RuntimeError(f"point {model} batch {batch} {dataset} {mode} failed: "
-                                   f"{error}") from error
-            points.append(point)
-            cycles += point["cycles"]
-            elapsed = time.perf_counter() - began
-            log(f"  [{len(points)}/{total}] {model} b{batch} {dataset} {mode}: "
-                f"{point['cycles']:,} cycles, {point['tokens_per_s']:,.0f} tokens/s "
-                f"({point['wall_s']:.0f} s; {cycles:,} cycles simulated in {elapsed:.0f} s, "
-                f"{cycles / max(elapsed, 1e-9):,.0f} cycles/s over all workers)")
+        # no more submitted than run at once: a point not started can still be left out
+        running: dict = {}
+        while waiting or running:
+            while waiting and len(running) < jobs and not failures:
+                task = waiting.popleft()
+                running[pool.submit(_run_point, *task, grid, str(out),
+                                    config.to_json())] = task
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                model, batch, dataset, mode = running.pop(future)
+                try:
+                    point = future.result()
+                except Exception as error:
+                    failures.append(f"point {model} batch {batch} {dataset} {mode} failed: "
+                                    f"{error}")
+                    _on_failure(failures[-1], waiting, running, out, log)
+                    waiting.clear()
+                    continue
+                points.append(point)
+                cycles += point["cycles"]
+                elapsed = time.perf_counter() - began
+                log(f"  [{len(points)}/{total}] {model} b{batch} {dataset} {mode}: "
+                    f"{point['cycles']:,} cycles, {point['tokens_per_s']:,.0f} tokens/s "
+                    f"({point['wall_s']:.0f} s; {cycles:,} cycles simulated in "
+                    f"{elapsed:.0f} s, {cycles / max(elapsed, 1e-9):,.0f} cycles/s over all "
+                    f"workers)")
+    if failures:
+        more = f" (and {len(failures) - 1} more: {'; '.join(failures[1:])})" \
+            if len(failures) > 1 else ""
+        raise RuntimeError(failures[0] + more)
     order = {t: i for i, t in enumerate((m, b, d, mode) for m, b, d in grid.points()
                                         for mode in grid.modes)}
     points.sort(key=lambda p: order[(p["model"], p["batch"], p["dataset"], p["mode"])])

@@ -439,3 +439,34 @@ def test_a_saved_point_gets_its_stage_busy_from_its_result(tmp_path):
     assert saved["timeline_period"] == 100
     assert [(s["name"], s["array"], s["dma"], s["vector"]) for s in saved["stage_busy"]] == \
         [("load", 0.0, 1.0, 0.0), ("head", 0.75, 0.0, 0.5)]
+
+
+def _fake_run_point(model, batch, dataset, mode, grid, out, config_json):
+    """Fails the ``npu+pim`` point at once; the ``neupims`` one ends a while later."""
+    import time
+    from pathlib import Path
+    if mode == "npu+pim":
+        raise RuntimeError("NPU error BAD_SHAPE")
+    time.sleep(1.0)
+    Path(out, f"{mode}.finished").write_text("yes")
+    return {"model": model, "batch": batch, "dataset": dataset, "mode": mode,
+            "cycles": 1, "tokens_per_s": 1.0, "wall_s": 1.0}
+
+
+def test_a_failed_point_is_reported_at_once_and_the_others_in_flight_kept(
+        tmp_path, monkeypatch):
+    import sim.reproduce
+    monkeypatch.setattr(sim.reproduce, "_run_point", _fake_run_point)
+    grid = Grid(models=("gpt3-7b-s32",), batches=(2, 4), datasets=("alpaca-like",),
+                modes=("npu+pim", "neupims"))
+    lines = []
+    with pytest.raises(RuntimeError) as error:
+        run_grid(grid, tmp_path, jobs=2, log=lines.append)
+    failed = next(i for i, line in enumerate(lines) if "failed: NPU error BAD_SHAPE" in line)
+    # said before the point in flight finished, with what was cancelled and what runs on
+    assert "2 points not started left out" in lines[failed + 1]
+    assert "waiting for 1 in flight" in lines[failed + 1] and "--resume" in lines[failed + 1]
+    assert any("neupims:" in line and "tokens/s" in line for line in lines[failed + 2:])
+    assert (tmp_path / "neupims.finished").exists()
+    assert sum("tokens/s" in line for line in lines) == 1      # the b2 points never ran
+    assert "point gpt3-7b-s32 batch" in str(error.value) and "BAD_SHAPE" in str(error.value)

@@ -601,6 +601,28 @@ def test_a_batch_past_the_accumulator_goes_in_pieces(mode):
     _matches_golden(run)
 
 
+def test_a_program_the_core_would_stop_on_is_refused_at_compile_time(monkeypatch):
+    """Without the pieces above, the compiler's output would stop the RTL with
+    BAD_SHAPE after a long run; the sequencer's checks (``rtl.npu.checks``) refuse it at
+    compile time, naming the core, the instruction and why."""
+    from sim.decode import compiler
+
+    def unsplit(self, a, b, c, m, k, n, a_pitch, b_pitch, c_pitch, fp32=False, acc=False):
+        self.ops.append(compiler.Op(compiler.gemm(a, b, c, m, k, n, a_pitch, b_pitch, c_pitch,
+                                                  fp32, acc), "gemm", self.costs.gemm(m, k, n)))
+    monkeypatch.setattr(compiler.Stream, "gemm", unsplit)
+    whole = preset("decode")
+    config = whole.replace(npu=dataclasses.replace(whole.npu, accumulator_rows=4))
+    workload = DecodeWorkload("tiny-gpt", (3, 9, 1, 30, 7, 17), seed=4)
+    with pytest.raises(DecodeError) as error:
+        compile_decode(workload, "npu+pim", config)
+    assert error.value.field == "program"
+    message = str(error.value)
+    assert "core 0: instruction" in message and "BAD_SHAPE" in message
+    assert "4-row accumulator" in message and "gemm" in message
+    compile_decode(workload, "npu+pim", whole)          # fits the full accumulator
+
+
 def test_the_papers_batch_256_fits_the_accumulator():
     """GPT3-7B at batch 256 on the paper's device in npu+pim (no sub-batches: 256 rows
     per GEMM, K = d = 4,096 over 32 tiles): every K-chained GEMM within 128 rows."""

@@ -91,7 +91,7 @@ from ..npu_programs import HbmImage, matrix_words
 from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
 from .golden import MODES, golden_decode, softmax_scale_bits
-from .run import CoreProgram, DecodeRun, StepProgram
+from .run import CoreProgram, DecodeRun, StepProgram, check_dispatch
 from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data, shape_data
 
 __all__ = ["compile_decode", "mode_config", "with_cores", "weave", "Plan", "ALL_UNITS"]
@@ -1472,6 +1472,10 @@ def _step_programs(plan: Plan, step: int) -> tuple[list, list]:
                               f"core {core}, the NPU holds "
                               f"{config.npu.instruction_words} "
                               f"(NpuConfig.instruction_words): use a smaller batch")
+        try:
+            check_dispatch(config, program, f"step {step}, core {core}")
+        except ValueError as error:     # the compiler's own fault, caught before any run
+            raise DecodeError("program", f"{error} (a compiler bug)") from error
         if core == 0:
             marks = [(op.mark, i) for i, op in enumerate(ops) if op.mark]
         programs.append(program)

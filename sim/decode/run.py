@@ -12,9 +12,11 @@ from pathlib import Path
 
 from rtl.config import DeviceConfig
 from rtl.isa.npu import Instruction, NpuOp, decode as decode_instruction
+from rtl.npu.checks import DispatchCheck
+from rtl.npu.sequencer import NpuError
 from sim.npu_programs import HbmImage
 
-__all__ = ["MODES", "CoreProgram", "StepProgram", "DecodeRun", "load_run"]
+__all__ = ["MODES", "CoreProgram", "StepProgram", "DecodeRun", "load_run", "check_dispatch"]
 
 #: The system modes a decode run compares.
 MODES = ("npu-only", "npu+pim", "neupims")
@@ -23,6 +25,17 @@ MODES = ("npu-only", "npu+pim", "neupims")
 def _instructions(program) -> list[Instruction]:
     return [ins if isinstance(ins, Instruction) else decode_instruction(int(ins))
             for ins in program]
+
+
+def check_dispatch(config: DeviceConfig, program, where: str) -> None:
+    """Raise ValueError at the first instruction of ``program`` that the core would stop
+    on (the sequencer's checks, :class:`rtl.npu.checks.DispatchCheck`)."""
+    check = DispatchCheck(config)
+    for pc, ins in enumerate(program):
+        code, why = check(ins)
+        if code is not NpuError.NONE:
+            raise ValueError(f"{where}: instruction {pc} ({ins}) would stop the NPU with "
+                             f"{code.name}: {why}")
 
 
 @dataclass
@@ -65,7 +78,9 @@ class StepProgram:
                                                        for c in self.cores]
 
     def validate(self, config: DeviceConfig | None = None) -> None:
-        """Raise ValueError when the step cannot be run or its marks cannot be observed."""
+        """Raise ValueError when the step cannot be run (given ``config``: a program the
+        instruction memory cannot hold, or an instruction the core would stop on) or its
+        marks cannot be observed."""
         name = self.label or "step"
         if config is not None and len(self.cores) + 1 != config.npu.arrays:
             raise ValueError(f"{name}: programs for {len(self.cores) + 1} core(s), the NPU "
@@ -77,6 +92,8 @@ class StepProgram:
             if config is not None and len(program) > config.npu.instruction_words:
                 raise ValueError(f"{where}: {len(program)} instructions do not fit the "
                                  f"{config.npu.instruction_words}-word instruction memory")
+            if config is not None:
+                check_dispatch(config, program, where)
         program = self.instructions()
         last = -1
         for stage, index in self.marks:

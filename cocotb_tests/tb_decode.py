@@ -179,8 +179,16 @@ async def _run_step(tb: NpuTB, step, index: int, show, max_cycles: int, period: 
                     max_samples: int, every: int) -> dict:
     label = step.label or f"step {index}"
     cores = step.core_programs()
+    words = sum(len(program) for program, _ in cores)
+    loading = time.perf_counter()
+    if words >= every:      # long enough to be worth a line (the paper's grid: minutes)
+        show(f"{label}: loading {words:,} instructions into {len(cores)} core(s), one per clock")
     for core, (program, _) in enumerate(cores):
         await tb.load_program(program, core)
+    if words >= every:
+        took = time.perf_counter() - loading
+        show(f"{label}: {words:,} instructions loaded in {took:.0f} s "
+             f"({words / max(took, 1e-9):,.0f} cycles/s)")
     commands0 = [sum(c.values()) for c in tb.commands]
     rec = StepRecorder(tb, step, period, max_samples, show, every)
     began = time.perf_counter()

@@ -101,7 +101,15 @@ def hand_made_run(mode: str = "dual", seed: int = 5) -> tuple[DecodeRun, int]:
 @pytest.mark.xdist_group("decode")
 def test_decode_run_on_rtl(tmp_path):
     run, wrong = hand_made_run()
-    result = run_on_rtl(run, tmp_path / "neupims.json", progress_every=500)
+    lines = []
+    result = run_on_rtl(run, tmp_path / "neupims.json", progress_every=4, show=lines.append)
+    print("\n".join(lines))
+    # a step of at least progress_every instructions says when its program load starts
+    # and ends (minutes at full scale)
+    assert any(line.startswith("step 0: loading ") and "into 1 core(s)" in line
+               for line in lines), lines
+    assert any(line.startswith("step 0: ") and " instructions loaded in " in line
+               and "cycles/s" in line for line in lines), lines
     print(f"decode preset (dual): {result['cycles']:,} cycles, "
           f"{result['sim_cycles_per_s']:,.0f} cycles/s, build {result['build_s']} s")
     assert result["complete"] and len(result["steps"]) == 4

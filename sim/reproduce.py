@@ -425,7 +425,7 @@ def _run_point(model: str, batch: int, dataset: str, mode: str, grid: Grid, out:
         every = FULL_SCALE_PROGRESS
 
         def show(line):
-            if "cycles/s" in line:
+            if "cycles/s" in line or "loading" in line:
                 print(f"  {model} b{batch} {dataset} {mode}: {line.strip()}", flush=True)
     result = run_on_rtl(run, _point_file(Path(out), model, batch, dataset, mode),
                         progress_every=every, show=show,

@@ -593,12 +593,10 @@ def run_grid(grid: Grid, out: Path = Path("build/reproduce"), config: DeviceConf
         # no more submitted than run at once: a point not started can still be left out
         running: dict = {}
         while waiting or running:
-            while waiting and len(running) < jobs and not failures:
+            while waiting and len(running) < jobs:     # emptied by a failure
                 task = waiting.popleft()
                 running[pool.submit(_run_point, *task, grid, str(out),
                                     config.to_json())] = task
-            if not running:
-                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 model, batch, dataset, mode = running.pop(future)

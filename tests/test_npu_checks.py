@@ -1,4 +1,4 @@
-"""``rtl.npu.checks.instruction_fault`` against the sequencer's own dispatch check
+"""``rtl.npu.checks.DispatchCheck`` against the sequencer's own dispatch check
 (``Sequencer._checks`` on Amaranth's simulator): the same NpuError for random
 instructions whose fields sit at and around every limit of the configuration."""
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The sequencer's dispatch checks (``Sequencer._checks``) in Python: which
 :class:`NpuError` an instruction stops the core with, and why, from its fields and the
-configuration alone. A compiler checks its programs with it before any run
-(:meth:`sim.decode.run.StepProgram.validate`); ``tests/test_npu_checks.py`` holds it
-equal to the RTL's check on random and boundary instructions."""
+configuration alone. The decode compiler checks every program it makes with it
+(:func:`sim.decode.run.check_dispatch`); ``tests/test_npu_checks.py`` holds it equal to
+the RTL's check on random and boundary instructions."""
 from __future__ import annotations
 
 from ..isa.npu import Instruction, NpuOp
@@ -10,7 +10,7 @@ from .scratchpad import word_bursts, word_lanes
 from .sequencer import NpuError
 from .vector import VectorOp
 
-__all__ = ["DispatchCheck", "instruction_fault"]
+__all__ = ["DispatchCheck"]
 
 _FIRST_UNARY = VectorOp.EXP.value
 _CVT16TO32 = VectorOp.CVT16TO32.value
@@ -18,15 +18,11 @@ _CVT32TO16 = VectorOp.CVT32TO16.value
 _OK = (NpuError.NONE, "")
 
 
-def instruction_fault(config, ins: Instruction) -> tuple[NpuError, str]:
-    """(the NpuError the core stops on at ``ins``, the reason); (NONE, "") when it may
-    run. The first failing check wins, in the sequencer's order."""
-    return DispatchCheck(config)(ins)
-
-
 class DispatchCheck:
-    """:func:`instruction_fault` for one configuration (its limits computed once: a
-    program of a million instructions is checked in a few seconds)."""
+    """Called on an instruction: (the NpuError the core stops on at it, the reason), or
+    (NONE, "") when it may run; the first failing check wins, in the sequencer's order.
+    The configuration's limits are computed once: a million instructions take about a
+    second."""
 
     def __init__(self, config):
         g, npu, bus = config.geometry, config.npu, config.bus

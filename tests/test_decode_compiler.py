@@ -118,9 +118,11 @@ def test_heads_past_one_k_row(mode):
     program = run.steps[0].instructions()
     k_rows = {pages.k[0][1] for c in run.plan.kv for req in c.requests.values()
               for pages in req.layers}
-    if mode == "npu-only":
-        loads = [ins for ins in program if ins.op is NpuOp.DMA_LOAD]
-        assert any(_row(config, ins["hbm"]) in k_rows for ins in loads)
+    if mode == "npu-only":      # no K rows: head 2's K pieces, a load each from its run
+        kv = run.plan.npu_kv
+        loads = {ins["hbm"] for ins in program if ins.op is NpuOp.DMA_LOAD}
+        assert not k_rows and {kv.k(r, layer, 2, j) for r in range(3) for layer in range(2)
+                               for j in range(4)} <= loads
     else:
         pims = [ins for ins in program if ins.op is NpuOp.PIM]
         # GWRITEs per request and layer: one per K group (queries), one per head (scores)

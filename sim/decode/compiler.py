@@ -90,6 +90,7 @@ from ..kv_layout import ChannelKV, KVLayout, CapacityError, token_writes
 from ..npu_programs import HbmImage, matrix_words
 from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
+from .npu_kv import NpuKV
 from .golden import MODES, golden_decode, softmax_scale_bits
 from .run import CoreProgram, DecodeRun, StepProgram, check_dispatch
 from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data, shape_data
@@ -401,11 +402,12 @@ class Plan:
     slot_of: list                    # request -> staging slot (row) in its channel
     row_order: list                  # scratchpad row -> request
     sub_batches: list                # [rows of sub-batch 1, rows of sub-batch 2] (neupims)
-    kv: list                         # ChannelKV per channel
+    kv: list                         # ChannelKV per channel (PIM modes: the KV pages)
     slots: int = 1                   # staging slots per channel (its most requests)
     cores: int = 1                   # NPU cores (config.npu.arrays)
     sp: dict = field(default_factory=dict)
     hbm: dict = field(default_factory=dict)
+    npu_kv: NpuKV | None = None      # npu-only: the KV cache over all channels
 
     @property
     def layout(self) -> KVLayout:
@@ -479,9 +481,9 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     # staging rows per slot: one per V chunk (scores), one per K group (queries)
     staging = slots * max(_score_chunks(workload, layout), layout.k_groups)
     weight_row = _weight_row(workload, config)
-    kv = []
-    for c in range(C):
-        channel = ChannelKV(layout, c, rows=weight_row, layers=workload.layers)
+    kv = [ChannelKV(layout, c, rows=weight_row, layers=workload.layers) for c in range(C)]
+    npu_kv = _npu_kv(workload, config, layout, weight_row) if mode == "npu-only" else None
+    for c, channel in enumerate(kv if npu_kv is None else ()):
         try:
             if staging > 1:
                 channel.allocator.allocate(staging - 1, "staging rows")
@@ -491,9 +493,22 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
             raise DecodeError("batch", f"the KV cache does not fit: {error} ({staging} "
                               f"staging rows; rows below {weight_row} of "
                               f"{config.stored_rows} stored)") from None
-        kv.append(channel)
     return Plan(config, workload, mode, channel_of, slot_of, row_order, sub_batches, kv,
-                slots=slots, cores=cores)
+                slots=slots, cores=cores, npu_kv=npu_kv)
+
+
+def _npu_kv(workload: DecodeWorkload, config, layout: KVLayout, weight_row: int) -> NpuKV:
+    """npu-only: every request's K and V in runs that span all channels
+    (``sim.decode.npu_kv``), below the weights."""
+    npu_kv = NpuKV(layout.kv_heads, layout.d_head, config.geometry.burst_bytes)
+    for layer in range(workload.layers):
+        for r, n in enumerate(workload.kv_lens):
+            npu_kv.add(r, layer, n + workload.steps)
+    limit = _address(config, 0, 0, weight_row, 0)
+    if npu_kv.end > limit:
+        raise DecodeError("batch", f"the KV cache does not fit: {npu_kv.end} bytes, the rows "
+                          f"below {weight_row} of {config.stored_rows} stored hold {limit}")
+    return npu_kv
 
 
 def _per_device(model) -> str:
@@ -759,6 +774,10 @@ def _image(plan: Plan, data: DecodeData, contents: bool = True) -> HbmImage:
             continue
         c = plan.channel_of[r]
         for layer in range(w.layers):
+            if plan.npu_kv is not None:
+                image.words.update(plan.npu_kv.writes(r, layer, data.keys[r][layer],
+                                                      data.values[r][layer]))
+                continue
             pages = plan.kv[c].requests[r].layers[layer]
             for write in token_writes(layout, pages, data.keys[r][layer], data.values[r][layer], 0):
                 bank = config.geometry.bank_index(write.rank, write.bankgroup, write.bank)
@@ -1118,45 +1137,59 @@ class Builder:
     def append(self, layer: int, rows: list) -> Stream:
         """Store the new token's K and V of every request in ``rows`` (V by read-modify-write,
         :func:`vrmw_rows` requests at a time through the ``vrmw`` buffer)."""
-        s, sp, lay, cfg = self.stream(), self.sp, self.layout, self.config
-        B, dh = lay.banks, self.dh
-        plan = self.plan
+        s, sp, dh, plan = self.stream(), self.sp, self.dh, self.plan
         group = vrmw_rows(self.heads, dh)
 
-        def at(i, h, vt):                       # request i of a group, head h, V tile vt
-            return sp["vrmw"] + (i * self.heads + h) * dh + vt * B
+        def at(i, h):                           # request i of a group, head h: dh words
+            return sp["vrmw"] + (i * self.heads + h) * dh
         for first in range(0, len(rows), group):
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
             for i, row in enumerate(batch):
                 r = plan.row_order[row]
-                c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
-                for h in range(self.heads):         # a head's bursts: one column each
-                    group_k, column = self._k_place(h)
-                    self._store_bursts(s, [_address(cfg, c, t % B, pages.k[t // B][group_k],
-                                                    column + j) for j in range(self.hb)],
-                                       self._qkv_at(row, 1, h))
+                t = self._token(r)
+                for h in range(self.heads):
+                    self._store_bursts(s, self._k_token(r, layer, h, t), self._qkv_at(row, 1, h))
                 for h in range(self.heads):         # a word per V burst (a dimension)
-                    for vt in range(lay.v_tiles):
-                        s.load(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                               at(i, h, vt), B, spread=True)
+                    for address, count, word in self._v_token(r, layer, h, t):
+                        s.load(address, at(i, h) + word, count, spread=True)
             s.wait("dma")
             for i, row in enumerate(batch):
                 t = self._token(plan.row_order[row])
                 s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, 2, 0)[0], d=sp["v32"],
                       length=self.a)
-                s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=at(i, 0, 0), length=self.a,
+                s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=at(i, 0), length=self.a,
                       flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
             s.wait("vector")
             for i, row in enumerate(batch):
                 r = plan.row_order[row]
-                c, t, pages = plan.channel_of[r], self._token(r), self._pages(r, layer)
                 for h in range(self.heads):
-                    for vt in range(lay.v_tiles):
-                        s.store(self._v_burst(c, pages, h, vt, t // lay.burst_elements),
-                                at(i, h, vt), B, spread=True)
+                    for address, count, word in self._v_token(r, layer, h, self._token(r)):
+                        s.store(address, at(i, h) + word, count, spread=True)
         return s
+
+    def _k_token(self, r: int, layer: int, h: int, t: int) -> list:
+        """HBM addresses of token ``t``'s K bursts of head ``h`` (a burst per piece of 32
+        elements): one column each of the token's K row (PIM layout), or one burst of
+        each piece's run (npu-only)."""
+        if self.plan.npu_kv is not None:
+            return [self.plan.npu_kv.k(r, layer, h, j, t) for j in range(self.hb)]
+        c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
+        group, column = self._k_place(h)
+        return [_address(self.config, c, t % B, pages.k[t // B][group], column + j)
+                for j in range(self.hb)]
+
+    def _v_token(self, r: int, layer: int, h: int, t: int) -> list:
+        """(HBM address, bursts, first word) of the V bursts that hold token ``t`` of head
+        ``h``, a word per dimension: per V tile ``banks`` bursts (PIM layout), or the
+        token's chunk, ``d_head`` bursts in a row (npu-only)."""
+        chunk = t // self.layout.burst_elements
+        if self.plan.npu_kv is not None:
+            return [(self.plan.npu_kv.v(r, layer, h, chunk), self.dh, 0)]
+        c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
+        return [(self._v_burst(c, pages, h, vt, chunk), B, vt * B)
+                for vt in range(self.layout.v_tiles)]
 
     def _softmax(self, s: Stream, logits: int, n: int, flags: int, imm: int, out16: int,
                  out_flags: int = 0, out_imm: int = 0) -> None:
@@ -1275,28 +1308,25 @@ class Builder:
               **self._head_operand(self._attn_at(row, head), FLAG_STRIDED_D))
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
-        s, sp, lay, cfg, plan = self.stream(), self.sp, self.layout, self.config, self.plan
+        s, sp, lay, plan = self.stream(), self.sp, self.layout, self.plan
         if not rows:
             return s
-        B, dh, heads = lay.banks, self.dh, self.heads
+        kv, channels = plan.npu_kv, self.config.geometry.channels
+        dh, heads = self.dh, self.heads
         span = _k_span(lay, max(self.w.kv_lens) + self.w.steps)
         s += self.append(layer, rows)
         s.wait("vector", "dma")
         items = [(row, h) for row in rows for h in range(heads)]
 
-        def load(i):
+        def load(i):        # a DMA per K piece and one for V, each over every channel
             row, h = items[i]
             r = plan.row_order[row]
-            c, pages, L = plan.channel_of[r], self._pages(r, layer), self._token(r) + 1
-            group, column = self._k_place(h)
+            L = self._token(r) + 1
             for j in range(self.hb):           # piece j: the tokens' elements 32j .. 32j + 31
-                for kt in range(lay.k_tiles(L)):     # a word per token slot
-                    s.load(_address(cfg, c, 0, pages.k[kt][group], column + j),
-                           sp[f"kbuf{i % 2}"] + j * span + kt * B, B, spread=True)
-            for chunk in range(math.ceil(L / lay.burst_elements)):
-                for vt in range(lay.v_tiles):        # a word per dimension
-                    s.load(self._v_burst(c, pages, h, vt, chunk),
-                           sp[f"vbuf{i % 2}"] + chunk * dh + vt * B, B, spread=True)
+                s.load(kv.k(r, layer, h, j), sp[f"kbuf{i % 2}"] + j * span, L, channels,
+                       spread=True)            # a word per token
+            s.load(kv.v(r, layer, h, 0), sp[f"vbuf{i % 2}"],
+                   math.ceil(L / lay.burst_elements) * dh, channels, spread=True)
 
         def query(i):
             row, h = items[i]

@@ -1,0 +1,59 @@
+"""The npu-only KV cache (sim.decode.npu_kv): runs of bursts that span every channel."""
+import numpy as np
+import pytest
+
+from sim.decode.compiler import compile_decode
+from sim.decode.npu_kv import NpuKV
+from sim.decode.workload import DecodeWorkload
+from sim.npu_programs import unpack_word
+from sim.reproduce import PAPER_VOCAB, paper_config
+from rtl.isa.npu import NpuOp
+
+
+def test_runs_follow_one_another_and_hold_every_token():
+    kv = NpuKV(heads=2, d_head=64, base=4096)
+    kv.add(0, 0, 40)                    # 64 slots
+    kv.add(1, 0, 1)                     # 32 slots
+    assert kv.slots(0, 0) == 64 and kv.slots(1, 0) == 32
+    # per head: 2 K pieces and 2 V chunks of 64 bursts (K) and 2 x 64 (V)
+    assert kv.k(0, 0, 1, 0) == 4096 + 2 * 2 * 64 * 64
+    assert kv.v(0, 0, 0, 1, 3) == 4096 + (2 * 64 + 64 + 3) * 64
+    assert kv.k(1, 0, 0, 0) == 4096 + 2 * 2 * 2 * 64 * 64
+    assert kv.end == kv.k(1, 0, 0, 0) + 2 * 2 * 2 * 32 * 64
+    with pytest.raises(ValueError, match="placed already"):
+        kv.add(1, 0, 3)
+
+
+def test_writes_place_k_by_piece_and_v_transposed():
+    rng = np.random.default_rng(1)
+    kv = NpuKV(heads=2, d_head=64)
+    kv.add(3, 1, 40)
+    keys = rng.integers(0, 1 << 15, (35, 2, 64), dtype=np.uint16)
+    values = rng.integers(0, 1 << 15, (35, 2, 64), dtype=np.uint16)
+    words = kv.writes(3, 1, keys, values)
+    assert len(words) == 2 * (2 * 35 + 2 * 64)         # per head: K bursts, V chunks x d_head
+    k = unpack_word(words[kv.k(3, 1, 1, 1, 34)], np.uint16)
+    assert (k == keys[34, 1, 32:64]).all()
+    v = unpack_word(words[kv.v(3, 1, 0, 1, 5)], np.uint16)
+    assert (v[:3] == values[32:35, 0, 5]).all() and not v[3:].any()
+    with pytest.raises(ValueError, match="tokens x 2 heads x 64"):
+        kv.writes(3, 1, keys[:, :1], values[:, :1])
+    with pytest.raises(ValueError, match="do not fit"):
+        kv.writes(3, 1, np.zeros((65, 2, 64), np.uint16), np.zeros((65, 2, 64), np.uint16))
+
+
+def test_npu_only_attention_loads_stream_from_every_channel():
+    """On the paper's configuration (32 banks) one DMA of a head's K piece (300 tokens)
+    covers 10 channels, one of its V (10 chunks x 128 dimensions) every channel, where a
+    load of the PIM layout touches one."""
+    config = paper_config()
+    g, amap = config.geometry, config.address_map
+    workload = DecodeWorkload("gpt3-7b", (299, 120), steps=1, seed=0, vocab=PAPER_VOCAB)
+    run = compile_decode(workload, "npu-only", config, values=False)
+    kv = run.plan.npu_kv
+    loads = {ins["hbm"]: ins["count"] for ins in run.steps[0].instructions()
+             if ins.op is NpuOp.DMA_LOAD}
+    for address, count in ((kv.k(0, 0, 5, 2), 300), (kv.v(0, 0, 5, 0), 10 * 128)):
+        assert loads[address] == count
+        channels = {amap.decode(g, address + i * g.burst_bytes)["channel"] for i in range(count)}
+        assert len(channels) >= min(g.channels, count // g.banks)

@@ -3,15 +3,17 @@ GEMM, VECTOR and PIM instructions, ``rtl.isa.npu``) for each mode.
 
 Modes (the same compiler code; they differ only where stated):
 
-- ``npu-only``: attention on the NPU. Per request and head, the DMA streams the K and V
-  pages into the scratchpad (a request's pages lie in one channel, the requests are
-  spread over all channels and their loads are issued back to back, two requests ahead
-  of the compute, so every channel streams at once); the systolic array computes
+- ``npu-only``: attention on the NPU. The KV cache is laid out for the DMA
+  (``sim.decode.npu_kv``: each request's K and V in runs of bursts that the address map
+  spreads over every channel and bank, not the PIM's pages). Per request and head, one
+  DMA per 32-element K piece and one for V stream them into the scratchpad, one request
+  and head ahead of the compute (double buffers); the systolic array computes
   ``K . q^T`` (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token
   chunks, one V burst each, chained in FP32 over all V token chunks; a head wider than
   one word: one logit GEMM per 32 elements chained in FP32, rounded by the vector unit),
-  the vector unit the softmax. Greedy channel assignment, no PIM; the channels run in ``dual`` mode (no PIM
-  command is ever issued, so it is the plain DRAM).
+  the vector unit the softmax. No PIM: the channels run in ``dual`` mode (no PIM command
+  is ever issued, so it is the plain DRAM); the greedy channel assignment only deals the
+  requests' attention out to the cores.
 - ``npu+pim``: attention on the PIM, ``blocked`` row buffers (Newton-like), round-robin
   channel assignment, no sub-batching: per layer QKV (all) -> MHA (all) -> Proj/FFN (all).
 - ``neupims``: attention on the PIM with ``dual`` row buffers, greedy min-load channel
@@ -48,7 +50,7 @@ Stage barriers are SYNCs. The golden decode is unchanged: the same operations in
 same order. One core: no SYNC, no exchange, the programs of a single-core NPU.
 
 Data layout: rows of the activation matrices are the requests in ``row_order`` (for
-``neupims`` sub-batch 1 first). HBM: the KV pages (``sim.kv_layout``) in rows below
+``neupims`` sub-batch 1 first). HBM: the KV pages (``sim.kv_layout``; npu-only its runs) in rows below
 ``weight_row``; from ``weight_row`` on, the weights (per layer one block: LayerNorm
 parameters, W_qkv, W_o, W_1, W_2; then LayerNorm_f and W_lm) and the inputs of every
 step, laid out linearly (one DMA per block spreads over all channels).
@@ -68,7 +70,7 @@ in whole words or a whole fraction of one), d_model, heads x d_head, FFN and voc
 multiples of E16, heads <= banks / 2, scratchpad and
 instruction memory sizes (attention buffers grow with the longest L), KV capacity of the
 stored rows (the pages and the staging rows, per slot one per V chunk of the longest L or
-per K group, whichever is more). (The NPU's logit GEMM is cut
+per K group, whichever is more; npu-only: the runs). (The NPU's logit GEMM is cut
 into pieces of ``accumulator_rows`` tokens.)
 """
 from __future__ import annotations

@@ -46,15 +46,23 @@ def write_response_layout(config: DeviceConfig) -> data.StructLayout:
     return data.StructLayout({"tag": config.controller.tag_bits})
 
 
+#: The most PIM_GEMVs one HEADER announces (its ``gemvs`` field)
+MOST_GEMVS = 1024
+
+
+def most_comps(config: DeviceConfig) -> int:
+    """The most COMPs a PIM request counts (``comps``): a whole row for every GEMV."""
+    return config.bus.comps_per_row * MOST_GEMVS
+
+
 def pim_request_layout(config: DeviceConfig) -> data.StructLayout:
     """``column``/``comps``: the GEMV's first chunk and its k; ``gemvs``/``comps`` of a
     HEADER: how many PIM_GEMVs follow on the row set and their COMPs in all (for the
     refresh-deadline estimate)."""
-    bus = config.bus
-    most_comps = bus.comps_per_row * 1024
     return data.StructLayout({"op": PimOp, **_address_fields(config),
-                              "column": range(bus.comps_per_row),
-                              "comps": range(most_comps + 1), "gemvs": range(1025),
+                              "column": range(config.bus.comps_per_row),
+                              "comps": range(most_comps(config) + 1),
+                              "gemvs": range(MOST_GEMVS + 1),
                               "tag": config.controller.tag_bits})
 
 

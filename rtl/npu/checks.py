@@ -5,7 +5,8 @@ configuration alone. The decode compiler checks every program it makes with it
 the RTL's check on random and boundary instructions."""
 from __future__ import annotations
 
-from ..isa.npu import Instruction, NpuOp
+from ..controller.interface import MOST_GEMVS, most_comps
+from ..isa.npu import PIM_OPS, Instruction, NpuOp
 from .scratchpad import word_bursts, word_lanes
 from .sequencer import NpuError
 from .vector import VectorOp
@@ -29,10 +30,10 @@ class DispatchCheck:
         self.spw, self.lanes, self.k = npu.scratchpad_words, word_lanes(config), word_bursts(config)
         self.burst, self.bursts = g.burst_bytes, g.capacity_bytes // g.burst_bytes
         self.array_rows, self.accumulator_rows = npu.array_rows, npu.accumulator_rows
-        self.pim_limits = {"pim_op": 3, "channel": g.channels, "rank": g.ranks,
+        self.pim_limits = {"pim_op": len(PIM_OPS), "channel": g.channels, "rank": g.ranks,
                            "bankgroup": g.bankgroups, "bank": g.banks_per_group,
                            "row": g.rows, "column": bus.comps_per_row,
-                           "comps": bus.comps_per_row * 1024 + 1, "gemvs": 1025}
+                           "comps": most_comps(config) + 1, "gemvs": MOST_GEMVS + 1}
         self._by_op = {NpuOp.DMA_LOAD: self._dma, NpuOp.DMA_STORE: self._dma,
                        NpuOp.GEMM: self._gemm, NpuOp.VECTOR: self._vector,
                        NpuOp.PIM: self._pim}

@@ -4,7 +4,9 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..isa.npu import (ARGUMENTS, INSTRUCTION_BITS, NpuOp, NpuUnit, instruction_layout)
+from ..controller.interface import MOST_GEMVS, most_comps
+from ..isa.npu import (ARGUMENTS, INSTRUCTION_BITS, PIM_OPS, NpuOp, NpuUnit,
+                       instruction_layout)
 from .dma import dma_command_layout
 from .gemm_engine import gemm_args_layout
 from .scratchpad import word_bursts, word_lanes
@@ -258,11 +260,11 @@ class Sequencer(wiring.Component):
                                NpuError.SCRATCHPAD_RANGE.value, NpuError.NONE.value))
 
         p = ins.args.pim
-        most_comps = cfg.bus.comps_per_row * 1024
-        pim_bad = ((p.pim_op > 2) | (p.channel >= g.channels) | (p.rank >= g.ranks)
-                   | (p.bankgroup >= g.bankgroups) | (p.bank >= g.banks_per_group)
-                   | (p.row >= g.rows) | (p.column >= cfg.bus.comps_per_row)
-                   | (p.comps > most_comps) | (p.gemvs > 1024))
+        pim_bad = ((p.pim_op > len(PIM_OPS) - 1) | (p.channel >= g.channels)
+                   | (p.rank >= g.ranks) | (p.bankgroup >= g.bankgroups)
+                   | (p.bank >= g.banks_per_group) | (p.row >= g.rows)
+                   | (p.column >= cfg.bus.comps_per_row)
+                   | (p.comps > most_comps(cfg)) | (p.gemvs > MOST_GEMVS))
         pim_fault = Mux(pim_bad, NpuError.BAD_PIM.value,
                         Mux(p.sp >= spw, NpuError.SCRATCHPAD_RANGE.value, NpuError.NONE.value))
 

@@ -242,8 +242,8 @@ def paper_config(weight_buffers: int = 2) -> DeviceConfig:
     ``decode`` preset's address map (the KV layout's K and V tiles are contiguous
     bursts); every row of a bank stored (a timing-only bank stores nothing: the rows are
     where the compiler places the model's weights and KV cache); 2^20 instructions (a
-    step is straight-line code: the largest paper point, GPT3-30B at batch 512 on the
-    Azure conversation trace in ``npu-only``, needs 670,275) and
+    step is straight-line code: the largest paper point that compiles, GPT3-30B at batch
+    384 on the Azure conversation trace in ``npu+pim``, needs 219,551) and
     2^20 scratchpad words per core, since the compiler keeps a layer's weights (and the
     next one's, prefetched) and the batch's activations on chip where the paper's NPU
     streams tiles (the scratchpad's size enters no timing: a timing-only scratchpad has

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
+from rtl.config import preset
+from rtl.isa.npu import NpuOp
 from sim.decode.compiler import compile_decode
 from sim.decode.npu_kv import NpuKV
-from sim.decode.workload import DecodeWorkload
+from sim.decode.workload import DecodeError, DecodeWorkload
 from sim.npu_programs import unpack_word
 from sim.reproduce import PAPER_VOCAB, paper_config
-from rtl.isa.npu import NpuOp
 
 
 def test_runs_follow_one_another_and_hold_every_token():
@@ -57,3 +58,13 @@ def test_npu_only_attention_loads_stream_from_every_channel():
         assert loads[address] == count
         channels = {amap.decode(g, address + i * g.burst_bytes)["channel"] for i in range(count)}
         assert len(channels) >= min(g.channels, count // g.banks)
+
+
+def test_a_cache_past_the_stored_rows_is_refused_naming_the_batch():
+    """tiny-gpt's weights take 27 of 32 stored rows: 8 requests of 90 tokens do not fit
+    the 5 rows below them."""
+    config = preset("decode").replace(stored_rows=32)
+    with pytest.raises(DecodeError, match="KV cache does not fit") as error:
+        compile_decode(DecodeWorkload("tiny-gpt", (90,) * 8), "npu-only", config)
+    assert error.value.field == "batch" and "rows below 5 of 32" in str(error.value)
+    compile_decode(DecodeWorkload("tiny-gpt", (9,)), "npu-only", config)     # fits

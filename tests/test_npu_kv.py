@@ -23,6 +23,8 @@ def test_runs_follow_one_another_and_hold_every_token():
     assert kv.end == kv.k(1, 0, 0, 0) + 2 * 2 * 2 * 32 * 64
     with pytest.raises(ValueError, match="placed already"):
         kv.add(1, 0, 3)
+    with pytest.raises(ValueError, match="not a multiple of a burst's 32 FP16"):
+        NpuKV(heads=1, d_head=48)
 
 
 def test_writes_place_k_by_piece_and_v_transposed():

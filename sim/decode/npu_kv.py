@@ -7,17 +7,17 @@ channel, rank, bankgroup, bank) deals consecutive bursts out over every bank of 
 channel, so one DMA of a head's K or V streams from all channels at once: the cache is
 read as fast as the bus allows (DESIGN.md: a fair ``npu-only`` baseline).
 
-Per request and layer, head after head:
+Per request and layer, head after head (E = FP16 per burst, 32 for 64-byte bursts):
 
-- **K**: ``d_head / 32`` pieces, each ``slots`` bursts: burst t of piece j holds token
-  t's elements [32 j, 32 j + 32). A piece is loaded one burst per scratchpad word, so
-  the words are the rows of ``K`` for the logit GEMM.
-- **V**: ``slots / 32`` token chunks, each ``d_head`` bursts: burst d of chunk c holds
-  dimension d of tokens [32 c, 32 c + 32) (zeros past the last token). A chunk's words
-  are the rows of ``V^T`` for the output GEMM.
+- **K**: ``d_head / E`` pieces, each ``slots`` bursts: burst t of piece j holds token
+  t's elements [E j, E j + E). A piece is loaded one burst per scratchpad word, so the
+  words are the rows of ``K`` for the logit GEMM.
+- **V**: ``slots / E`` token chunks, each ``d_head`` bursts: burst d of chunk c holds
+  dimension d of tokens [E c, E c + E) (zeros past the last token). A chunk's words are
+  the rows of ``V^T`` for the output GEMM.
 
 ``slots`` is the request's tokens (its cached ones and every step's new one) rounded up
-to 32. Runs follow one another from HBM address ``base``, layer by layer, request by
+to E. Runs follow one another from HBM address ``base``, layer by layer, request by
 request in each.
 """
 from __future__ import annotations
@@ -26,31 +26,26 @@ import math
 
 import numpy as np
 
-__all__ = ["NpuKV", "BURST_TOKENS"]
-
-BURST_TOKENS = 32          # FP16 per 64-byte burst: a K piece's elements, a V burst's tokens
+__all__ = ["NpuKV"]
 
 
 class NpuKV:
     """Addresses of the ``npu-only`` KV cache (module docstring).
 
-    ``heads``, ``d_head``: the KV heads of one device and their width (a multiple of 32).
-    ``burst_bytes``: the DRAM burst (64: 32 FP16). ``base``: the first byte address."""
+    ``heads``, ``d_head``: the KV heads of one device and their width (a multiple of a
+    burst's FP16). ``burst_bytes``: the DRAM burst. ``base``: the first byte address."""
 
     def __init__(self, heads: int, d_head: int, burst_bytes: int = 64, base: int = 0):
-        if d_head % BURST_TOKENS:
-            raise ValueError(f"d_head {d_head} is not a multiple of {BURST_TOKENS}")
-        if burst_bytes != 2 * BURST_TOKENS:
-            raise ValueError(f"a burst of {burst_bytes} bytes does not hold {BURST_TOKENS} "
-                             f"FP16")
+        self.per = burst_bytes // 2                      # FP16 per burst
+        if d_head % self.per:
+            raise ValueError(f"d_head {d_head} is not a multiple of a burst's {self.per} FP16")
         self.heads, self.d_head, self.burst = heads, d_head, burst_bytes
-        self.pieces = d_head // BURST_TOKENS
+        self.pieces = d_head // self.per
         self.end = base
         self._runs: dict[tuple[int, int], tuple[int, int]] = {}    # (request, layer) -> (start, slots)
 
-    @staticmethod
-    def slots_for(tokens: int) -> int:
-        return max(1, math.ceil(tokens / BURST_TOKENS)) * BURST_TOKENS
+    def slots_for(self, tokens: int) -> int:
+        return max(1, math.ceil(tokens / self.per)) * self.per
 
     def head_bursts(self, slots: int) -> int:
         """Bursts of one head's K and V for ``slots`` token slots."""
@@ -97,22 +92,23 @@ class NpuKV:
             raise ValueError(f"{tokens} tokens do not fit the {slots} slots of request "
                              f"{request}, layer {layer}")
         out = {}
-        chunks = math.ceil(tokens / BURST_TOKENS)
-        padded = np.zeros((chunks * BURST_TOKENS,) + want, np.uint16)
+        per = self.per
+        chunks = math.ceil(tokens / per)
+        padded = np.zeros((chunks * per,) + want, np.uint16)
         padded[:tokens] = values
         for h in range(self.heads):
-            k_rows = keys[:, h, :].reshape(tokens, self.pieces, BURST_TOKENS)
+            k_rows = keys[:, h, :].reshape(tokens, self.pieces, per)
             for j in range(self.pieces):
                 out.update(_bursts(self.k(request, layer, h, j), k_rows[:, j, :], self.burst))
-            # chunk c, dimension d: the chunk's 32 tokens of d
-            v_rows = padded[:, h, :].reshape(chunks, BURST_TOKENS, self.d_head).transpose(0, 2, 1)
-            out.update(_bursts(self.v(request, layer, h, 0), v_rows.reshape(-1, BURST_TOKENS),
+            # chunk c, dimension d: the chunk's tokens of d
+            v_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
+            out.update(_bursts(self.v(request, layer, h, 0), v_rows.reshape(-1, per),
                                self.burst))
         return out
 
 
 def _bursts(address: int, rows: np.ndarray, burst: int) -> dict[int, int]:
-    """Consecutive bursts from ``address``: one per row of 32 FP16 (element 0 low)."""
+    """Consecutive bursts from ``address``: one per row of FP16 (element 0 low)."""
     data = np.ascontiguousarray(rows, dtype="<u2").tobytes()
     return {address + i * burst: int.from_bytes(data[i * burst:(i + 1) * burst], "little")
             for i in range(len(rows))}

@@ -19,8 +19,8 @@ from sim.decode.workload import DecodeWorkload
 from .test_timing_only import compare, run_both
 
 #: batch sizes 1 to 8; first tokens, short pairs over two steps, wide spreads, contexts
-#: past the GEMM accumulator (npu-only cuts its logit GEMM), an Azure draw, and heads of
-#: 64 (two scratchpad words and K bursts per head; npu-only chains its logit GEMMs)
+#: past the GEMM accumulator and the array's rows (npu-only's s . V chains K tiles), an
+#: Azure draw, and heads of 64 (two scratchpad words and K bursts per head)
 WORKLOADS = {
     "b2-two-steps": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),

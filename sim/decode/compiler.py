@@ -5,12 +5,12 @@ Modes (the same compiler code; they differ only where stated):
 
 - ``npu-only``: attention on the NPU. The KV cache is laid out for the DMA
   (``sim.decode.npu_kv``: each request's K and V in runs of bursts that the address map
-  spreads over every channel and bank, not the PIM's pages). Per request and head, one
-  DMA per 32-element K piece and one for V stream them into the scratchpad, one request
-  and head ahead of the compute (double buffers); the systolic array computes
-  ``K . q^T`` (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token
-  chunks, one V burst each, chained in FP32 over all V token chunks; a head wider than
-  one word: one logit GEMM per 32 elements chained in FP32, rounded by the vector unit),
+  spreads over every channel and bank, not the PIM's pages). Per request and head, a DMA
+  per K word slice and per V piece stream them into the scratchpad, one request and head
+  ahead of the compute (double buffers, the DMAs threaded between the compute's
+  instructions); the systolic array computes two GEMMs of one row with K and V as its
+  weights: ``q . K^T`` (one per word of tokens, FP16 logits) and ``s . V`` (FP32, K
+  tiles chained in the accumulator, rounded by the vector unit),
   the vector unit the softmax. No PIM: the channels run in ``dual`` mode (no PIM command
   is ever issued, so it is the plain DRAM); the greedy channel assignment only deals the
   requests' attention out to the cores.
@@ -502,7 +502,8 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
 def _npu_kv(workload: DecodeWorkload, config, layout: KVLayout, weight_row: int) -> NpuKV:
     """npu-only: every request's K and V in runs that span all channels
     (``sim.decode.npu_kv``), below the weights."""
-    npu_kv = NpuKV(layout.kv_heads, layout.d_head, config.geometry.burst_bytes)
+    npu_kv = NpuKV(layout.kv_heads, layout.d_head, config.geometry.burst_bytes,
+                   word_bursts(config))
     for layer in range(workload.layers):
         for r, n in enumerate(workload.kv_lens):
             npu_kv.add(r, layer, n + workload.steps)
@@ -574,10 +575,23 @@ def _head_bursts(model) -> int:
     return model.d_head // BURST16
 
 
-def _k_span(layout: KVLayout, tokens: int) -> int:
-    """Words of one 32-element piece of the K cache in an npu-only K buffer (a word per
-    token slot of every K tile)."""
-    return layout.k_tiles(tokens) * layout.banks
+def _thread(work: Stream, dmas: Stream) -> Stream:
+    """``work`` with the ops of ``dmas`` threaded in, one after each instruction (not a
+    WAIT) of ``work``, the rest at the end: in-order dispatch holds an instruction until
+    its unit takes it, so a run of DMAs would hold ``work`` behind them."""
+    out, queue = Stream(work.costs), list(dmas.ops)
+    for op in work.ops:
+        out.ops.append(op)
+        if op.unit is not None and queue:
+            out.ops.append(queue.pop(0))
+    out.ops += queue
+    return out
+
+
+def _v_groups(model, words: Words) -> int:
+    """npu-only: V buffers of a head (pieces of ``words.k`` bursts: a token's row of V
+    each), so one output GEMM each."""
+    return math.ceil(_head_bursts(model) / words.k)
 
 
 def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
@@ -807,7 +821,7 @@ def _scratchpad(plan: Plan) -> dict:
                         # attention scratch shared in vector-engine order
                         ("l32", math.ceil(Lmax / wd.e32)), ("e", math.ceil(Lmax / wd.e32)),
                         ("p", math.ceil(Lmax / wd.e32)), ("mx", 1), ("sm", 1), ("rc", 1),
-                        ("v32", f32(a)), ("o32", f32(dh)),
+                        ("v32", f32(a)), ("o32", math.ceil(dh / wd.e32)),
                         ("vrmw", min(Bt, vrmw_rows(heads, dh)) * heads * dh)):
         if name == "logits":                    # each core's share of the vocabulary
             words = Bt * f32(_largest_share(plan, V))
@@ -819,18 +833,15 @@ def _scratchpad(plan: Plan) -> dict:
                             ("g16_p", f16(_largest_share(plan, f))),
                             ("f2_p", f32(_largest_share(plan, d)))):
             s[name] = sp.take(name, Bt * words)
-    if plan.mode == "npu-only":
-        chunks = math.ceil(Lmax / layout.burst_elements)
+    if plan.mode == "npu-only":     # K^T rows per token group, V rows per token (npu_kv)
+        row16 = math.ceil(Lmax / wd.e16)
         for i in range(2):
-            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", _head_bursts(m) * _k_span(layout, Lmax))
-            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
-            s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
-        s["lcol"] = sp.take("lcol", Lmax)
-        s["scol"] = sp.take("scol", chunks * layout.burst_elements)
-        s["ocol"] = sp.take("ocol", dh)
-        s["q32"] = sp.take("q32", f32(dh))
-        if _head_bursts(m) > 1:
-            s["l16"] = sp.take("l16", math.ceil(Lmax / wd.e16))
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", row16 * dh)
+            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", _v_groups(m, wd) * Lmax)
+            s[f"qrow{i}"] = sp.take(f"qrow{i}", math.ceil(dh / wd.e16))
+        s["l16"] = sp.take("l16", row16)
+        s["srow"] = sp.take("srow", row16)
+        s["q32"] = sp.take("q32", math.ceil(dh / wd.e32))
     else:
         chunks = _score_chunks(w, layout)
         s["lres"] = sp.take("lres", Bt * heads * layout.k_tiles(Lmax))
@@ -1137,10 +1148,14 @@ class Builder:
             s.store(address, word + piece // k, 1, slice=piece % k)
 
     def append(self, layer: int, rows: list) -> Stream:
-        """Store the new token's K and V of every request in ``rows`` (V by read-modify-write,
-        :func:`vrmw_rows` requests at a time through the ``vrmw`` buffer)."""
+        """Store the new token's K and V of every request in ``rows``: the one a burst per
+        piece, the other by read-modify-write of its token chunk (:func:`vrmw_rows`
+        requests at a time through the ``vrmw`` buffer). PIM layout: K by bursts (a
+        column of its K row), V by chunks; npu-only (``sim.decode.npu_kv``): V by bursts,
+        K by chunks."""
         s, sp, dh, plan = self.stream(), self.sp, self.dh, self.plan
         group = vrmw_rows(self.heads, dh)
+        burst_part, chunk_part = (2, 1) if plan.npu_kv is not None else (1, 2)
 
         def at(i, h):                           # request i of a group, head h: dh words
             return sp["vrmw"] + (i * self.heads + h) * dh
@@ -1152,14 +1167,15 @@ class Builder:
                 r = plan.row_order[row]
                 t = self._token(r)
                 for h in range(self.heads):
-                    self._store_bursts(s, self._k_token(r, layer, h, t), self._qkv_at(row, 1, h))
-                for h in range(self.heads):         # a word per V burst (a dimension)
-                    for address, count, word in self._v_token(r, layer, h, t):
+                    self._store_bursts(s, self._token_bursts(r, layer, h, t),
+                                       self._qkv_at(row, burst_part, h))
+                for h in range(self.heads):         # a word per chunk burst (a dimension)
+                    for address, count, word in self._token_chunk(r, layer, h, t):
                         s.load(address, at(i, h) + word, count, spread=True)
             s.wait("dma")
             for i, row in enumerate(batch):
                 t = self._token(plan.row_order[row])
-                s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, 2, 0)[0], d=sp["v32"],
+                s.vec(VectorOp.CVT16TO32, a=self._qkv_at(row, chunk_part, 0)[0], d=sp["v32"],
                       length=self.a)
                 s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=at(i, 0), length=self.a,
                       flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
@@ -1167,28 +1183,28 @@ class Builder:
             for i, row in enumerate(batch):
                 r = plan.row_order[row]
                 for h in range(self.heads):
-                    for address, count, word in self._v_token(r, layer, h, self._token(r)):
+                    for address, count, word in self._token_chunk(r, layer, h, self._token(r)):
                         s.store(address, at(i, h) + word, count, spread=True)
         return s
 
-    def _k_token(self, r: int, layer: int, h: int, t: int) -> list:
-        """HBM addresses of token ``t``'s K bursts of head ``h`` (a burst per piece of 32
-        elements): one column each of the token's K row (PIM layout), or one burst of
-        each piece's run (npu-only)."""
+    def _token_bursts(self, r: int, layer: int, h: int, t: int) -> list:
+        """HBM addresses of token ``t``'s bursts of head ``h`` (a burst per piece of 32
+        elements): K, a column each of the token's K row (PIM layout), or V, one burst
+        of each piece's run (npu-only)."""
         if self.plan.npu_kv is not None:
-            return [self.plan.npu_kv.k(r, layer, h, j, t) for j in range(self.hb)]
+            return [self.plan.npu_kv.v(r, layer, h, j, t) for j in range(self.hb)]
         c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
         group, column = self._k_place(h)
         return [_address(self.config, c, t % B, pages.k[t // B][group], column + j)
                 for j in range(self.hb)]
 
-    def _v_token(self, r: int, layer: int, h: int, t: int) -> list:
-        """(HBM address, bursts, first word) of the V bursts that hold token ``t`` of head
-        ``h``, a word per dimension: per V tile ``banks`` bursts (PIM layout), or the
-        token's chunk, ``d_head`` bursts in a row (npu-only)."""
+    def _token_chunk(self, r: int, layer: int, h: int, t: int) -> list:
+        """(HBM address, bursts, first word) of the bursts that hold token ``t`` of head
+        ``h`` among 32 tokens, a word per dimension: V, per V tile ``banks`` bursts (PIM
+        layout), or K, the token's chunk, ``d_head`` bursts in a row (npu-only)."""
         chunk = t // self.layout.burst_elements
         if self.plan.npu_kv is not None:
-            return [(self.plan.npu_kv.v(r, layer, h, chunk), self.dh, 0)]
+            return [(self.plan.npu_kv.k(r, layer, h, chunk), self.dh, 0)]
         c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
         return [(self._v_burst(c, pages, h, vt, chunk), B, vt * B)
                 for vt in range(self.layout.v_tiles)]
@@ -1310,86 +1326,68 @@ class Builder:
               **self._head_operand(self._attn_at(row, head), FLAG_STRIDED_D))
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
-        s, sp, lay, plan = self.stream(), self.sp, self.layout, self.plan
+        """npu-only attention, per request and head two GEMMs of one row on the array
+        with K and V as its weights (``sim.decode.npu_kv``): ``q . K^T`` per group of
+        ``e16`` tokens, the softmax, ``s . V`` per group of V pieces. The next head's K
+        and V load into the other buffer meanwhile, their DMAs threaded between the
+        head's instructions (the sequencer dispatches in order, and a DMA waits there
+        until the previous one is issued)."""
+        s, sp, plan, wd = self.stream(), self.sp, self.plan, self.wd
         if not rows:
             return s
         kv, channels = plan.npu_kv, self.config.geometry.channels
-        dh, heads = self.dh, self.heads
-        span = _k_span(lay, max(self.w.kv_lens) + self.w.steps)
+        dh, heads, k = self.dh, self.heads, wd.k
+        span = max(self.w.kv_lens) + self.w.steps       # words of a V buffer
         s += self.append(layer, rows)
         s.wait("vector", "dma")
         items = [(row, h) for row in rows for h in range(heads)]
 
-        def load(i):        # a DMA per K piece and one for V, each over every channel
+        def load(i) -> Stream:      # a DMA per K slice and per V piece, each over many channels
+            t = self.stream()
             row, h = items[i]
-            r = plan.row_order[row]
-            L = self._token(r) + 1
-            for j in range(self.hb):           # piece j: the tokens' elements 32j .. 32j + 31
-                s.load(kv.k(r, layer, h, j), sp[f"kbuf{i % 2}"] + j * span, L, channels,
-                       spread=True)            # a word per token
-            s.load(kv.v(r, layer, h, 0), sp[f"vbuf{i % 2}"],
-                   math.ceil(L / lay.burst_elements) * dh, channels, spread=True)
-
-        def query(i):
-            row, h = items[i]
-            s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,
-                  **self._head_operand(self._qkv_at(row, 0, h), FLAG_STRIDED_A))
-            s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=sp[f"qcol{i % 2}"], length=dh,
-                  flags=FLAG_STRIDED_D, imm=strided_imm(1, 0))
-
-        load(0)
-        s.wait("dma")
-        query(0)
-        if len(items) > 1:
-            load(1)
-        for i, (row, h) in enumerate(items):
             r = plan.row_order[row]
             L = self._token(r) + 1
             kbuf, vbuf = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"]
-            s.wait("vector")
-            self._logits_npu(s, kbuf, sp[f"qcol{i % 2}"], L, span)
-            s.wait("vector")
-            per = lay.burst_elements
-            for chunk in range(math.ceil(L / per)):
-                k = min(per, L - per * chunk)
-                s.gemm(vbuf + chunk * dh, sp["scol"] + per * chunk, sp["ocol"], dh, k, 1, 1, 1, 1,
-                       fp32=True, acc=chunk > 0)
-            if i + 1 < len(items):
-                s.wait("dma")
-                query(i + 1)
-            s.wait("gemm")
-            if i + 2 < len(items):
-                load(i + 2)
-            column = {"flags": FLAG_STRIDED_A, "imm": strided_imm(1, 0)}
-            if dh >= self.wd.e16:
-                s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=self._attn_at(row, h)[0], length=dh,
-                      **column)
-            else:       # a head in part of a word: the column copied out first
-                s.vec(VECTOR_COPY, a=sp["ocol"], d=sp["o32"], length=dh, **column)
-                s.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
-                      **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
+            for c in range(min(k, math.ceil(L / self.layout.burst_elements))):
+                t.load(kv.k(r, layer, h, c), kbuf, kv.slice_chunks(L, c) * dh, channels,
+                       slice=c, spread=True)     # word g dh + d: K^T row d of group g
+            for j in range(self.hb):              # word t: V row t
+                t.load(kv.v(r, layer, h, j), vbuf + j // k * span, L, channels,
+                       slice=j % k, spread=True)
+            return t
+
+        s += load(0)
+        for i, (row, h) in enumerate(items):
+            L = self._token(plan.row_order[row]) + 1
+            kbuf, vbuf, qrow = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"], sp[f"qrow{i % 2}"]
+            s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,     # q as one dense FP16 row
+                  **self._head_operand(self._qkv_at(row, 0, h), FLAG_STRIDED_A))
+            s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=qrow, length=dh)
+            s.wait("vector", "dma")               # q, and this head's K and V, are in
+            work = self.stream()
+            self._logits_npu(work, kbuf, qrow, L)
+            work.wait("vector")
+            row16 = math.ceil(L / wd.e16)
+            for g in range(_v_groups(self.w.model, wd)):
+                n = min(wd.e16, dh - g * wd.e16)
+                work.gemm(sp["srow"], vbuf + g * span, sp["o32"] + g * (wd.e16 // wd.e32), 1,
+                          L, n, row16, 1, math.ceil(n / wd.e32), fp32=True)
+            work.wait("gemm")
+            work.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
+                     **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
+            s += _thread(work, load(i + 1) if i + 1 < len(items) else self.stream())
         return s
 
-    def _logits_npu(self, s: Stream, kbuf: int, qcol: int, L: int, span: int) -> None:
-        """K . q^T on the array (in pieces of ``accumulator_rows`` tokens), then the
-        softmax into ``scol``. A head of one word is one GEMM with FP16 logits; a longer
-        head is one GEMM per 32-element piece, chained in FP32 (``acc``), then rounded by
-        the vector unit (``sim.decode.golden``: the same order)."""
-        sp, acc_rows = self.sp, self.config.npu.accumulator_rows
-        for m0 in range(0, L, acc_rows):
-            rows_m = min(acc_rows, L - m0)
-            if self.hb == 1:
-                s.gemm(kbuf + m0, qcol, sp["lcol"] + m0, rows_m, self.dh, 1, 1, 1, 1)
-                continue
-            for j in range(self.hb):
-                s.gemm(kbuf + j * span + m0, qcol + j * BURST16, sp["lcol"] + m0, rows_m,
-                       BURST16, 1, 1, 1, 1, fp32=True, acc=j > 0)
+    def _logits_npu(self, s: Stream, kbuf: int, qrow: int, L: int) -> None:
+        """``q . K^T`` on the array, one GEMM per group of ``e16`` tokens (a word of
+        K^T's rows, ``d_head`` words a group) with FP16 logits, then the softmax into
+        ``srow`` (``sim.decode.golden``: the same order)."""
+        sp, e16, dh = self.sp, self.wd.e16, self.dh
+        for g in range(math.ceil(L / e16)):
+            s.gemm(qrow, kbuf + g * dh, sp["l16"] + g, 1, dh, min(e16, L - g * e16),
+                   math.ceil(dh / e16), 1, 1)
         s.wait("gemm")
-        logits, flags, imm = sp["lcol"], FLAG_STRIDED_A, strided_imm(1, 0)
-        if self.hb > 1:
-            s.vec(VectorOp.CVT32TO16, a=logits, d=sp["l16"], length=L, flags=flags, imm=imm)
-            logits, flags, imm = sp["l16"], 0, 0
-        self._softmax(s, logits, L, flags, imm, sp["scol"], FLAG_STRIDED_D, strided_imm(1, 0))
+        self._softmax(s, sp["l16"], L, 0, 0, sp["srow"])
 
     def mha(self, layer: int, rows: list) -> Stream:
         """The attention of this core's requests among ``rows``."""

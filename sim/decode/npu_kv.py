@@ -1,4 +1,4 @@
-"""The ``npu-only`` KV cache: laid out for the NPU's DMA, not for a PIM.
+"""The ``npu-only`` KV cache: laid out for the NPU's DMA and its one-row GEMMs, not for a PIM.
 
 With no PIM to serve, a request's tokens need not share a channel (``sim.kv_layout``
 keeps them in one so that the channel's banks compute on them). Here every request's K
@@ -7,17 +7,24 @@ channel, rank, bankgroup, bank) deals consecutive bursts out over every bank of 
 channel, so one DMA of a head's K or V streams from all channels at once: the cache is
 read as fast as the bus allows (DESIGN.md: a fair ``npu-only`` baseline).
 
-Per request and layer, head after head (E = FP16 per burst, 32 for 64-byte bursts):
+The attention runs as two GEMMs of one row per head, K and V as the array's weights:
+``logits = q . K^T`` and ``out = s . V``. Their weight rows are K^T's rows (a dimension
+of every token) and V's rows (a token's dimensions). Per request and layer, head after
+head (E = FP16 per burst, 32 for 64-byte bursts; ``word_bursts`` = k bursts per
+scratchpad word):
 
-- **K**: ``d_head / E`` pieces, each ``slots`` bursts: burst t of piece j holds token
-  t's elements [E j, E j + E). A piece is loaded one burst per scratchpad word, so the
-  words are the rows of ``K`` for the logit GEMM.
-- **V**: ``slots / E`` token chunks, each ``d_head`` bursts: burst d of chunk c holds
-  dimension d of tokens [E c, E c + E) (zeros past the last token). A chunk's words are
-  the rows of ``V^T`` for the output GEMM.
+- **K**: ``slots / E`` token chunks of ``d_head`` bursts: burst d of chunk c holds
+  dimension d of tokens [E c, E c + E) (zeros past the last token). The chunks are
+  ordered by their slice ``c % k`` in a scratchpad word, then by ``c // k``: one DMA per
+  slice (spread, a burst per word) puts tokens [k E g, k E g + k E) of dimension d in
+  word ``g d_head + d``, a row of ``K^T`` for the logit GEMM of token group g.
+- **V**: ``d_head / E`` pieces of ``slots`` bursts: burst t of piece j holds token t's
+  elements [E j, E j + E). One DMA per piece (spread, slice ``j % k``) puts token t's
+  row of V in word t (pieces past a word's k in further buffers).
 
 ``slots`` is the request's tokens (its cached ones and every step's new one) rounded up
-to E. Runs follow one another from HBM address ``base``, layer by layer, request by
+to E. A new token is a burst per V piece and, in its K chunk, a lane of ``d_head``
+bursts. Runs follow one another from HBM address ``base``, layer by layer, request by
 request in each.
 """
 from __future__ import annotations
@@ -33,13 +40,18 @@ class NpuKV:
     """Addresses of the ``npu-only`` KV cache (module docstring).
 
     ``heads``, ``d_head``: the KV heads of one device and their width (a multiple of a
-    burst's FP16). ``burst_bytes``: the DRAM burst. ``base``: the first byte address."""
+    burst's FP16). ``burst_bytes``: the DRAM burst. ``word_bursts``: bursts per NPU
+    scratchpad word (the K chunks' order). ``base``: the first byte address."""
 
-    def __init__(self, heads: int, d_head: int, burst_bytes: int = 64, base: int = 0):
+    def __init__(self, heads: int, d_head: int, burst_bytes: int = 64, word_bursts: int = 1,
+                 base: int = 0):
         self.per = burst_bytes // 2                      # FP16 per burst
         if d_head % self.per:
             raise ValueError(f"d_head {d_head} is not a multiple of a burst's {self.per} FP16")
+        if word_bursts < 1:
+            raise ValueError(f"word_bursts must be >= 1, got {word_bursts}")
         self.heads, self.d_head, self.burst = heads, d_head, burst_bytes
+        self.word_bursts = word_bursts
         self.pieces = d_head // self.per
         self.end = base
         self._runs: dict[tuple[int, int], tuple[int, int]] = {}    # (request, layer) -> (start, slots)
@@ -68,15 +80,29 @@ class NpuKV:
         start, slots = self._runs[request, layer]
         return start + head * self.head_bursts(slots) * self.burst, slots
 
-    def k(self, request: int, layer: int, head: int, piece: int, token: int = 0) -> int:
-        """Byte address of ``token``'s burst of K piece ``piece`` of ``head``."""
-        at, slots = self._head(request, layer, head)
-        return at + (piece * slots + token) * self.burst
+    def _chunk_place(self, chunks: int, chunk: int) -> int:
+        """Place of ``chunk`` among ``chunks``: by slice ``chunk % k``, then ``chunk // k``."""
+        k = self.word_bursts
+        s, g = chunk % k, chunk // k
+        before = sum(math.ceil((chunks - i) / k) for i in range(s))
+        return before + g
 
-    def v(self, request: int, layer: int, head: int, chunk: int, dim: int = 0) -> int:
-        """Byte address of dimension ``dim``'s burst of V token chunk ``chunk``."""
+    def slice_chunks(self, tokens: int, s: int) -> int:
+        """K chunks of slice ``s`` that hold some of ``tokens`` tokens (one DMA loads them)."""
+        return max(0, math.ceil((math.ceil(tokens / self.per) - s) / self.word_bursts))
+
+    def k(self, request: int, layer: int, head: int, chunk: int, dim: int = 0) -> int:
+        """Byte address of dimension ``dim``'s burst of K token chunk ``chunk`` (the slice
+        ``chunk % k`` runs on from chunk ``chunk % k``'s address)."""
         at, slots = self._head(request, layer, head)
-        return at + (self.pieces * slots + chunk * self.d_head + dim) * self.burst
+        if not 0 <= chunk < slots // self.per:
+            raise ValueError(f"chunk {chunk} is past the {slots} slots of request {request}")
+        return at + (self._chunk_place(slots // self.per, chunk) * self.d_head + dim) * self.burst
+
+    def v(self, request: int, layer: int, head: int, piece: int, token: int = 0) -> int:
+        """Byte address of ``token``'s burst of V piece ``piece`` of ``head``."""
+        at, slots = self._head(request, layer, head)
+        return at + ((self.pieces + piece) * slots + token) * self.burst
 
     def writes(self, request: int, layer: int, keys, values) -> dict[int, int]:
         """{byte address: burst} that store cached tokens ``keys``/``values`` (T x heads x
@@ -95,15 +121,15 @@ class NpuKV:
         per = self.per
         chunks = math.ceil(tokens / per)
         padded = np.zeros((chunks * per,) + want, np.uint16)
-        padded[:tokens] = values
+        padded[:tokens] = keys
         for h in range(self.heads):
-            k_rows = keys[:, h, :].reshape(tokens, self.pieces, per)
-            for j in range(self.pieces):
-                out.update(_bursts(self.k(request, layer, h, j), k_rows[:, j, :], self.burst))
             # chunk c, dimension d: the chunk's tokens of d
-            v_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
-            out.update(_bursts(self.v(request, layer, h, 0), v_rows.reshape(-1, per),
-                               self.burst))
+            k_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
+            for c in range(chunks):
+                out.update(_bursts(self.k(request, layer, h, c), k_rows[c], self.burst))
+            v_rows = values[:, h, :].reshape(tokens, self.pieces, per)
+            for j in range(self.pieces):
+                out.update(_bursts(self.v(request, layer, h, j), v_rows[:, j, :], self.burst))
         return out
 
 

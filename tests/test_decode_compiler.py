@@ -87,17 +87,16 @@ def test_heads_wider_than_a_word(mode, name):
     per_word = config.npu.word_bytes // 2          # FP16 per scratchpad word
     dh = run.plan.workload.model.d_head
     hw = dh // per_word
-    if mode == "npu-only":       # one-row GEMMs: q . K^T per word of tokens, s . V per head
+    if mode == "npu-only":       # q . K^T per 32-token chunk, s . V per request and head
         sp, w = run.plan.sp, run.plan.workload
         contexts = [n + 1 for n in lens]         # step 0, the new token appended
         gemms = [ins for ins in program if ins.op is NpuOp.GEMM]
         logits = [ins for ins in gemms if ins["a"] in (sp["qrow0"], sp["qrow1"])]
         outs = [ins for ins in gemms if ins["a"] == sp["srow"]]
-        heads = w.layers * w.heads
-        assert all(ins["m"] == 1 and ins["k"] == dh and ins["n"] <= per_word for ins in logits)
-        assert len(logits) == heads * sum(-(-L // per_word) for L in contexts)
-        assert all(ins["m"] == 1 and ins["n"] == min(dh, per_word) and ins["fp32"] for ins in outs)
-        assert sorted(ins["k"] for ins in outs) == sorted(contexts * heads * max(hw, 1))
+        assert all(ins["m"] == 1 and ins["k"] == dh and ins["n"] == 32 for ins in logits)
+        assert len(logits) == w.layers * w.heads * sum(-(-L // 32) for L in contexts)
+        assert all(ins["m"] == 1 and ins["n"] == dh and ins["fp32"] for ins in outs)
+        assert sorted(ins["k"] for ins in outs) == sorted(contexts * w.layers * w.heads)
     else:                        # a GEMV per head over d_head / lanes COMPs
         gemvs = [ins for ins in program if ins.op is NpuOp.PIM and ins["pim_op"] == 2]
         head_comps = dh // config.pim.lanes
@@ -122,13 +121,12 @@ def test_heads_past_one_k_row(mode):
     program = run.steps[0].instructions()
     k_rows = {pages.k[0][1] for c in run.plan.kv for req in c.requests.values()
               for pages in req.layers}
-    if mode == "npu-only":      # no K rows: head 2's K (a slice) and V pieces from its run
+    if mode == "npu-only":      # no K rows: head 2's K and V, a load each from its run
         kv = run.plan.npu_kv
         loads = {ins["hbm"] for ins in program if ins.op is NpuOp.DMA_LOAD}
-        assert not k_rows and {kv.k(r, layer, 2, 0) for r in range(3)
+        assert not k_rows and {kv.k(r, layer, 2) for r in range(3)
                                for layer in range(2)} <= loads
-        assert {kv.v(r, layer, 2, j) for r in range(3) for layer in range(2)
-                for j in range(4)} <= loads
+        assert {kv.v(r, layer, 2, 0) for r in range(3) for layer in range(2)} <= loads
     else:
         pims = [ins for ins in program if ins.op is NpuOp.PIM]
         # GWRITEs per request and layer: one per K group (queries), one per head (scores)

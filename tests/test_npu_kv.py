@@ -16,12 +16,13 @@ def test_runs_follow_one_another_and_hold_every_token():
     kv.add(0, 0, 40)                    # 64 slots
     kv.add(1, 0, 1)                     # 32 slots
     assert kv.slots(0, 0) == 64 and kv.slots(1, 0) == 32
-    # per head: 2 K chunks of 64 bursts (dimensions), then 2 V pieces of 64 (tokens)
-    assert kv.k(0, 0, 1, 0) == 4096 + 2 * 2 * 64 * 64
+    assert (kv.v_heads, kv.v_groups, kv.v_words, kv.v_row) == (1, 2, 2, 2)
+    # per head 2 K chunks of 64 bursts (dimensions), then per head a V row of 2 bursts per slot
+    assert kv.k(0, 0, 1) == 4096 + 2 * 64 * 64
     assert kv.k(0, 0, 0, 1, 5) == 4096 + (64 + 5) * 64
-    assert kv.v(0, 0, 0, 1, 3) == 4096 + (2 * 64 + 64 + 3) * 64
-    assert kv.k(1, 0, 0, 0) == 4096 + 2 * 2 * 2 * 64 * 64
-    assert kv.end == kv.k(1, 0, 0, 0) + 2 * 2 * 2 * 32 * 64
+    assert kv.v(0, 0, 1, 1, 3) == 4096 + (2 * 2 * 64 + (64 + 3) * 2 + 1) * 64
+    assert kv.k(1, 0, 0) == 4096 + 2 * 2 * 2 * 64 * 64
+    assert kv.end == kv.k(1, 0, 0) + 2 * 2 * 2 * 32 * 64
     with pytest.raises(ValueError, match="placed already"):
         kv.add(1, 0, 3)
     with pytest.raises(ValueError, match="past the 32 slots"):
@@ -30,20 +31,20 @@ def test_runs_follow_one_another_and_hold_every_token():
         NpuKV(heads=1, d_head=48)
 
 
-def test_k_chunks_go_slice_by_slice():
-    """With 4 bursts per scratchpad word, chunk c sits in slice c % 4: the chunks of a
-    slice are one run, so one DMA of it fills words g d_head + d."""
-    kv = NpuKV(heads=1, d_head=32, word_bursts=4)
-    kv.add(0, 0, 32 * 10)               # 10 chunks: slices of 3, 3, 2, 2
-    at = kv.k(0, 0, 0, 0)
-    places = [(kv.k(0, 0, 0, c) - at) // (64 * 32) for c in range(10)]
-    assert places == [0, 3, 6, 8, 1, 4, 7, 9, 2, 5]
-    assert [kv.slice_chunks(32 * 10, s) for s in range(4)] == [3, 3, 2, 2]
-    assert [kv.slice_chunks(32 * 5 + 1, s) for s in range(4)] == [2, 2, 1, 1]
-    assert kv.slice_chunks(31, 1) == 0
+def test_v_rows_hold_several_heads_in_a_wide_word():
+    """8 bursts per scratchpad word, heads of 4 bursts: two heads side by side per V row,
+    three heads in two groups (the last row half used)."""
+    kv = NpuKV(heads=3, d_head=128, word_bursts=8)
+    assert (kv.v_heads, kv.v_groups, kv.v_words, kv.v_row) == (2, 2, 1, 8)
+    kv.add(0, 0, 40)                    # 64 slots
+    v0 = kv.v_group(0, 0, 0)
+    assert v0 == 3 * 64 * 4 * 64        # after the three heads' K
+    assert kv.v(0, 0, 1, 2, 5) == v0 + (5 * 8 + 4 + 2) * 64
+    assert kv.v(0, 0, 2, 0, 0) == kv.v_group(0, 0, 1) == v0 + 64 * 8 * 64
+    assert kv.end == v0 + 2 * 64 * 8 * 64
 
 
-def test_writes_place_k_transposed_and_v_by_piece():
+def test_writes_place_k_transposed_and_v_by_token():
     rng = np.random.default_rng(1)
     kv = NpuKV(heads=2, d_head=64)
     kv.add(3, 1, 40)
@@ -63,9 +64,9 @@ def test_writes_place_k_transposed_and_v_by_piece():
 
 def test_npu_only_attention_loads_stream_from_many_channels():
     """On the paper's configuration (32 banks, 8 bursts per scratchpad word) a head's K
-    (300 tokens: 10 chunks of 128 dimensions) is a DMA per word slice over 4 to 8
-    channels, its V a DMA per 32-element piece (300 bursts) over 10; a load of the PIM
-    layout touches one."""
+    (300 tokens: 10 chunks of 128 dimensions) is one DMA over 40 channel runs, and a
+    request's V for its 8 heads (4 rows of two heads) one over 300 x 8 x 4 bursts; a load
+    of the PIM layout touches one channel."""
     config = paper_config()
     g, amap = config.geometry, config.address_map
     workload = DecodeWorkload("gpt3-7b", (299, 120), steps=1, seed=0, vocab=PAPER_VOCAB)
@@ -73,13 +74,14 @@ def test_npu_only_attention_loads_stream_from_many_channels():
     kv = run.plan.npu_kv
     loads = {ins["hbm"]: (ins["count"], ins["slice"], ins["spread"])
              for ins in run.steps[0].instructions() if ins.op is NpuOp.DMA_LOAD}
-    k_loads = [(kv.k(0, 0, 5, c), (256 if c < 2 else 128, c, 1)) for c in range(8)]
-    v_loads = [(kv.v(0, 0, 5, j), (300, j, 1)) for j in range(4)]
-    for address, want in k_loads + v_loads:
+    slots = kv.slots(0, 0)
+    wants = [(kv.k(0, 0, h), (10 * 128, h, 1)) for h in range(8)]
+    wants.append((kv.v_group(0, 0, 0), ((3 * slots + 300) * 8, 0, 0)))
+    for address, want in wants:
         assert loads[address] == want
         count = want[0]
         channels = {amap.decode(g, address + i * g.burst_bytes)["channel"] for i in range(count)}
-        assert len(channels) >= count // g.banks
+        assert len(channels) == g.channels
 
 
 def test_a_cache_past_the_stored_rows_is_refused_naming_the_batch():

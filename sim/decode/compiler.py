@@ -588,10 +588,15 @@ def _thread(work: Stream, dmas: Stream) -> Stream:
     return out
 
 
-def _v_groups(model, words: Words) -> int:
-    """npu-only: V buffers of a head (pieces of ``words.k`` bursts: a token's row of V
-    each), so one output GEMM each."""
-    return math.ceil(_head_bursts(model) / words.k)
+def _npu_attention_dims(workload: DecodeWorkload, layout: KVLayout, words: Words) -> dict:
+    """npu-only attention buffers (words): ``chunks`` of 32 tokens of the longest request
+    (a logit row's words), ``score_words`` (a score row), ``q_words`` (a query row),
+    ``out_words`` (an output row of an ``s . V`` GEMM, FP32)."""
+    Lmax = max(workload.kv_lens) + workload.steps
+    dh, v_heads = workload.model.d_head, max(1, words.k // _head_bursts(workload.model))
+    return {"chunks": math.ceil(Lmax / layout.burst_elements),
+            "score_words": math.ceil(Lmax / words.e16), "q_words": math.ceil(dh / words.e16),
+            "out_words": math.ceil(v_heads * dh / words.e32)}
 
 
 def _score_chunks(workload: DecodeWorkload, layout: KVLayout) -> int:
@@ -833,14 +838,18 @@ def _scratchpad(plan: Plan) -> dict:
                             ("g16_p", f16(_largest_share(plan, f))),
                             ("f2_p", f32(_largest_share(plan, d)))):
             s[name] = sp.take(name, Bt * words)
-    if plan.mode == "npu-only":     # K^T rows per token group, V rows per token (npu_kv)
-        row16 = math.ceil(Lmax / wd.e16)
+    if plan.mode == "npu-only":     # a block of k heads: K^T rows per chunk, V rows per token
+        kv, dims = plan.npu_kv, _npu_attention_dims(w, layout, wd)
+        cmax, block = dims["chunks"], min(heads, wd.k)
+        v_groups = math.ceil(block / kv.v_heads)
         for i in range(2):
-            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", row16 * dh)
-            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", _v_groups(m, wd) * Lmax)
-            s[f"qrow{i}"] = sp.take(f"qrow{i}", math.ceil(dh / wd.e16))
-        s["l16"] = sp.take("l16", row16)
-        s["srow"] = sp.take("srow", row16)
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", cmax * dh)
+            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", v_groups * cmax * layout.burst_elements
+                                    * kv.v_words)
+            s[f"qrow{i}"] = sp.take(f"qrow{i}", block * dims["q_words"])
+        s["l16"] = sp.take("l16", block * cmax)
+        s["srow"] = sp.take("srow", block * dims["score_words"])
+        s["vout"] = sp.take("vout", v_groups * kv.v_heads * dims["out_words"])
         s["q32"] = sp.take("q32", math.ceil(dh / wd.e32))
     else:
         chunks = _score_chunks(w, layout)
@@ -1326,68 +1335,79 @@ class Builder:
               **self._head_operand(self._attn_at(row, head), FLAG_STRIDED_D))
 
     def mha_npu(self, layer: int, rows: list) -> Stream:
-        """npu-only attention, per request and head two GEMMs of one row on the array
-        with K and V as its weights (``sim.decode.npu_kv``): ``q . K^T`` per group of
-        ``e16`` tokens, the softmax, ``s . V`` per group of V pieces. The next head's K
-        and V load into the other buffer meanwhile, their DMAs threaded between the
-        head's instructions (the sequencer dispatches in order, and a DMA waits there
-        until the previous one is issued)."""
+        """npu-only attention on the array with K and V as its weights
+        (``sim.decode.npu_kv``), per request a block of ``k`` heads at a time (k bursts
+        per scratchpad word): ``q . K^T`` per 32-token chunk for the whole block (a head
+        per burst slice of K^T's rows; the heads' queries as the GEMM's rows, each row's
+        own block of columns kept), the softmax per head, ``s . V`` per group of heads
+        side by side in a V row. The next block's K and V load into the other buffers
+        meanwhile, their DMAs threaded between the compute's instructions (the sequencer
+        dispatches in order, and a DMA waits there until the one before it is issued)."""
         s, sp, plan, wd = self.stream(), self.sp, self.plan, self.wd
         if not rows:
             return s
         kv, channels = plan.npu_kv, self.config.geometry.channels
-        dh, heads, k = self.dh, self.heads, wd.k
-        span = max(self.w.kv_lens) + self.w.steps       # words of a V buffer
+        dh, heads, k, E = self.dh, self.heads, wd.k, self.layout.burst_elements
+        dims = _npu_attention_dims(self.w, self.layout, wd)
+        cmax, sw, qp, op = dims["chunks"], dims["score_words"], dims["q_words"], dims["out_words"]
+        vh = kv.v_heads
         s += self.append(layer, rows)
         s.wait("vector", "dma")
-        items = [(row, h) for row in rows for h in range(heads)]
+        items = [(row, h0, min(heads, h0 + k)) for row in rows for h0 in range(0, heads, k)]
 
-        def load(i) -> Stream:      # a DMA per K slice and per V piece, each over many channels
+        def load(i) -> Stream:      # a DMA per head's K (its word slice), one for the block's V
             t = self.stream()
-            row, h = items[i]
+            row, h0, h1 = items[i]
             r = plan.row_order[row]
             L = self._token(r) + 1
             kbuf, vbuf = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"]
-            for c in range(min(k, math.ceil(L / self.layout.burst_elements))):
-                t.load(kv.k(r, layer, h, c), kbuf, kv.slice_chunks(L, c) * dh, channels,
-                       slice=c, spread=True)     # word g dh + d: K^T row d of group g
-            for j in range(self.hb):              # word t: V row t
-                t.load(kv.v(r, layer, h, j), vbuf + j // k * span, L, channels,
-                       slice=j % k, spread=True)
+            for h in range(h0, h1):     # word c d_head + d: K^T row d of chunk c, slice h % k
+                t.load(kv.k(r, layer, h), kbuf, math.ceil(L / E) * dh, channels, slice=h % k,
+                       spread=True)
+            groups = math.ceil((h1 - h0) / vh)
+            t.load(kv.v_group(r, layer, h0 // vh), vbuf,
+                   ((groups - 1) * kv.slots(r, layer) + L) * kv.v_row, channels)
             return t
 
         s += load(0)
-        for i, (row, h) in enumerate(items):
-            L = self._token(plan.row_order[row]) + 1
+        for i, (row, h0, h1) in enumerate(items):
+            r = plan.row_order[row]
+            L, slots, block = self._token(r) + 1, kv.slots(r, layer), h1 - h0
             kbuf, vbuf, qrow = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"], sp[f"qrow{i % 2}"]
-            s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,     # q as one dense FP16 row
-                  **self._head_operand(self._qkv_at(row, 0, h), FLAG_STRIDED_A))
-            s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=qrow, length=dh)
-            s.wait("vector", "dma")               # q, and this head's K and V, are in
+            for m in range(block):         # the queries as dense FP16 rows
+                s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,
+                      **self._head_operand(self._qkv_at(row, 0, h0 + m), FLAG_STRIDED_A))
+                s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=qrow + m * qp, length=dh)
+            s.wait("vector", "dma")        # the queries, and this block's K and V, are in
             work = self.stream()
-            self._logits_npu(work, kbuf, qrow, L)
-            work.wait("vector")
-            row16 = math.ceil(L / wd.e16)
-            for g in range(_v_groups(self.w.model, wd)):
-                n = min(wd.e16, dh - g * wd.e16)
-                work.gemm(sp["srow"], vbuf + g * span, sp["o32"] + g * (wd.e16 // wd.e32), 1,
-                          L, n, row16, 1, math.ceil(n / wd.e32), fp32=True)
+            for c in range(math.ceil(L / E)):     # row m: head h0 + m, chunk c in word c
+                work.gemm(qrow, kbuf + c * dh, sp["l16"] + c, block, dh, block * E, qp, 1, cmax)
             work.wait("gemm")
-            work.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
-                     **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
+            for m in range(block):         # head m's block of its row: lanes E m on
+                flags, imm = (FLAG_STRIDED_A, strided_imm(E, E * m)) if k > 1 else (0, 0)
+                self._softmax(work, sp["l16"] + m * cmax, L, flags, imm, sp["srow"] + m * sw)
+            work.wait("vector")
+            for g in range(math.ceil(block / vh)):
+                n = min(vh, block - g * vh)
+                work.gemm(sp["srow"] + g * vh * sw, vbuf + g * slots * kv.v_words,
+                          sp["vout"] + g * vh * op, n, L, n * dh, sw, kv.v_words, op, fp32=True)
+            work.wait("gemm")
+            for m in range(block):
+                self._npu_head_out(work, sp["vout"] + m * op, (m % vh) * dh, row, h0 + m)
             s += _thread(work, load(i + 1) if i + 1 < len(items) else self.stream())
         return s
 
-    def _logits_npu(self, s: Stream, kbuf: int, qrow: int, L: int) -> None:
-        """``q . K^T`` on the array, one GEMM per group of ``e16`` tokens (a word of
-        K^T's rows, ``d_head`` words a group) with FP16 logits, then the softmax into
-        ``srow`` (``sim.decode.golden``: the same order)."""
-        sp, e16, dh = self.sp, self.wd.e16, self.dh
-        for g in range(math.ceil(L / e16)):
-            s.gemm(qrow, kbuf + g * dh, sp["l16"] + g, 1, dh, min(e16, L - g * e16),
-                   math.ceil(dh / e16), 1, 1)
-        s.wait("gemm")
-        self._softmax(s, sp["l16"], L, 0, 0, sp["srow"])
+    def _npu_head_out(self, s: Stream, word: int, column: int, row: int, h: int) -> None:
+        """Head ``h``'s FP32 output, columns [column, column + d_head) of an output row
+        at ``word``, rounded into its place in the attention row."""
+        e32, dh, sp = self.wd.e32, self.dh, self.sp
+        at = word + column // e32
+        if column % e32 or dh % e32:       # part of a word: copied out first
+            s.vec(VECTOR_COPY, a=at, d=sp["o32"], length=dh, flags=FLAG_STRIDED_A,
+                  imm=strided_imm(dh, column % e32))
+            at = sp["o32"]
+        s.vec(VectorOp.CVT32TO16, a=at, length=dh,
+              **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
 
     def mha(self, layer: int, rows: list) -> Stream:
         """The attention of this core's requests among ``rows``."""

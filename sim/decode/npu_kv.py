@@ -1,26 +1,27 @@
-"""The ``npu-only`` KV cache: laid out for the NPU's DMA and its one-row GEMMs, not for a PIM.
+"""The ``npu-only`` KV cache: laid out for the NPU's DMA and its attention GEMMs, not for a PIM.
 
 With no PIM to serve, a request's tokens need not share a channel (``sim.kv_layout``
 keeps them in one so that the channel's banks compute on them). Here every request's K
 and V of a layer are one contiguous run of HBM bursts. The address map (row, column,
 channel, rank, bankgroup, bank) deals consecutive bursts out over every bank of every
-channel, so one DMA of a head's K or V streams from all channels at once: the cache is
-read as fast as the bus allows (DESIGN.md: a fair ``npu-only`` baseline).
+channel, so a DMA of a head's K, or of a request's V, streams from many channels at
+once: the cache is read as fast as the bus allows (DESIGN.md: a fair ``npu-only``
+baseline).
 
-The attention runs as two GEMMs of one row per head, K and V as the array's weights:
-``logits = q . K^T`` and ``out = s . V``. Their weight rows are K^T's rows (a dimension
-of every token) and V's rows (a token's dimensions). Per request and layer, head after
-head (E = FP16 per burst, 32 for 64-byte bursts; ``word_bursts`` = k bursts per
-scratchpad word):
+The attention runs on the array with K and V as its weights: ``q . K^T`` and ``s . V``
+(``sim.decode.compiler``), for several heads per GEMM where a scratchpad word holds
+several heads' bursts. Per request and layer (E = FP16 per burst, 32 for 64-byte
+bursts; k = ``word_bursts``, the bursts of one scratchpad word):
 
-- **K**: ``slots / E`` token chunks of ``d_head`` bursts: burst d of chunk c holds
-  dimension d of tokens [E c, E c + E) (zeros past the last token). The chunks are
-  ordered by their slice ``c % k`` in a scratchpad word, then by ``c // k``: one DMA per
-  slice (spread, a burst per word) puts tokens [k E g, k E g + k E) of dimension d in
-  word ``g d_head + d``, a row of ``K^T`` for the logit GEMM of token group g.
-- **V**: ``d_head / E`` pieces of ``slots`` bursts: burst t of piece j holds token t's
-  elements [E j, E j + E). One DMA per piece (spread, slice ``j % k``) puts token t's
-  row of V in word t (pieces past a word's k in further buffers).
+- **K**, head after head: ``slots / E`` token chunks of ``d_head`` bursts, burst d of
+  chunk c holding dimension d of tokens [E c, E c + E) (zeros past the last token). A
+  DMA per head (one burst per word, in slice ``head % k``) makes word ``c d_head + d``
+  a row of ``K^T`` for k heads at once, a head per slice.
+- **V**, in groups of ``v_heads = max(1, k / pieces)`` heads (pieces = d_head / E):
+  per token slot a row of ``v_words`` scratchpad words, head m of the group in bursts
+  [m pieces, (m + 1) pieces), the rest of the row unused; group after group. One DMA
+  of the whole region fills word ``(g slots + t) v_words``: row t of ``V`` for the
+  group's heads side by side.
 
 ``slots`` is the request's tokens (its cached ones and every step's new one) rounded up
 to E. A new token is a burst per V piece and, in its K chunk, a lane of ``d_head``
@@ -41,7 +42,7 @@ class NpuKV:
 
     ``heads``, ``d_head``: the KV heads of one device and their width (a multiple of a
     burst's FP16). ``burst_bytes``: the DRAM burst. ``word_bursts``: bursts per NPU
-    scratchpad word (the K chunks' order). ``base``: the first byte address."""
+    scratchpad word (the V rows' width). ``base``: the first byte address."""
 
     def __init__(self, heads: int, d_head: int, burst_bytes: int = 64, word_bursts: int = 1,
                  base: int = 0):
@@ -51,17 +52,20 @@ class NpuKV:
         if word_bursts < 1:
             raise ValueError(f"word_bursts must be >= 1, got {word_bursts}")
         self.heads, self.d_head, self.burst = heads, d_head, burst_bytes
-        self.word_bursts = word_bursts
         self.pieces = d_head // self.per
+        self.v_heads = max(1, word_bursts // self.pieces)
+        self.v_groups = math.ceil(heads / self.v_heads)
+        self.v_words = math.ceil(self.v_heads * self.pieces / word_bursts)
+        self.v_row = self.v_words * word_bursts          # bursts per V row
         self.end = base
         self._runs: dict[tuple[int, int], tuple[int, int]] = {}    # (request, layer) -> (start, slots)
 
     def slots_for(self, tokens: int) -> int:
         return max(1, math.ceil(tokens / self.per)) * self.per
 
-    def head_bursts(self, slots: int) -> int:
-        """Bursts of one head's K and V for ``slots`` token slots."""
-        return 2 * self.pieces * slots
+    def run_bursts(self, slots: int) -> int:
+        """Bursts of one request's K and V in a layer for ``slots`` token slots."""
+        return self.heads * slots * self.pieces + self.v_groups * slots * self.v_row
 
     def add(self, request: int, layer: int, tokens: int) -> int:
         """Reserve room for ``tokens`` tokens of ``request`` in ``layer``; its first address."""
@@ -70,39 +74,31 @@ class NpuKV:
         slots = self.slots_for(tokens)
         start = self.end
         self._runs[request, layer] = (start, slots)
-        self.end += self.heads * self.head_bursts(slots) * self.burst
+        self.end += self.run_bursts(slots) * self.burst
         return start
 
     def slots(self, request: int, layer: int) -> int:
         return self._runs[request, layer][1]
 
-    def _head(self, request: int, layer: int, head: int) -> tuple[int, int]:
+    def k(self, request: int, layer: int, head: int, chunk: int = 0, dim: int = 0) -> int:
+        """Byte address of dimension ``dim``'s burst of ``head``'s K token chunk ``chunk``."""
         start, slots = self._runs[request, layer]
-        return start + head * self.head_bursts(slots) * self.burst, slots
-
-    def _chunk_place(self, chunks: int, chunk: int) -> int:
-        """Place of ``chunk`` among ``chunks``: by slice ``chunk % k``, then ``chunk // k``."""
-        k = self.word_bursts
-        s, g = chunk % k, chunk // k
-        before = sum(math.ceil((chunks - i) / k) for i in range(s))
-        return before + g
-
-    def slice_chunks(self, tokens: int, s: int) -> int:
-        """K chunks of slice ``s`` that hold some of ``tokens`` tokens (one DMA loads them)."""
-        return max(0, math.ceil((math.ceil(tokens / self.per) - s) / self.word_bursts))
-
-    def k(self, request: int, layer: int, head: int, chunk: int, dim: int = 0) -> int:
-        """Byte address of dimension ``dim``'s burst of K token chunk ``chunk`` (the slice
-        ``chunk % k`` runs on from chunk ``chunk % k``'s address)."""
-        at, slots = self._head(request, layer, head)
-        if not 0 <= chunk < slots // self.per:
+        chunks = slots // self.per
+        if not 0 <= chunk < chunks:
             raise ValueError(f"chunk {chunk} is past the {slots} slots of request {request}")
-        return at + (self._chunk_place(slots // self.per, chunk) * self.d_head + dim) * self.burst
+        return start + ((head * chunks + chunk) * self.d_head + dim) * self.burst
+
+    def v_group(self, request: int, layer: int, group: int, token: int = 0) -> int:
+        """Byte address of V group ``group``'s row of token slot ``token``."""
+        start, slots = self._runs[request, layer]
+        at = self.heads * slots * self.pieces + (group * slots + token) * self.v_row
+        return start + at * self.burst
 
     def v(self, request: int, layer: int, head: int, piece: int, token: int = 0) -> int:
         """Byte address of ``token``'s burst of V piece ``piece`` of ``head``."""
-        at, slots = self._head(request, layer, head)
-        return at + ((self.pieces + piece) * slots + token) * self.burst
+        group, m = divmod(head, self.v_heads)
+        return (self.v_group(request, layer, group, token)
+                + (m * self.pieces + piece) * self.burst)
 
     def writes(self, request: int, layer: int, keys, values) -> dict[int, int]:
         """{byte address: burst} that store cached tokens ``keys``/``values`` (T x heads x
@@ -125,11 +121,10 @@ class NpuKV:
         for h in range(self.heads):
             # chunk c, dimension d: the chunk's tokens of d
             k_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
-            for c in range(chunks):
-                out.update(_bursts(self.k(request, layer, h, c), k_rows[c], self.burst))
+            out.update(_bursts(self.k(request, layer, h), k_rows.reshape(-1, per), self.burst))
             v_rows = values[:, h, :].reshape(tokens, self.pieces, per)
-            for j in range(self.pieces):
-                out.update(_bursts(self.v(request, layer, h, j), v_rows[:, j, :], self.burst))
+            for t in range(tokens):
+                out.update(_bursts(self.v(request, layer, h, 0, t), v_rows[t], self.burst))
         return out
 
 

@@ -19,8 +19,8 @@ from sim.decode.workload import DecodeWorkload
 from .test_timing_only import compare, run_both
 
 #: batch sizes 1 to 8; first tokens, short pairs over two steps, wide spreads, contexts
-#: past the GEMM accumulator and the array's rows (npu-only's s . V chains K tiles), an
-#: Azure draw, and heads of 64 (two scratchpad words and K bursts per head)
+#: past the GEMM accumulator (npu-only cuts its logit GEMM), an Azure draw, and heads of
+#: 64 (two scratchpad words and K bursts per head; npu-only chains its logit GEMMs)
 WORKLOADS = {
     "b2-two-steps": ((3, 9), 2),
     "b4-spread": ((1, 30, 7, 17), 1),
@@ -62,6 +62,23 @@ def test_mode_on_rtl(mode, name, tmp_path):
         assert all(c["REF"] >= 2 for c in step["controllers"])    # refresh runs throughout
         if mode == "npu-only":
             assert step["counters"]["dma_bytes_read"] > 0
+    compare(result, timing)
+
+
+@pytest.mark.xdist_group("decode")
+@pytest.mark.parametrize("name", ["b3-past-accumulator", "b3-head64"])
+def test_npu_weights_form_on_rtl(name, tmp_path):
+    """npu-only in its ``weights`` form (``sim.decode.npu_kv``: q . K^T and s . V with K
+    and V as the array's weights; ``auto`` picks it on large arrays, the paper's device)
+    on the decode builds: bit-exact on the full RTL, every command timing-checked, and the
+    timing-only build in the same clocks."""
+    lens, steps = WORKLOADS[name]
+    workload = DecodeWorkload(MODEL.get(name, "tiny-gpt"), lens, steps=steps, seed=len(lens),
+                              npu_attention="weights")
+    result, timing = run_both(workload, "npu-only", preset("decode"), tmp_path)
+    assert result["complete"] and result["timing_violations"] == 0
+    assert result["commands_checked"] > 0 and result["bit_exact"]
+    assert all(step["bit_exact"] and step["checks"] > 0 for step in result["steps"])
     compare(result, timing)
 
 

@@ -81,22 +81,21 @@ def test_heads_wider_than_a_word(mode, name):
     config = preset("decode")
     if words:
         config = config.replace(npu=dataclasses.replace(config.npu, scratchpad_words=words))
-    run = compile_decode(DecodeWorkload(model, lens, steps=2, seed=5), mode, config)
+    form = "stream" if mode == "npu-only" else "auto"
+    run = compile_decode(DecodeWorkload(model, lens, steps=2, seed=5, npu_attention=form), mode,
+                         config)
     _matches_golden(run)
     program = run.steps[0].program
     per_word = config.npu.word_bytes // 2          # FP16 per scratchpad word
     dh = run.plan.workload.model.d_head
     hw = dh // per_word
-    if mode == "npu-only":       # q . K^T per 32-token chunk, s . V per request and head
-        sp, w = run.plan.sp, run.plan.workload
-        contexts = [n + 1 for n in lens]         # step 0, the new token appended
-        gemms = [ins for ins in program if ins.op is NpuOp.GEMM]
-        logits = [ins for ins in gemms if ins["a"] in (sp["qrow0"], sp["qrow1"])]
-        outs = [ins for ins in gemms if ins["a"] == sp["srow"]]
-        assert all(ins["m"] == 1 and ins["k"] == dh and ins["n"] == 32 for ins in logits)
-        assert len(logits) == w.layers * w.heads * sum(-(-L // 32) for L in contexts)
-        assert all(ins["m"] == 1 and ins["n"] == dh and ins["fp32"] for ins in outs)
-        assert sorted(ins["k"] for ins in outs) == sorted(contexts * w.layers * w.heads)
+    if mode == "npu-only":       # the logit GEMMs: one per word-wide piece, chained
+        sp = run.plan.sp
+        queries = [range(sp[f"qcol{i}"], sp[f"qcol{i}"] + dh) for i in (0, 1)]
+        gemms = [ins for ins in program
+                 if ins.op is NpuOp.GEMM and any(ins["b"] in q for q in queries)]
+        assert gemms and all(ins["k"] == per_word and ins["fp32"] for ins in gemms)
+        assert sum(ins["acc"] for ins in gemms) == (hw - 1) * len(gemms) // hw
     else:                        # a GEMV per head over d_head / lanes COMPs
         gemvs = [ins for ins in program if ins.op is NpuOp.PIM and ins["pim_op"] == 2]
         head_comps = dh // config.pim.lanes
@@ -114,25 +113,82 @@ def test_heads_past_one_k_row(mode):
     base = preset("decode")
     config = base.replace(stored_rows=1024, npu=dataclasses.replace(
         base.npu, scratchpad_words=1 << 16, instruction_words=1 << 14))
-    run = compile_decode(DecodeWorkload(three, (5, 40, 17), seed=4), mode, config)
+    form = "stream" if mode == "npu-only" else "auto"
+    run = compile_decode(DecodeWorkload(three, (5, 40, 17), seed=4, npu_attention=form), mode,
+                         config)
     layout = run.plan.layout
     assert (layout.k_groups, layout.heads_per_row) == (2, 2)
     _matches_golden(run)
     program = run.steps[0].instructions()
     k_rows = {pages.k[0][1] for c in run.plan.kv for req in c.requests.values()
               for pages in req.layers}
-    if mode == "npu-only":      # no K rows: head 2's K and V, a load each from its run
+    if mode == "npu-only":      # no K rows: head 2's K pieces, a load each from its run
         kv = run.plan.npu_kv
         loads = {ins["hbm"] for ins in program if ins.op is NpuOp.DMA_LOAD}
-        assert not k_rows and {kv.k(r, layer, 2) for r in range(3)
-                               for layer in range(2)} <= loads
-        assert {kv.v(r, layer, 2, 0) for r in range(3) for layer in range(2)} <= loads
+        assert not k_rows and {kv.k(r, layer, 2, j) for r in range(3) for layer in range(2)
+                               for j in range(4)} <= loads
     else:
         pims = [ins for ins in program if ins.op is NpuOp.PIM]
         # GWRITEs per request and layer: one per K group (queries), one per head (scores)
         assert sum(ins["pim_op"] == 0 for ins in pims) == 3 * 2 * (2 + 3)
         headers = [ins for ins in pims if ins["pim_op"] == 1 and ins["row"] in k_rows]
         assert headers and all(ins["gemvs"] == 1 for ins in headers)
+
+
+#: npu-only's ``weights`` form (``sim.decode.npu_kv``) where ``auto`` picks ``stream``:
+#: (model, kv_lens, word_bytes): contexts past the accumulator and the array's K tiles,
+#: heads of 64 (two words per head), and in wide words two heads of 32 per K^T word
+#: (the logits gathered from a head's burst slice) and per V row
+WEIGHTS_FORM = {
+    "long": (LONG_GPT, (300, 40, 520), 64),
+    "h64": ("tiny-gpt-h64", (150, 9, 31), 64),
+    "4xh32-w128": (ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32), (3, 40, 17), 128),
+    "2xh64-w256": (ModelShape("gpt-2xh64", 128, 2, 2, ffn=256, d_head=64), (3, 40, 17), 256),
+}
+
+
+@pytest.mark.parametrize("name", WEIGHTS_FORM)
+def test_npu_weights_form_matches_golden(name):
+    """q . K^T per 32-token chunk for a block of k heads (their queries as the GEMM's
+    rows) and s . V per V row group, K and V as the array's weights: bit for bit against
+    the golden decode in the same form, no hazards, over two steps."""
+    model, lens, word_bytes = WEIGHTS_FORM[name]
+    config = preset("decode") if word_bytes == 64 else _wide(word_bytes, 32768)
+    w = DecodeWorkload(model, lens, steps=2, seed=5, vocab=256, npu_attention="weights")
+    run = compile_decode(w, "npu-only", config)
+    assert run.plan.npu_kv.form == "weights"
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        it.run_step(step)
+        assert step.checks and it.step_mismatches(step) == []
+    assert it.hazards == []
+    sp, dh, k = run.plan.sp, run.plan.workload.model.d_head, word_bytes // 64
+    heads, block = run.plan.workload.heads, min(run.plan.workload.heads, k)
+    contexts = [n + 1 for n in lens]
+    gemms = [ins for ins in run.steps[0].program if ins.op is NpuOp.GEMM]
+    logits = [ins for ins in gemms if ins["a"] in (sp["qrow0"], sp["qrow1"])]
+    outs = [ins for ins in gemms if sp["srow"] <= ins["a"] < sp["vout"]]
+    assert all(ins["m"] == block and ins["k"] == dh and ins["n"] == 32 * block for ins in logits)
+    assert len(logits) == w.layers * heads // block * sum(-(-L // 32) for L in contexts)
+    assert sum(ins["m"] for ins in outs) == w.layers * heads * len(lens)
+    assert all(ins["k"] in contexts and ins["n"] == ins["m"] * dh and ins["fp32"] for ins in outs)
+
+
+def test_npu_attention_form_is_picked_by_cost_or_named():
+    """``auto``: the cheaper form by the compiler's array estimate (``stream`` on the
+    decode preset's 8 x 8 array, ``weights`` on the paper's 128 x 128 with 512-byte
+    words); a form can be named; anything else is refused naming the field."""
+    from sim.decode.compiler import npu_attention_form
+    from sim.reproduce import PAPER_VOCAB, paper_config
+    tiny = DecodeWorkload("tiny-gpt", (82, 71, 95, 27))
+    assert npu_attention_form(tiny, preset("decode")) == "stream"
+    paper = DecodeWorkload("gpt3-7b", (299, 120), vocab=PAPER_VOCAB)
+    assert npu_attention_form(paper, paper_config()) == "weights"
+    named = DecodeWorkload("tiny-gpt", (3,), npu_attention="weights")
+    assert npu_attention_form(named, preset("decode")) == "weights"
+    with pytest.raises(DecodeError) as error:
+        DecodeWorkload("tiny-gpt", (3,), npu_attention="rows")
+    assert error.value.field == "npu_attention"
 
 
 #: four heads of 32: two to a 128-byte word

@@ -5,7 +5,7 @@ import pytest
 from rtl.config import preset
 from rtl.isa.npu import NpuOp
 from sim.decode.compiler import compile_decode
-from sim.decode.npu_kv import NpuKV
+from sim.decode.npu_kv import NpuKV, NpuKVStream
 from sim.decode.workload import DecodeError, DecodeWorkload
 from sim.npu_programs import unpack_word
 from sim.reproduce import PAPER_VOCAB, paper_config
@@ -56,6 +56,41 @@ def test_writes_place_k_transposed_and_v_by_token():
     assert (v == values[34, 1, 32:64]).all()
     k = unpack_word(words[kv.k(3, 1, 0, 1, 5)], np.uint16)
     assert (k[:3] == keys[32:35, 0, 5]).all() and not k[3:].any()
+    with pytest.raises(ValueError, match="tokens x 2 heads x 64"):
+        kv.writes(3, 1, keys[:, :1], values[:, :1])
+    with pytest.raises(ValueError, match="do not fit"):
+        kv.writes(3, 1, np.zeros((65, 2, 64), np.uint16), np.zeros((65, 2, 64), np.uint16))
+
+
+def test_stream_form_runs_hold_k_by_piece_and_v_by_chunk():
+    """The ``stream`` form (K and V^T streamed through the array)."""
+    kv = NpuKVStream(heads=2, d_head=64, base=4096)
+    kv.add(0, 0, 40)                    # 64 slots
+    kv.add(1, 0, 1)                     # 32 slots
+    assert kv.slots(0, 0) == 64 and kv.slots(1, 0) == 32
+    # per head: 2 K pieces and 2 V chunks of 64 bursts (K) and 2 x 64 (V)
+    assert kv.k(0, 0, 1, 0) == 4096 + 2 * 2 * 64 * 64
+    assert kv.v(0, 0, 0, 1, 3) == 4096 + (2 * 64 + 64 + 3) * 64
+    assert kv.k(1, 0, 0, 0) == 4096 + 2 * 2 * 2 * 64 * 64
+    assert kv.end == kv.k(1, 0, 0, 0) + 2 * 2 * 2 * 32 * 64
+    with pytest.raises(ValueError, match="placed already"):
+        kv.add(1, 0, 3)
+    with pytest.raises(ValueError, match="not a multiple of a burst's 32 FP16"):
+        NpuKVStream(heads=1, d_head=48)
+
+
+def test_stream_form_writes_place_k_by_piece_and_v_transposed():
+    rng = np.random.default_rng(1)
+    kv = NpuKVStream(heads=2, d_head=64)
+    kv.add(3, 1, 40)
+    keys = rng.integers(0, 1 << 15, (35, 2, 64), dtype=np.uint16)
+    values = rng.integers(0, 1 << 15, (35, 2, 64), dtype=np.uint16)
+    words = kv.writes(3, 1, keys, values)
+    assert len(words) == 2 * (2 * 35 + 2 * 64)         # per head: K bursts, V chunks x d_head
+    k = unpack_word(words[kv.k(3, 1, 1, 1, 34)], np.uint16)
+    assert (k == keys[34, 1, 32:64]).all()
+    v = unpack_word(words[kv.v(3, 1, 0, 1, 5)], np.uint16)
+    assert (v[:3] == values[32:35, 0, 5]).all() and not v[3:].any()
     with pytest.raises(ValueError, match="tokens x 2 heads x 64"):
         kv.writes(3, 1, keys[:, :1], values[:, :1])
     with pytest.raises(ValueError, match="do not fit"):

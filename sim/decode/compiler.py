@@ -92,7 +92,7 @@ from ..kv_layout import ChannelKV, KVLayout, CapacityError, token_writes
 from ..npu_programs import HbmImage, matrix_words
 from ..npu_vector_programs import layernorm_ops
 from ..scheduling import assign_channels, split_sub_batches
-from .npu_kv import NpuKV
+from .npu_kv import NpuKV, NpuKVStream
 from .golden import MODES, golden_decode, softmax_scale_bits
 from .run import CoreProgram, DecodeRun, StepProgram, check_dispatch
 from .workload import EPS, DecodeData, DecodeError, DecodeWorkload, random_data, shape_data
@@ -409,7 +409,7 @@ class Plan:
     cores: int = 1                   # NPU cores (config.npu.arrays)
     sp: dict = field(default_factory=dict)
     hbm: dict = field(default_factory=dict)
-    npu_kv: NpuKV | None = None      # npu-only: the KV cache over all channels
+    npu_kv: NpuKV | NpuKVStream | None = None   # npu-only: the KV cache over all channels
 
     @property
     def layout(self) -> KVLayout:
@@ -499,11 +499,43 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
                 slots=slots, cores=cores, npu_kv=npu_kv)
 
 
-def _npu_kv(workload: DecodeWorkload, config, layout: KVLayout, weight_row: int) -> NpuKV:
+def npu_attention_form(workload: DecodeWorkload, config) -> str:
+    """How npu-only runs attention on the array (``sim.decode.npu_kv``): the workload's
+    ``npu_attention``, or with ``"auto"`` the form with fewer estimated array clocks
+    (``Costs``) over the batch's requests at step 0: ``stream`` (K and V^T streamed, a
+    GEMM per 32-element K piece and per 32-token V chunk and head) or ``weights`` (K^T
+    and V as weights, a GEMM per 32-token chunk and per V row group for a block of k
+    heads). Small arrays favour ``stream`` (its GEMMs stream many rows), large ones
+    ``weights`` (one preload of K^T serves k heads)."""
+    if workload.npu_attention != "auto":
+        return workload.npu_attention
+    costs, npu, wd = Costs(config), config.npu, Words.of(config)
+    dh, heads, E = workload.model.d_head, workload.heads, BURST16
+    pieces, block = dh // E, min(heads, wd.k)
+    vh = max(1, wd.k // pieces)
+    stream = weights = 0
+    for n in workload.kv_lens:
+        L = n + 1
+        rows = [min(npu.accumulator_rows, L - m0) for m0 in range(0, L, npu.accumulator_rows)]
+        logits = sum(costs.gemm(m, dh if pieces == 1 else E, 1) * (1 if pieces == 1 else pieces)
+                     for m in rows)
+        out = sum(costs.gemm(dh, min(E, L - c * E), 1) for c in range(math.ceil(L / E)))
+        stream += heads * (logits + out)
+        per_block = (math.ceil(L / E) * costs.gemm(block, dh, block * E)
+                     + math.ceil(block / vh) * costs.gemm(vh, L, vh * dh))
+        weights += math.ceil(heads / block) * per_block
+    return "weights" if weights < stream else "stream"
+
+
+def _npu_kv(workload: DecodeWorkload, config, layout: KVLayout, weight_row: int):
     """npu-only: every request's K and V in runs that span all channels
-    (``sim.decode.npu_kv``), below the weights."""
-    npu_kv = NpuKV(layout.kv_heads, layout.d_head, config.geometry.burst_bytes,
-                   word_bursts(config))
+    (``sim.decode.npu_kv``, in the form :func:`npu_attention_form` picks), below the
+    weights."""
+    if npu_attention_form(workload, config) == "weights":
+        npu_kv = NpuKV(layout.kv_heads, layout.d_head, config.geometry.burst_bytes,
+                       word_bursts(config))
+    else:
+        npu_kv = NpuKVStream(layout.kv_heads, layout.d_head, config.geometry.burst_bytes)
     for layer in range(workload.layers):
         for r, n in enumerate(workload.kv_lens):
             npu_kv.add(r, layer, n + workload.steps)
@@ -586,6 +618,12 @@ def _thread(work: Stream, dmas: Stream) -> Stream:
             out.ops.append(queue.pop(0))
     out.ops += queue
     return out
+
+
+def _k_span(layout: KVLayout, tokens: int) -> int:
+    """Words of one 32-element piece of the K cache in an npu-only ``stream`` K buffer (a
+    word per token slot of every K tile)."""
+    return layout.k_tiles(tokens) * layout.banks
 
 
 def _npu_attention_dims(workload: DecodeWorkload, layout: KVLayout, words: Words) -> dict:
@@ -838,7 +876,19 @@ def _scratchpad(plan: Plan) -> dict:
                             ("g16_p", f16(_largest_share(plan, f))),
                             ("f2_p", f32(_largest_share(plan, d)))):
             s[name] = sp.take(name, Bt * words)
-    if plan.mode == "npu-only":     # a block of k heads: K^T rows per chunk, V rows per token
+    if plan.mode == "npu-only" and plan.npu_kv.form == "stream":
+        chunks = math.ceil(Lmax / layout.burst_elements)
+        for i in range(2):
+            s[f"kbuf{i}"] = sp.take(f"kbuf{i}", _head_bursts(m) * _k_span(layout, Lmax))
+            s[f"vbuf{i}"] = sp.take(f"vbuf{i}", chunks * dh)
+            s[f"qcol{i}"] = sp.take(f"qcol{i}", dh)
+        s["lcol"] = sp.take("lcol", Lmax)
+        s["scol"] = sp.take("scol", chunks * layout.burst_elements)
+        s["ocol"] = sp.take("ocol", dh)
+        s["q32"] = sp.take("q32", f32(dh))
+        if _head_bursts(m) > 1:
+            s["l16"] = sp.take("l16", math.ceil(Lmax / wd.e16))
+    elif plan.mode == "npu-only":     # a block of k heads: K^T rows per chunk, V rows per token
         kv, dims = plan.npu_kv, _npu_attention_dims(w, layout, wd)
         cmax, block = dims["chunks"], min(heads, wd.k)
         v_groups = math.ceil(block / kv.v_heads)
@@ -1160,11 +1210,12 @@ class Builder:
         """Store the new token's K and V of every request in ``rows``: the one a burst per
         piece, the other by read-modify-write of its token chunk (:func:`vrmw_rows`
         requests at a time through the ``vrmw`` buffer). PIM layout: K by bursts (a
-        column of its K row), V by chunks; npu-only (``sim.decode.npu_kv``): V by bursts,
-        K by chunks."""
+        column of its K row), V by chunks, and so the npu-only ``stream`` form; its
+        ``weights`` form (``sim.decode.npu_kv``): V by bursts, K by chunks."""
         s, sp, dh, plan = self.stream(), self.sp, self.dh, self.plan
         group = vrmw_rows(self.heads, dh)
-        burst_part, chunk_part = (2, 1) if plan.npu_kv is not None else (1, 2)
+        weights = plan.npu_kv is not None and plan.npu_kv.form == "weights"
+        burst_part, chunk_part = (2, 1) if weights else (1, 2)
 
         def at(i, h):                           # request i of a group, head h: dh words
             return sp["vrmw"] + (i * self.heads + h) * dh
@@ -1200,8 +1251,10 @@ class Builder:
         """HBM addresses of token ``t``'s bursts of head ``h`` (a burst per piece of 32
         elements): K, a column each of the token's K row (PIM layout), or V, one burst
         of each piece's run (npu-only)."""
-        if self.plan.npu_kv is not None:
-            return [self.plan.npu_kv.v(r, layer, h, j, t) for j in range(self.hb)]
+        kv = self.plan.npu_kv
+        if kv is not None:
+            return [kv.v(r, layer, h, j, t) if kv.form == "weights" else kv.k(r, layer, h, j, t)
+                    for j in range(self.hb)]
         c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
         group, column = self._k_place(h)
         return [_address(self.config, c, t % B, pages.k[t // B][group], column + j)
@@ -1212,8 +1265,10 @@ class Builder:
         ``h`` among 32 tokens, a word per dimension: V, per V tile ``banks`` bursts (PIM
         layout), or K, the token's chunk, ``d_head`` bursts in a row (npu-only)."""
         chunk = t // self.layout.burst_elements
-        if self.plan.npu_kv is not None:
-            return [(self.plan.npu_kv.k(r, layer, h, chunk), self.dh, 0)]
+        kv = self.plan.npu_kv
+        if kv is not None:
+            at = kv.k(r, layer, h, chunk) if kv.form == "weights" else kv.v(r, layer, h, chunk)
+            return [(at, self.dh, 0)]
         c, pages, B = self.plan.channel_of[r], self._pages(r, layer), self.layout.banks
         return [(self._v_burst(c, pages, h, vt, chunk), B, vt * B)
                 for vt in range(self.layout.v_tiles)]
@@ -1334,7 +1389,7 @@ class Builder:
         s.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
               **self._head_operand(self._attn_at(row, head), FLAG_STRIDED_D))
 
-    def mha_npu(self, layer: int, rows: list) -> Stream:
+    def _mha_npu_weights(self, layer: int, rows: list) -> Stream:
         """npu-only attention on the array with K and V as its weights
         (``sim.decode.npu_kv``), per request a block of ``k`` heads at a time (k bursts
         per scratchpad word): ``q . K^T`` per 32-token chunk for the whole block (a head
@@ -1408,6 +1463,97 @@ class Builder:
             at = sp["o32"]
         s.vec(VectorOp.CVT32TO16, a=at, length=dh,
               **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
+
+    def _mha_npu_stream(self, layer: int, rows: list) -> Stream:
+        """npu-only attention with K and V^T streamed through the array (``stream``:
+        ``K . q^T`` per 32-element piece, ``V^T . s^T`` per 32-token chunk), head by head,
+        the next head's K and V loading meanwhile."""
+        s, sp, lay, plan = self.stream(), self.sp, self.layout, self.plan
+        if not rows:
+            return s
+        kv, channels = plan.npu_kv, self.config.geometry.channels
+        dh, heads = self.dh, self.heads
+        span = _k_span(lay, max(self.w.kv_lens) + self.w.steps)
+        s += self.append(layer, rows)
+        s.wait("vector", "dma")
+        items = [(row, h) for row in rows for h in range(heads)]
+
+        def load(i):        # a DMA per K piece and one for V, each over every channel
+            row, h = items[i]
+            r = plan.row_order[row]
+            L = self._token(r) + 1
+            for j in range(self.hb):           # piece j: the tokens' elements 32j .. 32j + 31
+                s.load(kv.k(r, layer, h, j), sp[f"kbuf{i % 2}"] + j * span, L, channels,
+                       spread=True)            # a word per token
+            s.load(kv.v(r, layer, h, 0), sp[f"vbuf{i % 2}"],
+                   math.ceil(L / lay.burst_elements) * dh, channels, spread=True)
+
+        def query(i):
+            row, h = items[i]
+            s.vec(VectorOp.CVT16TO32, d=sp["q32"], length=dh,
+                  **self._head_operand(self._qkv_at(row, 0, h), FLAG_STRIDED_A))
+            s.vec(VectorOp.CVT32TO16, a=sp["q32"], d=sp[f"qcol{i % 2}"], length=dh,
+                  flags=FLAG_STRIDED_D, imm=strided_imm(1, 0))
+
+        load(0)
+        s.wait("dma")
+        query(0)
+        if len(items) > 1:
+            load(1)
+        for i, (row, h) in enumerate(items):
+            r = plan.row_order[row]
+            L = self._token(r) + 1
+            kbuf, vbuf = sp[f"kbuf{i % 2}"], sp[f"vbuf{i % 2}"]
+            s.wait("vector")
+            self._logits_npu(s, kbuf, sp[f"qcol{i % 2}"], L, span)
+            s.wait("vector")
+            per = lay.burst_elements
+            for chunk in range(math.ceil(L / per)):
+                k = min(per, L - per * chunk)
+                s.gemm(vbuf + chunk * dh, sp["scol"] + per * chunk, sp["ocol"], dh, k, 1, 1, 1, 1,
+                       fp32=True, acc=chunk > 0)
+            if i + 1 < len(items):
+                s.wait("dma")
+                query(i + 1)
+            s.wait("gemm")
+            if i + 2 < len(items):
+                load(i + 2)
+            column = {"flags": FLAG_STRIDED_A, "imm": strided_imm(1, 0)}
+            if dh >= self.wd.e16:
+                s.vec(VectorOp.CVT32TO16, a=sp["ocol"], d=self._attn_at(row, h)[0], length=dh,
+                      **column)
+            else:       # a head in part of a word: the column copied out first
+                s.vec(VECTOR_COPY, a=sp["ocol"], d=sp["o32"], length=dh, **column)
+                s.vec(VectorOp.CVT32TO16, a=sp["o32"], length=dh,
+                      **self._head_operand(self._attn_at(row, h), FLAG_STRIDED_D))
+        return s
+
+    def _logits_npu(self, s: Stream, kbuf: int, qcol: int, L: int, span: int) -> None:
+        """K . q^T on the array (in pieces of ``accumulator_rows`` tokens), then the
+        softmax into ``scol``. A head of one word is one GEMM with FP16 logits; a longer
+        head is one GEMM per 32-element piece, chained in FP32 (``acc``), then rounded by
+        the vector unit (``sim.decode.golden``: the same order)."""
+        sp, acc_rows = self.sp, self.config.npu.accumulator_rows
+        for m0 in range(0, L, acc_rows):
+            rows_m = min(acc_rows, L - m0)
+            if self.hb == 1:
+                s.gemm(kbuf + m0, qcol, sp["lcol"] + m0, rows_m, self.dh, 1, 1, 1, 1)
+                continue
+            for j in range(self.hb):
+                s.gemm(kbuf + j * span + m0, qcol + j * BURST16, sp["lcol"] + m0, rows_m,
+                       BURST16, 1, 1, 1, 1, fp32=True, acc=j > 0)
+        s.wait("gemm")
+        logits, flags, imm = sp["lcol"], FLAG_STRIDED_A, strided_imm(1, 0)
+        if self.hb > 1:
+            s.vec(VectorOp.CVT32TO16, a=logits, d=sp["l16"], length=L, flags=flags, imm=imm)
+            logits, flags, imm = sp["l16"], 0, 0
+        self._softmax(s, logits, L, flags, imm, sp["scol"], FLAG_STRIDED_D, strided_imm(1, 0))
+
+    def mha_npu(self, layer: int, rows: list) -> Stream:
+        """npu-only attention, in the KV cache's form (``sim.decode.npu_kv``)."""
+        if self.plan.npu_kv.form == "weights":
+            return self._mha_npu_weights(layer, rows)
+        return self._mha_npu_stream(layer, rows)
 
     def mha(self, layer: int, rows: list) -> Stream:
         """The attention of this core's requests among ``rows``."""

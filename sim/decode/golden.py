@@ -11,14 +11,18 @@ columns, ``sim.decode.workload``)::
     h = LayerNorm1(x); qkv = fp16(h) . W_qkv (FP16 out); q, k, v = thirds of qkv
     append k, v to every request's cache; per request and head:
       logits (FP16): PIM modes: K^T q on the PIM (golden_logits);
-                     npu-only: the systolic array, q [1 x d_head] . K^T [d_head x L]
-                     with FP16 out (K tiles of the array chained in its FP32
-                     accumulator)
+                     npu-only in the ``stream`` form (``sim.decode.npu_kv``): the array,
+                     K [L x d_head] . q^T [d_head x 1] (d_head > 32: one GEMM per 32
+                     elements, chained in FP32, then rounded to FP16 by the vector
+                     unit); in the ``weights`` form q [1 x d_head] . K^T [d_head x L]
+                     with FP16 out (K tiles chained in the array's FP32 accumulator)
       p = softmax(fp32(logits) * 1/sqrt(d_head)) (vector unit), s = fp16(p)
       out (FP16):    PIM modes: golden_attention (a GEMV per V token chunk of
                      row_elements tokens; acc = +0.0, acc += fp32(partial) in chunk
                      order in FP32, rounded to FP16);
-                     npu-only: s [1 x L] . V [L x d_head] on the array in FP32 (K tiles
+                     npu-only, ``stream``: V^T [d_head x L] . s^T [L x 1] on the array,
+                     K split in 32-token chunks chained in FP32 (``acc``), rounded to
+                     FP16; ``weights``: s [1 x L] . V [L x d_head] in FP32 (K tiles
                      chained in the accumulator), rounded to FP16 by the vector unit
     o = attn . W_o (FP32); r1 = x + o; h2 = LayerNorm2(r1); f1 = fp16(h2) . W_1 (FP32)
     x = r1 + fp16(GELU(f1)) . W_2
@@ -84,8 +88,37 @@ def _attention_pim(layout, keys, values, q, lanes) -> np.ndarray:
     return golden_attention(layout, values, s)[1]              # heads x d_head
 
 
-def _attention_npu(keys, values, q, H, W, lanes) -> np.ndarray:
-    """Per head two GEMMs of one row: ``q . K^T`` (FP16 logits), the softmax, ``s . V``
+def _logits_npu(keys, q, H, W, per) -> np.ndarray:
+    """K [L x d_head] . q: one GEMM with FP16 out for a head of one burst (``per`` FP16);
+    a longer head one GEMM per burst-wide piece chained in FP32, then rounded."""
+    dh = len(q)
+    if dh == per:
+        return gemm(keys, q.reshape(dh, 1), H, W)[1][:, 0]
+    acc = None
+    for j in range(0, dh, per):
+        acc = gemm(np.ascontiguousarray(keys[:, j:j + per]), q[j:j + per].reshape(per, 1), H, W,
+                   acc)[0]
+    return _cvt(acc[:, 0])
+
+
+def _attention_npu_stream(keys, values, q, H, W, lanes, per) -> np.ndarray:
+    """The ``stream`` form (``sim.decode.npu_kv``); ``per``: FP16 per burst, the token
+    chunk of one attend GEMM."""
+    heads, dh = q.shape
+    out = np.zeros((heads, dh), dtype=np.uint16)
+    for h in range(heads):
+        logits = _logits_npu(keys[:, h, :], q[h], H, W, per)
+        s = scores(logits, dh, lanes)
+        acc = None
+        for c in range(0, len(s), per):
+            vt = np.ascontiguousarray(values[c:c + per, h, :].T)     # dh x chunk
+            acc = gemm(vt, s[c:c + per].reshape(-1, 1), H, W, acc)[0]
+        out[h] = _cvt(acc[:, 0])
+    return out
+
+
+def _attention_npu_weights(keys, values, q, H, W, lanes) -> np.ndarray:
+    """The ``weights`` form (``sim.decode.npu_kv``): per head two GEMMs of one row: ``q . K^T`` (FP16 logits), the softmax, ``s . V``
     (FP32, then rounded by the vector unit). Columns are independent, so the compiler's
     GEMMs per token group (logits) and per group of V pieces (out) give these bits."""
     heads, dh = q.shape
@@ -110,6 +143,8 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
     heads, dh, a = workload.heads, m.d_head, workload.d_attn
     keys = [[k.copy() for k in r] for r in data.keys]
     values = [[v.copy() for v in r] for r in data.values]
+    from .compiler import npu_attention_form      # the compiler's pick (it imports this module)
+    form = npu_attention_form(workload, config) if mode == "npu-only" else None
     steps = []
     for step in range(workload.steps):
         x = data.inputs[step].copy()
@@ -123,8 +158,12 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
                 keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, a:2 * a].reshape(1, heads, dh)])
                 values[r][layer] = np.concatenate([values[r][layer],
                                                    qkv[r, 2 * a:].reshape(1, heads, dh)])
-                if mode == "npu-only":
-                    out = _attention_npu(keys[r][layer], values[r][layer], q, H, W, lanes)
+                if mode == "npu-only" and form == "weights":
+                    out = _attention_npu_weights(keys[r][layer], values[r][layer], q, H, W,
+                                                 lanes)
+                elif mode == "npu-only":
+                    out = _attention_npu_stream(keys[r][layer], values[r][layer], q, H, W, lanes,
+                                                layout.burst_elements)
                 else:
                     out = _attention_pim(layout, keys[r][layer], values[r][layer], q, lanes)
                 attn[r] = out.reshape(-1)

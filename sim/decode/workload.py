@@ -35,6 +35,10 @@ class DecodeError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+#: how npu-only runs attention on the array (``sim.decode.npu_kv``)
+NPU_ATTENTION = ("auto", "stream", "weights")
+
+
 @dataclass(frozen=True)
 class DecodeWorkload:
     """``model`` (a registered name or a ModelShape), ``kv_lens`` (tokens each request has
@@ -46,6 +50,7 @@ class DecodeWorkload:
     vocab: int = 128
     seed: int = 0
     source: str = ""
+    npu_attention: str = "auto"     # npu-only: "stream", "weights" or "auto" (the compiler's pick)
 
     def __post_init__(self):
         model = get_model(self.model) if isinstance(self.model, str) else self.model
@@ -58,6 +63,9 @@ class DecodeWorkload:
                 raise DecodeError(f"kv_lens[{i}]", f"negative length {n}")
         if self.steps < 1:
             raise DecodeError("steps", f"must be >= 1, got {self.steps}")
+        if self.npu_attention not in NPU_ATTENTION:
+            raise DecodeError("npu_attention", f"{self.npu_attention!r} is not one of "
+                              f"{', '.join(NPU_ATTENTION)}")
         if self.vocab < 1 or self.vocab % 32:
             raise DecodeError("vocab", f"must be a positive multiple of 32, got {self.vocab}")
         m = model

@@ -66,7 +66,8 @@ def test_mode_on_rtl(mode, name, tmp_path):
 
 
 @pytest.mark.xdist_group("decode")
-@pytest.mark.parametrize("name", ["b3-past-accumulator", "b3-head64"])
+@pytest.mark.parametrize("name", ["b3-past-accumulator",
+                                  pytest.param("b3-head64", marks=pytest.mark.slow)])
 def test_npu_weights_form_on_rtl(name, tmp_path):
     """npu-only in its ``weights`` form (``sim.decode.npu_kv``: q . K^T and s . V with K
     and V as the array's weights; ``auto`` picks it on large arrays, the paper's device)

@@ -434,6 +434,21 @@ def test_several_cores_match_golden(case, mode):
     assert it.hazards == []
 
 
+@pytest.mark.parametrize("case", ["tiny-gpt x2", "wide-gpt x3"])
+def test_several_cores_npu_weights_form(case):
+    """npu-only's ``weights`` form with the attention split over cores: bit for bit on
+    the interpreter, no hazards."""
+    model, cores, lens, steps = CORE_CASES[case]
+    w = DecodeWorkload(model, lens, steps=steps, seed=len(lens), npu_attention="weights")
+    run = compile_decode(w, "npu-only", with_cores(preset("decode"), cores))
+    assert run.plan.npu_kv.form == "weights"
+    it = Interpreter(run.config, run.image.words)
+    for step in run.steps:
+        it.run_step(step)
+        assert it.step_mismatches(step) == []
+    assert it.hazards == []
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_cores_share_the_work(mode):
     """Each core runs 1 / cores of every GEMM's columns (the MACs add up to one core's),

@@ -75,6 +75,27 @@ class _Runs:
     def slots(self, request: int, layer: int) -> int:
         return self._runs[request, layer][1]
 
+    def _checked(self, request: int, layer: int, keys, values) -> tuple:
+        """``keys``, ``values`` as FP16 bits, T x heads x d_head with T within the slots."""
+        keys, values = np.asarray(keys, np.uint16), np.asarray(values, np.uint16)
+        want = (self.heads, self.d_head)
+        if keys.shape != values.shape or keys.ndim != 3 or keys.shape[1:] != want:
+            raise ValueError(f"keys {keys.shape} and values {values.shape} must both be "
+                             f"tokens x {want[0]} heads x {want[1]}")
+        slots = self.slots(request, layer)
+        if len(keys) > slots:
+            raise ValueError(f"{len(keys)} tokens do not fit the {slots} slots of request "
+                             f"{request}, layer {layer}")
+        return keys, values
+
+    def _chunk_rows(self, x: np.ndarray, head: int) -> np.ndarray:
+        """``head``'s tokens of ``x`` transposed by 32-token chunk: row c d_head + d holds
+        dimension d of chunk c's tokens (zeros past the last)."""
+        per, chunks = self.per, math.ceil(len(x) / self.per)
+        padded = np.zeros((chunks * per, self.d_head), np.uint16)
+        padded[:len(x)] = x[:, head, :]
+        return padded.reshape(chunks, per, self.d_head).transpose(0, 2, 1).reshape(-1, per)
+
 
 class NpuKV(_Runs):
     """The ``weights`` form's cache (module docstring).
@@ -122,25 +143,10 @@ class NpuKV(_Runs):
     def writes(self, request: int, layer: int, keys, values) -> dict[int, int]:
         """{byte address: burst} that store cached tokens ``keys``/``values`` (T x heads x
         d_head FP16 bits) of ``request`` in ``layer``."""
-        keys, values = np.asarray(keys, np.uint16), np.asarray(values, np.uint16)
-        want = (self.heads, self.d_head)
-        if keys.shape != values.shape or keys.ndim != 3 or keys.shape[1:] != want:
-            raise ValueError(f"keys {keys.shape} and values {values.shape} must both be "
-                             f"tokens x {want[0]} heads x {want[1]}")
-        tokens = len(keys)
-        slots = self.slots(request, layer)
-        if tokens > slots:
-            raise ValueError(f"{tokens} tokens do not fit the {slots} slots of request "
-                             f"{request}, layer {layer}")
-        out = {}
-        per = self.per
-        chunks = math.ceil(tokens / per)
-        padded = np.zeros((chunks * per,) + want, np.uint16)
-        padded[:tokens] = keys
+        keys, values = self._checked(request, layer, keys, values)
+        out, tokens, per = {}, len(keys), self.per
         for h in range(self.heads):
-            # chunk c, dimension d: the chunk's tokens of d
-            k_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
-            out.update(_bursts(self.k(request, layer, h), k_rows.reshape(-1, per), self.burst))
+            out.update(_bursts(self.k(request, layer, h), self._chunk_rows(keys, h), self.burst))
             v_rows = values[:, h, :].reshape(tokens, self.pieces, per)
             for t in range(tokens):
                 out.update(_bursts(self.v(request, layer, h, 0, t), v_rows[t], self.burst))
@@ -188,28 +194,13 @@ class NpuKVStream(_Runs):
     def writes(self, request: int, layer: int, keys, values) -> dict[int, int]:
         """{byte address: burst} that store cached tokens ``keys``/``values`` (T x heads x
         d_head FP16 bits) of ``request`` in ``layer``."""
-        keys, values = np.asarray(keys, np.uint16), np.asarray(values, np.uint16)
-        want = (self.heads, self.d_head)
-        if keys.shape != values.shape or keys.ndim != 3 or keys.shape[1:] != want:
-            raise ValueError(f"keys {keys.shape} and values {values.shape} must both be "
-                             f"tokens x {want[0]} heads x {want[1]}")
-        tokens = len(keys)
-        slots = self.slots(request, layer)
-        if tokens > slots:
-            raise ValueError(f"{tokens} tokens do not fit the {slots} slots of request "
-                             f"{request}, layer {layer}")
-        out = {}
-        per = self.per
-        chunks = math.ceil(tokens / per)
-        padded = np.zeros((chunks * per,) + want, np.uint16)
-        padded[:tokens] = values
+        keys, values = self._checked(request, layer, keys, values)
+        out, tokens, per = {}, len(keys), self.per
         for h in range(self.heads):
             k_rows = keys[:, h, :].reshape(tokens, self.pieces, per)
             for j in range(self.pieces):
                 out.update(_bursts(self.k(request, layer, h, j), k_rows[:, j, :], self.burst))
-            # chunk c, dimension d: the chunk's tokens of d
-            v_rows = padded[:, h, :].reshape(chunks, per, self.d_head).transpose(0, 2, 1)
-            out.update(_bursts(self.v(request, layer, h, 0), v_rows.reshape(-1, per),
+            out.update(_bursts(self.v(request, layer, h, 0), self._chunk_rows(values, h),
                                self.burst))
         return out
 

@@ -5,12 +5,16 @@ Modes (the same compiler code; they differ only where stated):
 
 - ``npu-only``: attention on the NPU. The KV cache is laid out for the DMA
   (``sim.decode.npu_kv``: each request's K and V in runs of bursts that the address map
-  spreads over every channel and bank, not the PIM's pages). Per request and head, a DMA
-  per K word slice and per V piece stream them into the scratchpad, one request and head
-  ahead of the compute (double buffers, the DMAs threaded between the compute's
-  instructions); the systolic array computes two GEMMs of one row with K and V as its
-  weights: ``q . K^T`` (one per word of tokens, FP16 logits) and ``s . V`` (FP32, K
-  tiles chained in the accumulator, rounded by the vector unit),
+  spreads over every channel and bank, not the PIM's pages), in one of two forms that
+  :func:`npu_attention_form` picks by estimated array clocks. ``stream``: per request
+  and head a DMA per 32-element K piece and one for V, the array computing ``K . q^T``
+  (q as a column: a strided VECTOR scatter) and ``V^T . s^T`` (32-token chunks chained
+  in FP32; a head wider than one word: one logit GEMM per 32 elements chained in FP32,
+  rounded by the vector unit). ``weights``: per request a block of k heads (k bursts per
+  scratchpad word), a DMA per head's K and one for the block's V, the array computing
+  ``q . K^T`` per 32-token chunk for the whole block and ``s . V`` per group of heads in
+  a V row, with K and V as its weights. Either way the next request-head or block loads
+  one ahead of the compute (double buffers),
   the vector unit the softmax. No PIM: the channels run in ``dual`` mode (no PIM command
   is ever issued, so it is the plain DRAM); the greedy channel assignment only deals the
   requests' attention out to the cores.

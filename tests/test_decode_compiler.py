@@ -144,6 +144,8 @@ WEIGHTS_FORM = {
     "h64": ("tiny-gpt-h64", (150, 9, 31), 64),
     "4xh32-w128": (ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32), (3, 40, 17), 128),
     "2xh64-w256": (ModelShape("gpt-2xh64", 128, 2, 2, ffn=256, d_head=64), (3, 40, 17), 256),
+    # heads narrower than a word of FP32: outputs copied out of their part of a word
+    "4xh32-w256": (ModelShape("gpt-4xh32", 128, 4, 2, ffn=256, d_head=32), (3, 40, 17), 256),
 }
 
 

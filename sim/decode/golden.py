@@ -118,9 +118,10 @@ def _attention_npu_stream(keys, values, q, H, W, lanes, per) -> np.ndarray:
 
 
 def _attention_npu_weights(keys, values, q, H, W, lanes) -> np.ndarray:
-    """The ``weights`` form (``sim.decode.npu_kv``): per head two GEMMs of one row: ``q . K^T`` (FP16 logits), the softmax, ``s . V``
-    (FP32, then rounded by the vector unit). Columns are independent, so the compiler's
-    GEMMs per token group (logits) and per group of V pieces (out) give these bits."""
+    """The ``weights`` form (``sim.decode.npu_kv``), per head: ``q . K^T`` (FP16 logits),
+    the softmax, ``s . V`` (FP32, then rounded by the vector unit). A GEMM's rows and
+    columns are independent, so the compiler's GEMMs per 32-token chunk for a block of
+    heads (logits) and per group of heads in a V row (out) give these bits."""
     heads, dh = q.shape
     out = np.zeros((heads, dh), dtype=np.uint16)
     for h in range(heads):
@@ -158,10 +159,10 @@ def golden_decode(workload: DecodeWorkload, data: DecodeData, mode: str, config)
                 keys[r][layer] = np.concatenate([keys[r][layer], qkv[r, a:2 * a].reshape(1, heads, dh)])
                 values[r][layer] = np.concatenate([values[r][layer],
                                                    qkv[r, 2 * a:].reshape(1, heads, dh)])
-                if mode == "npu-only" and form == "weights":
+                if form == "weights":
                     out = _attention_npu_weights(keys[r][layer], values[r][layer], q, H, W,
                                                  lanes)
-                elif mode == "npu-only":
+                elif form == "stream":
                     out = _attention_npu_stream(keys[r][layer], values[r][layer], q, H, W, lanes,
                                                 layout.burst_elements)
                 else:

@@ -192,6 +192,11 @@ def _add_dma_options(p, scope: str = ""):
                         "(NpuConfig.dma_in_flight; default: the configuration's, "
                         f"{paper.dma_in_flight} on the paper's NPU; the controllers' tags "
                         "are raised to cores x this when fewer)")
+    p.add_argument("--dma-overlap", action="store_const", const=True,
+                   help=f"{scope}each core's DMA takes a command as soon as the channels it "
+                        "has bursts in are free, so transfers to different channels issue at "
+                        "once (NpuConfig.dma_overlap; default: the configuration's, "
+                        f"{paper.dma_overlap} on the paper's NPU)")
 
 
 def cmd_bench_device(args):
@@ -202,7 +207,8 @@ def cmd_bench_device(args):
         config = _with_npu(_config(args), channels=args.channels,
                            weight_buffers=args.weight_buffers, arrays=args.cores,
                            response_buffer=args.response_buffer,
-                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight)
+                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight,
+                           dma_overlap=args.dma_overlap)
         if args.timing_only:
             config = config.replace(datapath=False)
         report = bench_device(config, tiles=args.tiles, rows=args.rows_per_gemm, show=show)
@@ -345,7 +351,8 @@ def cmd_reproduce(args):
         config = paper_config(args.weight_buffers) if args.paper else \
             slice_config(args.cores, array, args.word_bytes, args.lanes, args.weight_buffers)
         config = _with_npu(config, response_buffer=args.response_buffer,
-                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight)
+                           dma_responses=args.dma_responses, dma_in_flight=args.dma_in_flight,
+                           dma_overlap=args.dma_overlap)
         link = Interconnect(args.link_gbs, args.link_hop_us)
         report = run_grid(grid, out, config=config, jobs=args.jobs, log=log, precheck=True,
                           resume=args.resume, link=link, report_only=args.report_only)

@@ -30,7 +30,10 @@ class NpuConfig:
     another channel's this clock holds up the channel's responses for every core behind
     it (head-of-line blocking). ``dma_responses``: read responses the DMA writes to the
     scratchpad per clock, from as many channels, each through a write port of its own
-    (``rtl.npu.dma``); 1 caps a core at one burst per clock."""
+    (``rtl.npu.dma``); 1 caps a core at one burst per clock. ``dma_overlap``: the DMA
+    takes a command as soon as the channels it has bursts in are free (same direction as
+    the commands still issuing), instead of once every channel is done with the one
+    before, so transfers to different channels issue at once (``rtl.npu.dma``)."""
     arrays: int = 8
     array_rows: int = 128
     array_cols: int = 128
@@ -43,6 +46,7 @@ class NpuConfig:
     weight_buffers: int = 1
     response_buffer: int = 0
     dma_responses: int = 1
+    dma_overlap: bool = False
 
     def __post_init__(self):
         require_positive_ints(self, ("arrays", "array_rows", "array_cols", "vector_lanes",
@@ -56,6 +60,8 @@ class NpuConfig:
         require(isinstance(self.response_buffer, int) and not isinstance(self.response_buffer, bool)
                 and self.response_buffer >= 0, "NpuConfig.response_buffer",
                 f"must be an integer >= 0, got {self.response_buffer!r}")
+        require(isinstance(self.dma_overlap, bool), "NpuConfig.dma_overlap",
+                f"must be True or False, got {self.dma_overlap!r}")
         for name in ("scratchpad_words", "instruction_words"):
             value = getattr(self, name)
             require(is_power_of_two(value) and value >= 2, f"NpuConfig.{name}",

@@ -91,7 +91,10 @@ class DmaEngine(wiring.Component):
     done when acknowledged.
 
     Ports: ``cmd`` (In stream, :func:`dma_command_layout`): taken when every walker is done
-    with the previous command (whose last responses may still be outstanding); a store
+    with the previous command (whose last responses may still be outstanding); with
+    ``NpuConfig.dma_overlap``, when the walkers of the channels it has bursts in are done
+    and it goes the same way (load or store) as the commands still walking, so commands
+    to different channels issue at once, each walker keeping its own command. A store
     also waits until no load is outstanding (it may read words a load still writes).
     ``busy`` (Out): a walker runs, a request waits or a tag is outstanding. ``requests``,
     ``read_responses``, ``write_responses``: one stream per channel (to the controllers).
@@ -134,10 +137,18 @@ class DmaEngine(wiring.Component):
 
         cmd = self.cmd.payload
         store = Signal()
-        b0 = Signal(bits + 2)
-        end = Signal(bits + 2)
-        sp_base = Signal(SP_BITS + kb, name="sp_base")   # sp in burst slices (sp k)
-        spread = Signal()                                 # one burst per word: slice i k
+        overlap = cfg.npu.dma_overlap
+        if overlap:             # each walker keeps its own command
+            b0s = [Signal(bits + 2, name=f"b0_{c}") for c in range(C)]
+            ends = [Signal(bits + 2, name=f"end{c}") for c in range(C)]
+            sp_bases = [Signal(SP_BITS + kb, name=f"sp_base{c}") for c in range(C)]
+            spreads = [Signal(name=f"spread{c}") for c in range(C)]
+        else:
+            b0 = Signal(bits + 2)
+            end = Signal(bits + 2)
+            sp_base = Signal(SP_BITS + kb, name="sp_base")   # sp in burst slices (sp k)
+            spread = Signal()                                 # one burst per word: slice i k
+            b0s, ends, sp_bases, spreads = [b0] * C, [end] * C, [sp_base] * C, [spread] * C
 
         cur = [Signal(bits + 2, name=f"cur{c}") for c in range(C)]
         active = Signal(C)
@@ -160,17 +171,36 @@ class DmaEngine(wiring.Component):
         m.d.comb += self.busy.eq(active.any() | pend.any() | fifo_busy | tags_out)
 
         # -- a new command --
-        m.d.comb += self.cmd.ready.eq(~active.any() & ~(cmd.store & loads_out))
-        take = self.cmd.valid & self.cmd.ready
-        start = Signal(bits + 2)
-        m.d.comb += start.eq(cmd.hbm >> offset_bits)
-        with m.If(take):
-            m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
-                         sp_base.eq(cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp)),
-                         spread.eq(cmd.spread)]
-            for c in range(C):
-                first = self._first(start, c, q, cw)
-                m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]
+        if overlap:
+            start = Signal(bits + 2)
+            m.d.comb += start.eq(cmd.hbm >> offset_bits)
+            cmd_sp = cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp)
+            touched = Signal(C)     # the channels the command has bursts in
+            firsts = [self._first(start, c, q, cw) for c in range(C)]
+            m.d.comb += touched.eq(Cat(*(first < start + cmd.count for first in firsts)))
+            same_way = ~active.any() | (cmd.store == store)
+            m.d.comb += self.cmd.ready.eq(~(active & touched).any() & same_way
+                                          & ~(cmd.store & loads_out))
+            take = self.cmd.valid & self.cmd.ready
+            with m.If(take):
+                m.d.sync += store.eq(cmd.store)
+                for c in range(C):
+                    with m.If(touched[c]):
+                        m.d.sync += [cur[c].eq(firsts[c]), active[c].eq(1), b0s[c].eq(start),
+                                     ends[c].eq(start + cmd.count), sp_bases[c].eq(cmd_sp),
+                                     spreads[c].eq(cmd.spread)]
+        else:
+            m.d.comb += self.cmd.ready.eq(~active.any() & ~(cmd.store & loads_out))
+            take = self.cmd.valid & self.cmd.ready
+            start = Signal(bits + 2)
+            m.d.comb += start.eq(cmd.hbm >> offset_bits)
+            with m.If(take):
+                m.d.sync += [store.eq(cmd.store), b0.eq(start), end.eq(start + cmd.count),
+                             sp_base.eq(cmd.sp if k == 1 else Cat(cmd.slice[:kb], cmd.sp)),
+                             spread.eq(cmd.spread)]
+                for c in range(C):
+                    first = self._first(start, c, q, cw)
+                    m.d.sync += [cur[c].eq(first), active[c].eq(first < start + cmd.count)]
 
         # -- issue: every channel with work, a free tag and FIFO room --
         lowest = []
@@ -183,7 +213,11 @@ class DmaEngine(wiring.Component):
             m.d.comb += can[c].eq(active[c] & free[c].any() & credit)
         st_pointer = Signal(range(max(C, 2)))
         st_winner, st_any = round_robin(m, can, st_pointer, "store")
-        st_slice = sp_base + self._step(Array(cur)[st_winner] - b0, spread, kb)
+        if overlap:
+            st_slice = Array(sp_bases)[st_winner] + self._step(
+                Array(cur)[st_winner] - Array(b0s)[st_winner], Array(spreads)[st_winner], kb)
+        else:
+            st_slice = sp_base + self._step(Array(cur)[st_winner] - b0, spread, kb)
         if k == 1:
             m.d.comb += [self.sp_read.en.eq(store & st_any),
                          self.sp_read.addr.eq(st_slice)]
@@ -211,13 +245,13 @@ class DmaEngine(wiring.Component):
             with m.If(issue[c]):
                 for t in range(T):
                     with m.If(lowest[c] == t):
-                        m.d.sync += table[c][t].eq(sp_base + self._step(cur[c] - b0,
-                                                                        spread, kb))
+                        m.d.sync += table[c][t].eq(sp_bases[c] + self._step(
+                            cur[c] - b0s[c], spreads[c], kb))
                 m.d.sync += [cur[c].eq(self._next(cur[c], c, q, cw)),
                              pend_req[c].eq(Cat(*(self._field(req_layout, name, here, store,
                                                               lowest[c])
                                                   for name, _ in req_layout)))]
-                with m.If(self._next(cur[c], c, q, cw) >= end):
+                with m.If(self._next(cur[c], c, q, cw) >= ends[c]):
                     m.d.sync += active[c].eq(0)
             alloc = Mux(issue[c], Const(1, T) << lowest[c], 0)
             m.d.sync += [free[c].eq((free[c] & ~alloc) | freed[c]),

@@ -1223,19 +1223,37 @@ class Builder:
 
         def at(i, h):                           # request i of a group, head h: dh words
             return sp["vrmw"] + (i * self.heads + h) * dh
+
+        def chunks(batch, move):    # a word per chunk burst (a dimension)
+            per_row = []
+            for i, row in enumerate(batch):
+                r = plan.row_order[row]
+                per_row.append([(address, at(i, h) + word, count) for h in range(self.heads)
+                                for address, count, word in
+                                self._token_chunk(r, layer, h, self._token(r))])
+            for address, word, count in self._channel_turns(batch, per_row):
+                move(address, word, count, spread=True)
         for first in range(0, len(rows), group):
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
-            for i, row in enumerate(batch):
-                r = plan.row_order[row]
-                t = self._token(r)
-                for h in range(self.heads):
-                    self._store_bursts(s, self._token_bursts(r, layer, h, t),
-                                       self._qkv_at(row, burst_part, h))
-                for h in range(self.heads):         # a word per chunk burst (a dimension)
-                    for address, count, word in self._token_chunk(r, layer, h, t):
-                        s.load(address, at(i, h) + word, count, spread=True)
+            if self.config.npu.dma_overlap:     # the stores first, the loads by channel
+                for row in batch:
+                    r = plan.row_order[row]
+                    for h in range(self.heads):
+                        self._store_bursts(s, self._token_bursts(r, layer, h, self._token(r)),
+                                           self._qkv_at(row, burst_part, h))
+                chunks(batch, s.load)
+            else:
+                for i, row in enumerate(batch):
+                    r = plan.row_order[row]
+                    t = self._token(r)
+                    for h in range(self.heads):
+                        self._store_bursts(s, self._token_bursts(r, layer, h, t),
+                                           self._qkv_at(row, burst_part, h))
+                    for h in range(self.heads):         # a word per chunk burst (a dimension)
+                        for address, count, word in self._token_chunk(r, layer, h, t):
+                            s.load(address, at(i, h) + word, count, spread=True)
             s.wait("dma")
             for i, row in enumerate(batch):
                 t = self._token(plan.row_order[row])
@@ -1244,12 +1262,22 @@ class Builder:
                 s.vec(VectorOp.CVT32TO16, a=sp["v32"], d=at(i, 0), length=self.a,
                       flags=FLAG_STRIDED_D, imm=strided_imm(1, t % self.layout.burst_elements))
             s.wait("vector")
-            for i, row in enumerate(batch):
-                r = plan.row_order[row]
-                for h in range(self.heads):
-                    for address, count, word in self._token_chunk(r, layer, h, self._token(r)):
-                        s.store(address, at(i, h) + word, count, spread=True)
+            chunks(batch, s.store)
         return s
+
+    def _channel_turns(self, batch: list, per_row: list) -> list:
+        """The transfers of ``per_row`` (one list per row of ``batch``) in the order the
+        DMA runs them: one list after the other, or, with ``NpuConfig.dma_overlap``, in
+        turns over the rows' channels (a transfer to each channel before the next to any),
+        so that transfers to different channels issue at once."""
+        if not self.config.npu.dma_overlap:
+            return [move for moves in per_row for move in moves]
+        by_channel = {}
+        for row, moves in zip(batch, per_row):
+            by_channel.setdefault(self.plan.channel_of[self.plan.row_order[row]], []).extend(moves)
+        queues = list(by_channel.values())
+        return [q[j] for j in range(max((len(q) for q in queues), default=0))
+                for q in queues if j < len(q)]
 
     def _token_bursts(self, r: int, layer: int, h: int, t: int) -> list:
         """HBM addresses of token ``t``'s bursts of head ``h`` (a burst per piece of 32

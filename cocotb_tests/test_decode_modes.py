@@ -83,32 +83,48 @@ def test_npu_weights_form_on_rtl(name, tmp_path):
     compare(result, timing)
 
 
+def _overlapping(config):
+    import dataclasses
+    return config.replace(npu=dataclasses.replace(config.npu, dma_overlap=True))
+
+
+def _attention(result) -> int:
+    return sum(s["cycles"] for step in result["steps"] for s in step["stages"]
+               if s["name"] in ("MHA", "C", "D"))
+
+
 @pytest.mark.xdist_group("decode")
-@pytest.mark.parametrize("mode", ["npu+pim", pytest.param("neupims", marks=pytest.mark.slow)])
-def test_dma_overlap_on_rtl(mode, tmp_path):
+def test_dma_overlap_on_rtl(tmp_path):
     """``NpuConfig.dma_overlap`` (the DMA takes a command while others still issue to
     other channels; the KV append's loads and stores go in turns over the channels) on
-    its own decode builds: bit-exact on the full RTL, every command timing-checked, the
-    timing-only build in the same clocks, and the MHA stage shorter than on the decode
-    preset's DMA with the same workload (8 requests over the 2 channels)."""
-    import dataclasses
+    the full RTL: bit-exact, every command timing-checked, and the attention stages
+    shorter than on the decode preset's DMA (its build, shared with the tests above) for
+    the same workload (8 requests over the 2 channels)."""
+    from sim.decode.compiler import compile_decode
+    from sim.decode.rtl_run import run_on_rtl
     lens, steps = WORKLOADS["b8-azure"]
     workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
     base = preset("decode")
-    overlap = base.replace(npu=dataclasses.replace(base.npu, dma_overlap=True))
-    result, timing = run_both(workload, mode, overlap, tmp_path)
-    assert result["complete"] and result["timing_violations"] == 0
-    assert result["commands_checked"] > 0 and result["bit_exact"]
-    assert all(step["bit_exact"] and step["checks"] > 0 for step in result["steps"])
-    compare(result, timing)
-    from sim.decode.compiler import compile_decode
-    from sim.decode.rtl_run import run_on_rtl
-    plain = run_on_rtl(compile_decode(workload, mode, base.replace(datapath=False)),
-                       tmp_path / "plain.json")
+    result, plain = (run_on_rtl(compile_decode(workload, "npu+pim", config), tmp_path / name)
+                     for config, name in ((_overlapping(base), "overlap.json"),
+                                          (base, "plain.json")))
+    for run in (result, plain):
+        assert run["complete"] and run["timing_violations"] == 0
+        assert run["commands_checked"] > 0 and run["bit_exact"]
+        assert all(step["bit_exact"] and step["checks"] > 0 for step in run["steps"])
+    assert _attention(result) < _attention(plain), (_attention(result), _attention(plain))
 
-    def attention(run):
-        return sum(s["cycles"] for s in run["steps"][0]["stages"] if s["name"] in ("MHA", "C", "D"))
-    assert attention(timing) < attention(plain), (attention(timing), attention(plain))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_dma_overlap_timing_only_matches_full_rtl(mode, tmp_path):
+    """The timing-only elaboration with ``dma_overlap`` in the same clocks, counters and
+    command streams as the full RTL (the correlation suite's check, on its own builds)."""
+    lens, steps = WORKLOADS["b8-azure"]
+    workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
+    result, timing = run_both(workload, mode, _overlapping(preset("decode")), tmp_path)
+    assert result["complete"] and result["timing_violations"] == 0 and result["bit_exact"]
+    compare(result, timing)
 
 
 #: Several NPU cores (``sim.decode.compiler``: GEMMs split by output columns, attention by

@@ -553,4 +553,4 @@ def test_dma_overlap_issues_commands_to_different_channels_at_once():
         assert got == sources[:7 * per_run] + image.read(late, per_run), \
             "the last load overwrote words before the store read them, or was lost"
         runs[overlap] = cycles
-    assert runs[True] < runs[False] - 8, runs
+    assert 2 * runs[True] < runs[False], runs       # 4 channels at once, not one by one

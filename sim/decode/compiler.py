@@ -1237,7 +1237,7 @@ class Builder:
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
-            if self.config.npu.dma_overlap:     # the stores first, the loads by channel
+            if self.config.npu.dma_overlap and plan.npu_kv is None:   # stores, then loads by channel
                 for row in batch:
                     r = plan.row_order[row]
                     for h in range(self.heads):
@@ -1269,8 +1269,9 @@ class Builder:
         """The transfers of ``per_row`` (one list per row of ``batch``) in the order the
         DMA runs them: one list after the other, or, with ``NpuConfig.dma_overlap``, in
         turns over the rows' channels (a transfer to each channel before the next to any),
-        so that transfers to different channels issue at once."""
-        if not self.config.npu.dma_overlap:
+        so that transfers to different channels issue at once. npu-only's KV runs span
+        every channel, so its order stays."""
+        if not self.config.npu.dma_overlap or self.plan.npu_kv is not None:
             return [move for moves in per_row for move in moves]
         by_channel = {}
         for row, moves in zip(batch, per_row):

@@ -1237,7 +1237,7 @@ class Builder:
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
-            if self.config.npu.dma_overlap and plan.npu_kv is None:   # stores, then loads by channel
+            if self.config.npu.dma_overlap and plan.npu_kv is None:  # stores, loads by channel
                 for row in batch:
                     r = plan.row_order[row]
                     for h in range(self.heads):

@@ -97,29 +97,33 @@ def _attention(result) -> int:
 def test_dma_overlap_on_rtl(tmp_path):
     """``NpuConfig.dma_overlap`` (the DMA takes a command while others still issue to
     other channels; the KV append's loads and stores go in turns over the channels) on
-    the full RTL: bit-exact, every command timing-checked, and the attention stages
-    shorter than on the decode preset's DMA (its build, shared with the tests above) for
-    the same workload (8 requests over the 2 channels)."""
+    the timing-only RTL (a build of its own; the full RTL bit-exact is in the slow test
+    below, the DMA's data path bit for bit in ``tests/test_npu_core.py``): it completes,
+    every command timing-checked, with the attention stages shorter than on the decode
+    preset's DMA (the timing-only build the tests above share) for the same workload (8
+    requests over the 2 channels), and the other stages as long."""
     from sim.decode.compiler import compile_decode
     from sim.decode.rtl_run import run_on_rtl
     lens, steps = WORKLOADS["b8-azure"]
     workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
-    base = preset("decode")
+    base = preset("decode").replace(datapath=False)
     result, plain = (run_on_rtl(compile_decode(workload, "npu+pim", config), tmp_path / name)
                      for config, name in ((_overlapping(base), "overlap.json"),
                                           (base, "plain.json")))
     for run in (result, plain):
-        assert run["complete"] and run["timing_violations"] == 0
-        assert run["commands_checked"] > 0 and run["bit_exact"]
-        assert all(step["bit_exact"] and step["checks"] > 0 for step in run["steps"])
+        assert run["complete"] and run["timing_violations"] == 0 and run["commands_checked"] > 0
     assert _attention(result) < _attention(plain), (_attention(result), _attention(plain))
+    stages = [[(s["name"], s["cycles"]) for s in run["steps"][0]["stages"]
+               if s["name"] not in ("MHA", "head")] for run in (result, plain)]
+    assert stages[0] == stages[1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_dma_overlap_timing_only_matches_full_rtl(mode, tmp_path):
-    """The timing-only elaboration with ``dma_overlap`` in the same clocks, counters and
-    command streams as the full RTL (the correlation suite's check, on its own builds)."""
+    """``dma_overlap`` on the full RTL: bit-exact, and the timing-only elaboration in the
+    same clocks, counters and command streams (the correlation suite's check, on builds
+    of their own)."""
     lens, steps = WORKLOADS["b8-azure"]
     workload = DecodeWorkload("tiny-gpt", lens, steps=steps, seed=len(lens))
     result, timing = run_both(workload, mode, _overlapping(preset("decode")), tmp_path)

@@ -312,7 +312,7 @@ def _finished_file(out: Path, model: str, batch: int, dataset: str, mode: str) -
 
 #: NpuConfig fields added after points were saved, with the value that is the behaviour
 #: of the code before them (a saved key without the field matches a config at it)
-ADDED_NPU_FIELDS = {"response_buffer": 0, "dma_responses": 1}
+ADDED_NPU_FIELDS = {"response_buffer": 0, "dma_responses": 1, "dma_overlap": False}
 
 
 def _point_key(grid: Grid, config_json: str) -> dict:

@@ -313,14 +313,16 @@ def test_resume_takes_finished_points_of_the_same_key(tmp_path):
     assert _finished_point(tmp_path, task, grid, deeper.to_json()) == points[0]
     del saved["key"]["config"]["npu"]["response_buffer"]     # saved before the fields
     del saved["key"]["config"]["npu"]["dma_responses"]
+    del saved["key"]["config"]["npu"]["dma_overlap"]
     _finished_file(tmp_path, *task).write_text(json.dumps(saved))
     assert _finished_point(tmp_path, task, grid, config.to_json()) == points[0]
     buffered = config.replace(npu=dataclasses.replace(config.npu, response_buffer=2))
     two_lanes = config.replace(npu=dataclasses.replace(config.npu, dma_responses=2))
+    overlap = config.replace(npu=dataclasses.replace(config.npu, dma_overlap=True))
     for other_grid, other_config in ((dataclasses.replace(grid, vocab=256), config),
                                      (dataclasses.replace(grid, seed=1), config),
                                      (grid, slice_config(cores=2)), (grid, buffered),
-                                     (grid, two_lanes)):
+                                     (grid, two_lanes), (grid, overlap)):
         assert _finished_point(tmp_path, task, other_grid, other_config.to_json()) is None
     _finished_file(tmp_path, *task).unlink()
     assert _finished_point(tmp_path, task, grid, config.to_json()) is None
@@ -380,6 +382,8 @@ def test_slice_weight_buffers_option():
     assert "weight buffers" not in npu_line(slice_config(weight_buffers=1).npu.__dict__)
     assert "2 DMA responses per clock" in npu_line(dict(slice_config().npu.__dict__, dma_responses=2))
     assert "4 responses buffered" in npu_line(dict(slice_config().npu.__dict__, response_buffer=4))
+    assert "several channels at once" in npu_line(dict(slice_config().npu.__dict__, dma_overlap=True))
+    assert "at once" not in npu_line(slice_config().npu.__dict__)
     with pytest.raises(ConfigError, match="NpuConfig.weight_buffers"):
         slice_config(weight_buffers=3)
 

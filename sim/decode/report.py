@@ -174,8 +174,8 @@ def _npu_line(result: dict) -> str:
 def npu_line(npu: dict) -> str:
     """"N cores, each: R x C array, L vector lanes" from an NpuConfig's dict (and
     " (two weight buffers)", ", W-byte scratchpad words" when a word is wider than one
-    64-byte burst, the DMA's response buffers and lanes when not the defaults, and its
-    requests in flight per channel)."""
+    64-byte burst, the DMA's response buffers and lanes when not the defaults, its
+    requests in flight per channel, and its overlap of commands when on)."""
     cores = npu["arrays"]
     words = npu.get("word_bytes", 64)
     return (f"{cores} core{'s, each' if cores > 1 else ''}: {npu['array_rows']} x "
@@ -188,7 +188,8 @@ def npu_line(npu: dict) -> str:
             + (f", {lanes} DMA responses per clock" if (lanes := npu.get("dma_responses", 1)) > 1
                else "")
             + (f", {tags} DMA requests in flight per channel"
-               if (tags := npu.get("dma_in_flight")) else ""))
+               if (tags := npu.get("dma_in_flight")) else "")
+            + (", DMA commands to several channels at once" if npu.get("dma_overlap") else ""))
 
 
 def format_table(results_by_mode: dict, description: dict | None = None) -> str:

@@ -192,11 +192,13 @@ def _add_dma_options(p, scope: str = ""):
                         "(NpuConfig.dma_in_flight; default: the configuration's, "
                         f"{paper.dma_in_flight} on the paper's NPU; the controllers' tags "
                         "are raised to cores x this when fewer)")
-    p.add_argument("--dma-overlap", action="store_const", const=True,
+    p.add_argument("--dma-overlap", action=argparse.BooleanOptionalAction,
                    help=f"{scope}each core's DMA takes a command as soon as the channels it "
                         "has bursts in are free, so transfers to different channels issue at "
                         "once (NpuConfig.dma_overlap; default: the configuration's, "
-                        f"{paper.dma_overlap} on the paper's NPU)")
+                        f"{'on' if paper.dma_overlap else 'off'} on the paper's NPU, else "
+                        f"{'on' if plain.dma_overlap else 'off'}; --no-dma-overlap: one "
+                        "command at a time)")
 
 
 def cmd_bench_device(args):

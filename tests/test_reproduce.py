@@ -91,8 +91,9 @@ def test_cli_paper_refuses_the_slice_options(option):
 
 
 def test_cli_dma_options_reach_the_device(monkeypatch):
-    """``--response-buffer``, ``--dma-responses`` and ``--dma-in-flight`` shape the
-    reproduced device (the paper's earlier DMA back with 0 and 1; more requests in flight
+    """``--response-buffer``, ``--dma-responses``, ``--dma-in-flight`` and
+    ``--[no-]dma-overlap`` shape the reproduced device (the paper's earlier DMA back with
+    0, 1 and no overlap; more requests in flight
     than the controllers' tags give every core raise the tags); without them the
     configuration's stay; a bad value names the field."""
     import sim.reproduce
@@ -102,12 +103,13 @@ def test_cli_dma_options_reach_the_device(monkeypatch):
         seen.append(config)
         raise sim.reproduce.ReproduceError("test", "stop here")
     monkeypatch.setattr(sim.reproduce, "run_grid", fake_run_grid)
-    for extra in (["--response-buffer", "0", "--dma-responses", "1"], [],
+    for extra in (["--response-buffer", "0", "--dma-responses", "1", "--no-dma-overlap"], [],
                   ["--dma-in-flight", "16"], ["--dma-in-flight", "4"]):
         with pytest.raises(SystemExit, match="stop here"):
             main(["reproduce", "--paper", "--quick", *extra, "--out", "/nonexistent/never"])
     earlier, preset_dma, more_tags, fewer_tags = seen
     assert (earlier.npu.response_buffer, earlier.npu.dma_responses) == (0, 1)
+    assert not earlier.npu.dma_overlap and preset_dma.npu.dma_overlap
     assert preset_dma == paper_config()
     # 8 cores x 16 requests need 128 controller tags; 8 x 4 fit the preset's 64
     assert (more_tags.npu.dma_in_flight, more_tags.controller.tags) == (16, 128)
@@ -203,6 +205,7 @@ def test_paper_config_is_the_neupims_preset_timing_only():
     assert not config.datapath and config.stored_rows == paper.geometry.rows
     assert config.npu.weight_buffers == 2 and paper_config(1).npu.weight_buffers == 1
     assert (config.npu.response_buffer, config.npu.dma_responses) == (4, 2)
+    assert config.npu.dma_overlap and paper.npu.dma_overlap
     assert batch_factor(config) == 1
 
 

@@ -143,9 +143,10 @@ class DeviceConfig:
 #: the 8 cores' tags (8 x 8) fit the controller's 64; two weight buffers per PE (the
 #: reference model hides each pass's weight preload under the pass before); a DMA that
 #: takes two read responses per clock (8 cores x 2 x 64 bytes: the 32 channels' peak)
-#: through 4-deep response buffers per channel and core (no head-of-line blocking).
+#: through 4-deep response buffers per channel and core (no head-of-line blocking), and
+#: takes a command while others still issue to other channels (``dma_overlap``).
 PAPER_NPU = NpuConfig(word_bytes=512, dma_in_flight=8, weight_buffers=2, response_buffer=4,
-                      dma_responses=2)
+                      dma_responses=2, dma_overlap=True)
 
 
 def _neupims() -> DeviceConfig:

@@ -1224,36 +1224,34 @@ class Builder:
         def at(i, h):                           # request i of a group, head h: dh words
             return sp["vrmw"] + (i * self.heads + h) * dh
 
-        def chunks(batch, move):    # a word per chunk burst (a dimension)
-            per_row = []
-            for i, row in enumerate(batch):
-                r = plan.row_order[row]
-                per_row.append([(address, at(i, h) + word, count) for h in range(self.heads)
-                                for address, count, word in
-                                self._token_chunk(r, layer, h, self._token(r))])
+        def chunk_moves(i, row):    # a word per chunk burst (a dimension)
+            r = plan.row_order[row]
+            return [(address, at(i, h) + word, count) for h in range(self.heads)
+                    for address, count, word in self._token_chunk(r, layer, h, self._token(r))]
+
+        def chunks(batch, move):
+            per_row = [chunk_moves(i, row) for i, row in enumerate(batch)]
             for address, word, count in self._channel_turns(batch, per_row):
                 move(address, word, count, spread=True)
+
+        def bursts(row):
+            r = plan.row_order[row]
+            for h in range(self.heads):
+                self._store_bursts(s, self._token_bursts(r, layer, h, self._token(r)),
+                                   self._qkv_at(row, burst_part, h))
         for first in range(0, len(rows), group):
             if first:
                 s.wait("dma")                   # the stores have read the buffer
             batch = rows[first:first + group]
             if self.config.npu.dma_overlap and plan.npu_kv is None:  # stores, loads by channel
                 for row in batch:
-                    r = plan.row_order[row]
-                    for h in range(self.heads):
-                        self._store_bursts(s, self._token_bursts(r, layer, h, self._token(r)),
-                                           self._qkv_at(row, burst_part, h))
+                    bursts(row)
                 chunks(batch, s.load)
-            else:
+            else:                               # each request's stores, then its loads
                 for i, row in enumerate(batch):
-                    r = plan.row_order[row]
-                    t = self._token(r)
-                    for h in range(self.heads):
-                        self._store_bursts(s, self._token_bursts(r, layer, h, t),
-                                           self._qkv_at(row, burst_part, h))
-                    for h in range(self.heads):         # a word per chunk burst (a dimension)
-                        for address, count, word in self._token_chunk(r, layer, h, t):
-                            s.load(address, at(i, h) + word, count, spread=True)
+                    bursts(row)
+                    for address, word, count in chunk_moves(i, row):
+                        s.load(address, word, count, spread=True)
             s.wait("dma")
             for i, row in enumerate(batch):
                 t = self._token(plan.row_order[row])

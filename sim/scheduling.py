@@ -137,7 +137,7 @@ class SubBatches:
         return [i for channel in part for i in channel]
 
 
-def split_sub_batches(assignment: ChannelAssignment) -> SubBatches:
+def split_sub_batches(assignment: ChannelAssignment, cores: int = 1) -> SubBatches:
     """Halve each channel's requests (NEUPIMS.md 5).
 
     Within a channel, requests sorted longest first are dealt alternately to the two
@@ -145,19 +145,26 @@ def split_sub_batches(assignment: ChannelAssignment) -> SubBatches:
     gives its extra request to sub-batch 1 and the next odd channel to sub-batch 2, and so
     on (the rounding alternates across channels); channels with even counts likewise
     alternate which sub-batch gets their longest request. Sub-batch sizes thus differ by
-    at most one overall."""
-    lengths = assignment.lengths
-    first, second = [], []
+    at most one overall.
+
+    ``cores``: channel c's attention runs on core ``c mod cores``, so the alternation goes
+    over each core's channels in turn (0, cores, 2 cores, ..., then 1, cores + 1, ...):
+    every core's two halves carry similar work, where channel order would give one core
+    all the longer halves of one sub-batch when ``cores`` is even."""
+    if cores < 1:
+        raise ValueError(f"cores must be positive, got {cores}")
+    lengths, channels = assignment.lengths, assignment.channels
+    first, second = [()] * len(channels), [()] * len(channels)
     starts = {0: 0, 1: 0}           # by count parity: which sub-batch deals first next
-    for members in assignment.channels:
-        order = sorted(members, key=lambda i: (-lengths[i], i))
+    for c in sorted(range(len(channels)), key=lambda c: (c % cores, c)):
+        order = sorted(channels[c], key=lambda i: (-lengths[i], i))
         parity = len(order) % 2
         start = starts[parity]
         if order:
             starts[parity] ^= 1
         leading, trailing = tuple(order[0::2]), tuple(order[1::2])   # leading: ceil half
-        first.append(leading if start == 0 else trailing)
-        second.append(trailing if start == 0 else leading)
+        first[c] = leading if start == 0 else trailing
+        second[c] = trailing if start == 0 else leading
     return SubBatches(tuple(first), tuple(second))
 
 

@@ -96,6 +96,34 @@ def test_sub_batches_rule_on_a_small_case():
         sb.members(3)
 
 
+def test_sub_batches_alternate_over_each_cores_channels():
+    """Channel c's attention runs on core c mod cores: the longer halves alternate over
+    each core's channels, so no core gets every longer half of one sub-batch (in channel
+    order, with an even core count, core 0 would: channels 0, 2, 4, ... all lead with
+    sub-batch 1). One core: the channel order, as before."""
+    lengths = [1000 - 10 * i for i in range(16)]      # 2 requests per channel, longest first
+    a = assign_greedy(lengths, 8, lambda n: n)
+    cost = dict(enumerate(lengths))
+
+    def per_core(sb, cores):
+        loads = [[0, 0] for _ in range(cores)]
+        for c in range(8):
+            loads[c % cores][0] += sum(cost[i] for i in sb.first[c])
+            loads[c % cores][1] += sum(cost[i] for i in sb.second[c])
+        return loads
+    by_channel, by_core = split_sub_batches(a), split_sub_batches(a, cores=2)
+    assert by_channel == split_sub_batches(a, cores=1)
+    assert [sorted(f + s) for f, s in zip(by_core.first, by_core.second)] == \
+        [sorted(m) for m in a.channels]
+    skewed = per_core(by_channel, 2)
+    assert skewed[0][0] > skewed[0][1] and skewed[1][0] < skewed[1][1]
+    for (one, two), (skew1, skew2) in zip(per_core(by_core, 2), skewed):
+        assert abs(one - two) * 3 < abs(skew1 - skew2), (one, two, skew1, skew2)
+    assert abs(len(by_core.members(1)) - len(by_core.members(2))) <= 1
+    with pytest.raises(ValueError, match="cores"):
+        split_sub_batches(a, cores=0)
+
+
 def test_stage_pipeline_closed_form():
     stages = StageCycles(A=10, B=20, C=30, D=40, E=50, F=60)
     assert pipeline_total(stages, 1) == 10 + 20 + 50 + 60

@@ -472,7 +472,7 @@ def _plan(workload: DecodeWorkload, mode: str, config) -> Plan:
     assignment = assign_channels(lengths, C, layout, policy)
     channel_of = assignment.channel_of()
     if mode == "neupims":
-        sb = split_sub_batches(assignment)
+        sb = split_sub_batches(assignment, cores)
         first, second = sb.members(1), sb.members(2)
         row_order = first + second
         sub_batches = [list(range(len(first))), list(range(len(first), len(row_order)))]
